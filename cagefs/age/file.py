@@ -1,0 +1,69 @@
+"""Whole age files: header plus payload, for writing, random-access reading and streaming."""
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cagefs.age.header import Header, encode_header, read_header
+from cagefs.age.recipients import Identity, Recipient, new_file_key, unwrap_file_key, wrap_file_key
+from cagefs.age.stream import PayloadReader, PayloadWriter, decrypt_payload_stream
+
+
+def start_file(sink: Callable[[bytes], object], recipients: Sequence[Recipient]) -> PayloadWriter:
+    """Write a fresh header (new file key) to `sink` and return the writer for the payload."""
+    file_key = new_file_key()
+    sink(encode_header(wrap_file_key(file_key, recipients), file_key))
+    return PayloadWriter(sink, file_key)
+
+
+@dataclass
+class OpenedFile:
+    """A decryptable age file on a descriptor: its header, size, and random-access reader."""
+
+    header: Header
+    reader: PayloadReader
+
+    @property
+    def size(self) -> int:
+        return self.reader.size
+
+
+class _FdStream:
+    """Just enough of a binary stream over a descriptor for the header parser."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.position = 0
+
+    def readline(self, limit: int) -> bytes:
+        block = os.pread(self._fd, min(limit, 4096), self.position)
+        while b"\n" not in block and len(block) < limit:
+            more = os.pread(self._fd, min(limit - len(block), 65536), self.position + len(block))
+            if not more:
+                break
+            block += more
+        end = block.find(b"\n")
+        line = block if end < 0 else block[: end + 1]
+        self.position += len(line)
+        return line
+
+
+def read_header_at(fd: int) -> Header:
+    """Parse the header at the start of a descriptor without moving its offset."""
+    return read_header(_FdStream(fd))  # type: ignore[arg-type]
+
+
+def open_file(fd: int, identities: Sequence[Identity]) -> OpenedFile:
+    header = read_header_at(fd)
+    file_key = unwrap_file_key(header, identities)
+    return OpenedFile(header, PayloadReader(fd, header.length, file_key))
+
+
+def decrypt_stream(
+    source: BinaryIO, sink: Callable[[bytes], object], identities: Sequence[Identity]
+) -> None:
+    """Decrypt a forward-only stream (a pipe or stdin) into `sink` in constant memory."""
+    header = read_header(source)
+    file_key = unwrap_file_key(header, identities)
+    decrypt_payload_stream(source.read, sink, file_key)

@@ -11,7 +11,12 @@ from cagefs.age.errors import (
     UnsupportedError,
 )
 from cagefs.age.file import OpenedFile, decrypt_stream, open_file, read_header_at, start_file
-from cagefs.age.keys import parse_identity, parse_identity_file, parse_recipient, parse_recipients_file
+from cagefs.age.keys import (
+    parse_identity,
+    parse_identity_file,
+    parse_recipient,
+    parse_recipients_file,
+)
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import ScryptIdentity, ScryptRecipient
 from cagefs.age.stream import CHUNK_SIZE, PayloadReader, PayloadWriter, plaintext_size

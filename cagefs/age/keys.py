@@ -3,7 +3,7 @@ in the formats age and age-keygen use (one key per line, `#` comments, blank lin
 """
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cagefs.age.errors import KeyFormatError, UnsupportedError
 from cagefs.age.recipients import Identity, Recipient
@@ -16,7 +16,7 @@ IDENTITY_PARSERS: dict[str, Callable[[str], Identity]] = {
 }
 
 
-def _dispatch(text: str, parsers: dict, what: str, plugin_prefix: str):  # noqa: ANN001, ANN202
+def _dispatch(text: str, parsers: dict, what: str, plugin_prefix: str):
     for prefix in sorted(parsers, key=len, reverse=True):
         if text.startswith(prefix):
             return parsers[prefix](text)
@@ -66,9 +66,5 @@ def parse_identity_file(text: str, name: str = "identity file") -> list[Identity
 
 def identity_file_text(identity: X25519Identity) -> str:
     """An identity file in age-keygen's layout."""
-    created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-    return (
-        f"# created: {created}\n"
-        f"# public key: {identity.recipient()}\n"
-        f"{identity}\n"
-    )
+    created = datetime.now(UTC).replace(microsecond=0).isoformat()
+    return f"# created: {created}\n# public key: {identity.recipient()}\n{identity}\n"

@@ -8,8 +8,8 @@ import os
 from collections.abc import Sequence
 from typing import Protocol
 
-from cagefs.age.header import Header, Stanza
 from cagefs.age.errors import AgeError, HeaderError, NoIdentityMatchError
+from cagefs.age.header import Header, Stanza
 
 FILE_KEY_SIZE = 16
 
@@ -30,6 +30,10 @@ class Identity(Protocol):
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
         """The file key, None if no stanza is for this identity; HeaderError if one is malformed."""
+        ...
+
+    def recipient(self) -> Recipient:
+        """The recipient that encrypts to this identity (for `keygen -y` and store init)."""
         ...
 
 

@@ -126,7 +126,7 @@ class PayloadWriter:
             self.closed = True
 
     def _seal(self, chunk: bytes | bytearray | memoryview, last: bool) -> bytes:
-        sealed = self._cipher.seal(self._index, bytes(chunk) if isinstance(chunk, bytearray) else chunk, last)
+        sealed = self._cipher.seal(self._index, chunk, last)
         self._index += 1
         return sealed
 

@@ -1,0 +1,5 @@
+import sys
+
+from cagefs.cli.main import main
+
+sys.exit(main())

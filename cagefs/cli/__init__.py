@@ -1,0 +1,1 @@
+"""The `cagefs` command: one module per verb, each exposing `add_parser(subparsers)`."""

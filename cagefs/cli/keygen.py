@@ -1,0 +1,66 @@
+"""`cagefs keygen`: make an identity file the way age-keygen does, or print its recipient."""
+
+import argparse
+import os
+import sys
+
+from cagefs.age.keys import identity_file_text, parse_identity_file
+from cagefs.age.x25519 import X25519Identity
+from cagefs.errors import CageError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("keygen", help="generate an identity (like age-keygen)")
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", help="write the identity here (mode 0600)"
+    )
+    parser.add_argument(
+        "-y",
+        dest="convert",
+        metavar="IDENTITY_FILE",
+        nargs="?",
+        const="-",
+        help="print the recipients of an identity file instead of generating one",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.convert is not None:
+        return print_recipients(args.convert, args.output)
+    identity = X25519Identity.generate()
+    text = identity_file_text(identity)
+    if args.output:
+        write_private(args.output, text)
+        print(f"Public key: {identity.recipient()}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+        if not sys.stdout.isatty():
+            print(f"Public key: {identity.recipient()}", file=sys.stderr)
+    return 0
+
+
+def print_recipients(path: str, output: str | None) -> int:
+    text = sys.stdin.read() if path == "-" else read_text(path)
+    lines = [f"{identity.recipient()}\n" for identity in parse_identity_file(text, path)]
+    if output:
+        with open(output, "w") as f:
+            f.writelines(lines)
+    else:
+        sys.stdout.writelines(lines)
+    return 0
+
+
+def read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def write_private(path: str, text: str) -> None:
+    """Create a new file readable only by its owner; never overwrite an existing key."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CageError(f"{path} already exists: refusing to overwrite a key file") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

@@ -1,0 +1,109 @@
+"""A backing store on disk: create one (`init_store`) or open and unlock one (`open_store`)."""
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cagefs.age.keys import identity_file_text, parse_recipient
+from cagefs.age.recipients import Identity, Recipient
+from cagefs.age.scrypt import DEFAULT_LOG_N
+from cagefs.age.x25519 import X25519Identity
+from cagefs.errors import CageError
+from cagefs.store.atomic import fsync_dir
+from cagefs.store.config import StoreConfig
+from cagefs.store.keyring import (
+    AskPassphrase,
+    check_canary,
+    get_passphrase,
+    load_identity_files,
+    prompt_passphrase,
+    save_identity,
+    unlock_identity,
+    write_canary,
+)
+from cagefs.store.layout import CONFIG_FILE, IDENTITY_FILE, META_DIR, create_meta_dirs
+
+
+@dataclass
+class Store:
+    root: Path
+    config: StoreConfig
+    identities: list[Identity]
+    recipients: list[Recipient]
+
+
+def is_store(root: Path) -> bool:
+    return (root / CONFIG_FILE).is_file()
+
+
+def init_store(
+    root: Path,
+    recipients: Sequence[Recipient] = (),
+    identities: Sequence[Identity] | None = None,
+    passphrase: bytes | None = None,
+    log_n: int = DEFAULT_LOG_N,
+) -> Store:
+    """Create a store encrypted to `recipients` plus the recipients of its identities.
+
+    Without `identities`, a fresh X25519 identity is generated and kept in identity.age under
+    `passphrase`; with them, the secret stays wherever the user keeps it. config.toml is written
+    last, so a store that is half made is never taken for ours.
+    """
+    _check_can_init(root)
+    if identities is None:
+        if passphrase is None:
+            raise CageError("a passphrase is needed to protect the generated identity")
+        generated = X25519Identity.generate()
+        identities = [generated]
+    all_recipients = [identity.recipient() for identity in identities] + list(recipients)
+    texts = list(dict.fromkeys(str(r) for r in all_recipients))
+    config = StoreConfig(recipients=texts)
+    config.validate(root / CONFIG_FILE)
+    root.mkdir(parents=True, exist_ok=True)
+    create_meta_dirs(root)
+    if passphrase is not None:
+        save_identity(root, identity_file_text(generated), passphrase, log_n)
+    write_canary(root, all_recipients)
+    config.save(root)
+    fsync_dir(root)
+    return Store(root, config, list(identities), [parse_recipient(text) for text in texts])
+
+
+def _check_can_init(root: Path) -> None:
+    if is_store(root):
+        raise CageError(f"{root} is already a cagefs store")
+    if root.exists() and not root.is_dir():
+        raise CageError(f"{root} exists and is not a directory")
+    # An empty directory, or one holding only what an interrupted init left, may be used.
+    if root.is_dir() and set(os.listdir(root)) - {META_DIR}:
+        raise CageError(f"{root} is not empty and is not a cagefs store")
+
+
+def open_store(
+    root: Path,
+    identity_files: Sequence[str] = (),
+    passfile: str | None = None,
+    ask_passphrase: AskPassphrase = prompt_passphrase,
+) -> Store:
+    """Open a store and prove the key fits (canary), or raise one clear CageError."""
+    if not root.exists():
+        raise CageError(f"{root}: no such store")
+    if not is_store(root):
+        raise CageError(f"{root} is not a cagefs store (no {CONFIG_FILE})")
+    config = StoreConfig.load(root)
+    recipients = [parse_recipient(text) for text in config.recipients]
+    identities = _unlock(root, identity_files, passfile, ask_passphrase)
+    check_canary(root, identities)
+    return Store(root, config, identities, recipients)
+
+
+def _unlock(
+    root: Path, identity_files: Sequence[str], passfile: str | None, ask: AskPassphrase
+) -> list[Identity]:
+    if identity_files:
+        return load_identity_files(identity_files)
+    if not (root / IDENTITY_FILE).is_file():
+        raise CageError(f"store {root} keeps no identity of its own: give -i IDENTITY_FILE")
+    passphrase = get_passphrase(passfile, ask, f"Passphrase for store {root}: ")
+    return unlock_identity(root, passphrase)

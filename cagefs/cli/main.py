@@ -5,10 +5,10 @@ import sys
 from collections.abc import Sequence
 
 from cagefs.age.errors import AgeError
-from cagefs.cli import keygen
+from cagefs.cli import init, keygen
 from cagefs.errors import CageError
 
-VERBS = [keygen]
+VERBS = [keygen, init]
 
 
 def build_parser() -> argparse.ArgumentParser:

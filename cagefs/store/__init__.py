@@ -50,7 +50,7 @@ def init_store(
     `passphrase`; with them, the secret stays wherever the user keeps it. config.toml is written
     last, so a store that is half made is never taken for ours.
     """
-    _check_can_init(root)
+    check_can_init(root)
     if identities is None:
         if passphrase is None:
             raise CageError("a passphrase is needed to protect the generated identity")
@@ -70,7 +70,7 @@ def init_store(
     return Store(root, config, list(identities), [parse_recipient(text) for text in texts])
 
 
-def _check_can_init(root: Path) -> None:
+def check_can_init(root: Path) -> None:
     if is_store(root):
         raise CageError(f"{root} is already a cagefs store")
     if root.exists() and not root.is_dir():

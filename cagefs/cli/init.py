@@ -1,0 +1,68 @@
+"""`cagefs init STORE`: make an empty directory into a store that a mount can unlock."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from cagefs.age.keys import parse_recipient, parse_recipients_file
+from cagefs.age.recipients import Recipient
+from cagefs.errors import CageError
+from cagefs.store import check_can_init, init_store
+from cagefs.store.keyring import get_passphrase, load_identity_files, prompt_passphrase
+from cagefs.store.layout import IDENTITY_FILE
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "init",
+        help="create a store",
+        description="Create a store. Without --identity, a new identity is generated and kept "
+        f"in STORE/{IDENTITY_FILE}, encrypted to a passphrase.",
+    )
+    parser.add_argument("store", metavar="STORE", type=Path)
+    parser.add_argument(
+        "-r", "--recipient", action="append", default=[], help="also encrypt to this recipient"
+    )
+    parser.add_argument(
+        "-R",
+        "--recipients-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also encrypt to the recipients listed in FILE",
+    )
+    parser.add_argument(
+        "--identity",
+        metavar="FILE",
+        help="use the identity in FILE (kept where it is) instead of generating one",
+    )
+    parser.add_argument(
+        "--passfile", metavar="FILE", help="read the new passphrase from the first line of FILE"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    recipients = extra_recipients(args.recipient, args.recipients_file)
+    check_can_init(args.store)  # before asking a passphrase that would be wasted
+    if args.identity:
+        if args.passfile:
+            raise CageError("--passfile protects a generated identity: not used with --identity")
+        store = init_store(args.store, recipients, load_identity_files([args.identity]))
+    else:
+        passphrase = get_passphrase(
+            args.passfile, prompt_passphrase, "New passphrase for the store: ", confirm=True
+        )
+        store = init_store(args.store, recipients, passphrase=passphrase)
+    print(f"cagefs: created store {store.root} for:", file=sys.stderr)
+    for text in store.config.recipients:
+        print(f"  {text}", file=sys.stderr)
+    return 0
+
+
+def extra_recipients(texts: list[str], files: list[str]) -> list[Recipient]:
+    recipients = [parse_recipient(text) for text in texts]
+    for path in files:
+        with open(path) as f:
+            recipients.extend(parse_recipients_file(f.read(), path))
+    return recipients

@@ -5,10 +5,10 @@ import sys
 from collections.abc import Sequence
 
 from cagefs.age.errors import AgeError
-from cagefs.cli import init, keygen
+from cagefs.cli import crypt, init, keygen
 from cagefs.errors import CageError
 
-VERBS = [keygen, init]
+VERBS = [keygen, init, crypt]
 
 
 def build_parser() -> argparse.ArgumentParser:

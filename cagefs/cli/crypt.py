@@ -1,0 +1,143 @@
+"""`cagefs encrypt` and `cagefs decrypt`: age-compatible file encryption with age's flags.
+
+Both stream in blocks of BLOCK bytes, so memory does not grow with the file. An output file
+appears only complete: it is written under a temporary name in its directory and renamed on
+success, so a failed decryption never leaves a plausible-looking truncated plaintext behind.
+"""
+
+import argparse
+import contextlib
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO
+
+from cagefs.age.armor import ArmorWriter, is_armored, unarmor
+from cagefs.age.file import decrypt_stream, open_file, start_file
+from cagefs.age.recipients import Identity, Recipient
+from cagefs.age.scrypt import ScryptRecipient
+from cagefs.cli.keyargs import load_identities, load_recipients
+from cagefs.errors import CageError
+from cagefs.store.keyring import get_passphrase, prompt_passphrase
+
+BLOCK = 1 << 20
+Sink = Callable[[bytes], object]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    enc = subparsers.add_parser("encrypt", help="encrypt a file to recipients (like age -e)")
+    enc.add_argument("-r", "--recipient", action="append", default=[], metavar="RECIPIENT")
+    enc.add_argument("-R", "--recipients-file", action="append", default=[], metavar="PATH")
+    enc.add_argument("-p", "--passphrase", action="store_true", help="ask for a passphrase")
+    enc.add_argument("--passfile", metavar="FILE", help="passphrase from this file's first line")
+    enc.add_argument("-a", "--armor", action="store_true", help="write ASCII-armored output")
+    enc.add_argument("-o", "--output", metavar="OUT", help="output file (default: stdout)")
+    enc.add_argument("input", nargs="?", metavar="IN", help="input file (default: stdin)")
+    enc.set_defaults(run=run_encrypt)
+
+    dec = subparsers.add_parser("decrypt", help="decrypt an age file, binary or armored")
+    dec.add_argument("-i", "--identity", action="append", default=[], metavar="IDENTITY_FILE")
+    dec.add_argument("-p", "--passphrase", action="store_true", help="ask for a passphrase")
+    dec.add_argument("--passfile", metavar="FILE", help="passphrase from this file's first line")
+    dec.add_argument("-o", "--output", metavar="OUT", help="output file (default: stdout)")
+    dec.add_argument("input", nargs="?", metavar="IN", help="input file (default: stdin)")
+    dec.set_defaults(run=run_decrypt)
+
+
+def run_encrypt(args: argparse.Namespace) -> int:
+    if not args.armor and _is_std(args.output) and sys.stdout.isatty():
+        raise CageError("refusing to write binary ciphertext to a terminal (use -a or -o FILE)")
+    recipients = _encrypt_recipients(args)
+    with _open_input(args.input) as src, _atomic_output(args.output) as out:
+        armor = ArmorWriter(out.write) if args.armor else None
+        writer = start_file(armor.write if armor else out.write, recipients)
+        _copy(src, writer.write)
+        writer.close()
+        if armor:
+            armor.close()
+    return 0
+
+
+def run_decrypt(args: argparse.Namespace) -> int:
+    identities = load_identities(
+        args.identity, args.passfile, prompt_passphrase, with_passphrase=args.passphrase
+    )
+    with _open_input(args.input) as src, _atomic_output(args.output) as out:
+        if _is_std(args.input):
+            decrypt_stream(unarmor(src), out.write, identities)
+        else:
+            _decrypt_file(src, out.write, identities)
+    return 0
+
+
+def _encrypt_recipients(args: argparse.Namespace) -> list[Recipient]:
+    """Recipients from -r/-R, or a passphrase, which the spec says must be the only recipient."""
+    keys = args.recipient or args.recipients_file
+    if (args.passphrase or args.passfile) and keys:
+        raise CageError("-p/--passfile cannot be combined with -r/-R: a passphrase must be alone")
+    if args.passphrase or args.passfile:
+        passphrase = get_passphrase(args.passfile, prompt_passphrase, "Enter passphrase: ", True)
+        return [ScryptRecipient(passphrase)]
+    if not keys:
+        raise CageError("no recipients given (use -r, -R, -p or --passfile)")
+    return load_recipients(args.recipient, args.recipients_file)
+
+
+def _decrypt_file(src: BinaryIO, sink: Sink, identities: Sequence[Identity]) -> None:
+    """A regular binary file is read with the seekable reader: its size is checked up front."""
+    fd = src.fileno()
+    if not stat.S_ISREG(os.fstat(fd).st_mode) or is_armored(os.pread(fd, 2048, 0)):
+        decrypt_stream(unarmor(src), sink, identities)
+        return
+    reader = open_file(fd, identities).reader
+    if reader.size == 0:
+        reader.read_chunk(0)  # still authenticate the empty final chunk
+    for offset in range(0, reader.size, BLOCK):
+        sink(reader.read(offset, BLOCK))
+
+
+def _copy(src: BinaryIO, sink: Sink) -> None:
+    buffer = bytearray(BLOCK)
+    view = memoryview(buffer)
+    while n := src.readinto(buffer):  # type: ignore[attr-defined]
+        sink(view[:n])
+
+
+def _is_std(path: str | None) -> bool:
+    return path in (None, "-")
+
+
+def _open_input(path: str | None) -> contextlib.AbstractContextManager[BinaryIO]:
+    if _is_std(path):
+        return contextlib.nullcontext(sys.stdin.buffer)
+    return open(path, "rb")  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str | None) -> Iterator[BinaryIO]:
+    """stdout, or a temp file next to `path` that replaces it only if the body succeeds."""
+    if _is_std(path):
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    assert path is not None
+    fd, temp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=os.path.dirname(path) or "."
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask

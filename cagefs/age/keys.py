@@ -5,32 +5,45 @@ in the formats age and age-keygen use (one key per line, `#` comments, blank lin
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from cagefs.age import ssh
 from cagefs.age.errors import KeyFormatError, UnsupportedError
+from cagefs.age.pq import HybridIdentity, HybridRecipient
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.x25519 import X25519Identity, X25519Recipient
 
 # Prefix -> parser. Longer prefixes are tried first, so more specific key types can share a stem.
-RECIPIENT_PARSERS: dict[str, Callable[[str], Recipient]] = {"age1": X25519Recipient.parse}
+# The ssh parser also takes the ssh key types age does not support, to refuse them by name.
+RECIPIENT_PARSERS: dict[str, Callable[[str], Recipient]] = {
+    "age1": X25519Recipient.parse,
+    "age1pq1": HybridRecipient.parse,
+    "ssh-": ssh.parse_recipient,
+    "ecdsa-": ssh.parse_recipient,
+    "sk-": ssh.parse_recipient,
+}
 IDENTITY_PARSERS: dict[str, Callable[[str], Identity]] = {
     "AGE-SECRET-KEY-1": X25519Identity.parse,
+    "AGE-SECRET-KEY-PQ-1": HybridIdentity.parse,
 }
+_RECIPIENT_KINDS = "age1..., age1pq1..., ssh-ed25519 or ssh-rsa"
+_IDENTITY_KINDS = "AGE-SECRET-KEY-1..., AGE-SECRET-KEY-PQ-1... or an OpenSSH private key file"
+_PEM_BEGIN = b"-----BEGIN "
 
 
-def _dispatch(text: str, parsers: dict, what: str, plugin_prefix: str):
+def _dispatch(text: str, parsers: dict, what: str, plugin_prefix: str, kinds: str):
     for prefix in sorted(parsers, key=len, reverse=True):
         if text.startswith(prefix):
             return parsers[prefix](text)
     if text.startswith(plugin_prefix):
         raise UnsupportedError(f"age plugins are not supported ({what} {text.split('1')[0]}1...)")
-    raise KeyFormatError(f"unrecognized {what} (expected one of: {', '.join(parsers)})")
+    raise KeyFormatError(f"unrecognized {what} (expected {kinds})")
 
 
 def parse_recipient(text: str) -> Recipient:
-    return _dispatch(text.strip(), RECIPIENT_PARSERS, "recipient", "age1")
+    return _dispatch(text.strip(), RECIPIENT_PARSERS, "recipient", "age1", _RECIPIENT_KINDS)
 
 
 def parse_identity(text: str) -> Identity:
-    return _dispatch(text.strip(), IDENTITY_PARSERS, "identity", "AGE-PLUGIN-")
+    return _dispatch(text.strip(), IDENTITY_PARSERS, "identity", "AGE-PLUGIN-", _IDENTITY_KINDS)
 
 
 def _key_lines(text: str) -> list[tuple[int, str]]:
@@ -64,7 +77,27 @@ def parse_identity_file(text: str, name: str = "identity file") -> list[Identity
     return identities
 
 
-def identity_file_text(identity: X25519Identity) -> str:
+def load_identity_file(
+    data: bytes, name: str = "identity file", passphrase: ssh.PassphraseSource | None = None
+) -> list[Identity]:
+    """The identities in a file: an OpenSSH private key (whose passphrase, if it has one, is
+    asked through `passphrase` only when a file needs that key) or age identity lines.
+    """
+    if ssh.OPENSSH_PRIVATE_KEY_BEGIN in data:
+        return [ssh.parse_identity(data, passphrase, name)]
+    if data.lstrip().startswith(_PEM_BEGIN):
+        raise UnsupportedError(
+            f"{name}: only OpenSSH-format private keys are supported "
+            "(convert with: ssh-keygen -p -f KEYFILE)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeyFormatError(f"{name}: not an identity file") from None
+    return parse_identity_file(text, name)
+
+
+def identity_file_text(identity: Identity) -> str:
     """An identity file in age-keygen's layout."""
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
     return f"# created: {created}\n# public key: {identity.recipient()}\n{identity}\n"

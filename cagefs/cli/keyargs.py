@@ -18,7 +18,7 @@ from cagefs.age.armor import is_armored, unarmor
 from cagefs.age.errors import AgeError, KeyFormatError, NoIdentityMatchError
 from cagefs.age.file import decrypt_stream
 from cagefs.age.header import VERSION_LINE, Stanza
-from cagefs.age.keys import parse_identity_file, parse_recipient, parse_recipients_file
+from cagefs.age.keys import load_identity_file, parse_recipient, parse_recipients_file
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import STANZA_TYPE as SCRYPT
 from cagefs.age.scrypt import ScryptIdentity
@@ -75,11 +75,7 @@ def _identity_file(path: str, passphrase: Callable[[str], bytes]) -> list[Identi
     data = sys.stdin.buffer.read() if path == "-" else _read_bytes(path)
     if data.startswith(VERSION_LINE) or is_armored(data[:2048]):
         data = _decrypt_identity_file(data, path, passphrase)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise KeyFormatError(f"{path}: not an identity file (not text)") from None
-    return parse_identity_file(text, path)
+    return load_identity_file(data, path, lambda: passphrase(f"Enter passphrase for {path}: "))
 
 
 def _decrypt_identity_file(data: bytes, path: str, passphrase: Callable[[str], bytes]) -> bytes:

@@ -4,7 +4,8 @@ import argparse
 import os
 import sys
 
-from cagefs.age.keys import identity_file_text, parse_identity_file
+from cagefs.age.keys import identity_file_text, load_identity_file
+from cagefs.age.pq import HybridIdentity
 from cagefs.age.x25519 import X25519Identity
 from cagefs.errors import CageError
 
@@ -15,12 +16,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "-o", "--output", metavar="FILE", help="write the identity here (mode 0600)"
     )
     parser.add_argument(
+        "--pq",
+        action="store_true",
+        help="generate a post-quantum hybrid identity (mlkem768x25519, recipient age1pq1...)",
+    )
+    parser.add_argument(
         "-y",
         dest="convert",
         metavar="IDENTITY_FILE",
         nargs="?",
         const="-",
-        help="print the recipients of an identity file instead of generating one",
+        help="print the recipients of an identity file (age or OpenSSH key) instead",
     )
     parser.set_defaults(run=run)
 
@@ -28,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.convert is not None:
         return print_recipients(args.convert, args.output)
-    identity = X25519Identity.generate()
+    identity = HybridIdentity.generate() if args.pq else X25519Identity.generate()
     text = identity_file_text(identity)
     if args.output:
         write_private(args.output, text)
@@ -41,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_recipients(path: str, output: str | None) -> int:
-    text = sys.stdin.read() if path == "-" else read_text(path)
-    lines = [f"{identity.recipient()}\n" for identity in parse_identity_file(text, path)]
+    """No passphrase is ever needed: an OpenSSH key file shows its public key in clear."""
+    data = sys.stdin.buffer.read() if path == "-" else read_bytes(path)
+    lines = [f"{identity.recipient()}\n" for identity in load_identity_file(data, path)]
     if output:
         with open(output, "w") as f:
             f.writelines(lines)
@@ -51,8 +58,8 @@ def print_recipients(path: str, output: str | None) -> int:
     return 0
 
 
-def read_text(path: str) -> str:
-    with open(path) as f:
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
         return f.read()
 
 

@@ -4,11 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from cagefs.age.keys import parse_recipient, parse_recipients_file
-from cagefs.age.recipients import Recipient
+from cagefs.cli.keyargs import load_identities, load_recipients
 from cagefs.errors import CageError
 from cagefs.store import check_can_init, init_store
-from cagefs.store.keyring import get_passphrase, load_identity_files, prompt_passphrase
+from cagefs.store.keyring import get_passphrase, prompt_passphrase
 from cagefs.store.layout import IDENTITY_FILE
 
 
@@ -43,12 +42,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    recipients = extra_recipients(args.recipient, args.recipients_file)
+    recipients = load_recipients(args.recipient, args.recipients_file)
     check_can_init(args.store)  # before asking a passphrase that would be wasted
     if args.identity:
         if args.passfile:
             raise CageError("--passfile protects a generated identity: not used with --identity")
-        store = init_store(args.store, recipients, load_identity_files([args.identity]))
+        identities = load_identities([args.identity], None, prompt_passphrase)
+        store = init_store(args.store, recipients, identities)
     else:
         passphrase = get_passphrase(
             args.passfile, prompt_passphrase, "New passphrase for the store: ", confirm=True
@@ -58,11 +58,3 @@ def run(args: argparse.Namespace) -> int:
     for text in store.config.recipients:
         print(f"  {text}", file=sys.stderr)
     return 0
-
-
-def extra_recipients(texts: list[str], files: list[str]) -> list[Recipient]:
-    recipients = [parse_recipient(text) for text in texts]
-    for path in files:
-        with open(path) as f:
-            recipients.extend(parse_recipients_file(f.read(), path))
-    return recipients

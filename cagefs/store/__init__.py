@@ -16,7 +16,6 @@ from cagefs.store.keyring import (
     AskPassphrase,
     check_canary,
     get_passphrase,
-    load_identity_files,
     prompt_passphrase,
     save_identity,
     unlock_identity,
@@ -82,27 +81,27 @@ def check_can_init(root: Path) -> None:
 
 def open_store(
     root: Path,
-    identity_files: Sequence[str] = (),
+    identities: Sequence[Identity] = (),
     passfile: str | None = None,
     ask_passphrase: AskPassphrase = prompt_passphrase,
 ) -> Store:
-    """Open a store and prove the key fits (canary), or raise one clear CageError."""
+    """Open a store and prove the key fits (canary), or raise one clear CageError.
+
+    With `identities` (from -i files), those are used; without, the store's own identity.age is
+    unlocked with the passphrase from `passfile` or `ask_passphrase`.
+    """
     if not root.exists():
         raise CageError(f"{root}: no such store")
     if not is_store(root):
         raise CageError(f"{root} is not a cagefs store (no {CONFIG_FILE})")
     config = StoreConfig.load(root)
     recipients = [parse_recipient(text) for text in config.recipients]
-    identities = _unlock(root, identity_files, passfile, ask_passphrase)
-    check_canary(root, identities)
-    return Store(root, config, identities, recipients)
+    keys = list(identities) or _unlock(root, passfile, ask_passphrase)
+    check_canary(root, keys)
+    return Store(root, config, keys, recipients)
 
 
-def _unlock(
-    root: Path, identity_files: Sequence[str], passfile: str | None, ask: AskPassphrase
-) -> list[Identity]:
-    if identity_files:
-        return load_identity_files(identity_files)
+def _unlock(root: Path, passfile: str | None, ask: AskPassphrase) -> list[Identity]:
     if not (root / IDENTITY_FILE).is_file():
         raise CageError(f"store {root} keeps no identity of its own: give -i IDENTITY_FILE")
     passphrase = get_passphrase(passfile, ask, f"Passphrase for store {root}: ")

@@ -76,14 +76,6 @@ def check_canary(root: Path, identities: Sequence[Identity]) -> None:
         raise CageError(f"{root / CANARY_FILE} is damaged: unexpected content")
 
 
-def load_identity_files(paths: Sequence[str]) -> list[Identity]:
-    identities: list[Identity] = []
-    for path in paths:
-        with open(path) as f:
-            identities.extend(parse_identity_file(f.read(), path))
-    return identities
-
-
 def read_passfile(path: str) -> bytes:
     """The first line of the file, without its newline (as gocryptfs -passfile does)."""
     with open(path, "rb") as f:

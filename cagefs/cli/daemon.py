@@ -1,0 +1,110 @@
+"""Run the filesystem in the background, but return only once the mount is usable.
+
+The parent forks and waits on a pipe; the child detaches (new session, stdio on /dev/null),
+runs the filesystem and writes one line: `READY`, or `ERROR <message>` if it failed first.
+So `cagefs mount` exits 0 exactly when the mount works, or 1 with the child's reason.
+"""
+
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from cagefs.errors import CageError
+
+log = logging.getLogger(__name__)
+Work = Callable[[Callable[[], None]], None]
+
+
+def setup_logging(log_file: str | None, foreground: bool, debug: bool) -> None:
+    """Log to the file if given, else stderr in front, else syslog (or nowhere without one).
+
+    Done before forking, so that a log file that cannot be opened is reported directly.
+    """
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    elif foreground:
+        handler = logging.StreamHandler(sys.stderr)
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+    else:
+        handler = logging.NullHandler()
+    fmt = "cagefs[%(process)d]: %(levelname)s %(message)s"
+    if not isinstance(handler, logging.handlers.SysLogHandler):
+        fmt = "%(asctime)s " + fmt
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def run_in_background(work: Work) -> int:
+    """Fork; the child runs `work(report_ready)`; return 0 once it is ready, else raise."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _child(work, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        line = pipe.readline().decode(errors="replace").strip()
+    if line == "READY":
+        return 0
+    if line.startswith("ERROR "):
+        raise CageError(line.removeprefix("ERROR "))
+    _, status = os.waitpid(pid, 0)
+    raise CageError(
+        f"the filesystem process ended before the mount was ready (status {status}; see the log)"
+    )
+
+
+class _Reporter:
+    """Tell the waiting parent, once, whether the mount came up."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def ready(self) -> None:
+        self._send("READY")
+
+    def fail(self, message: str) -> None:
+        self._send(f"ERROR {message}")
+
+    def _send(self, line: str) -> None:
+        if self._fd is None:
+            return
+        os.write(self._fd, line.replace("\n", " ").encode() + b"\n")
+        os.close(self._fd)
+        self._fd = None
+
+
+def _child(work: Work, pipe_fd: int) -> NoReturn:
+    reporter = _Reporter(pipe_fd)
+    code = 1
+    try:
+        os.setsid()
+        _stdio_to_devnull()
+        work(reporter.ready)
+        code = 0
+    except BaseException as exc:
+        # Imported here: main imports this module (through mount) to build its parser.
+        from cagefs.cli.main import describe
+
+        if isinstance(exc, CageError):
+            log.error("%s", describe(exc))
+        else:
+            log.exception("the filesystem stopped on an unexpected error")
+        reporter.fail(describe(exc))
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _stdio_to_devnull() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)

@@ -1,0 +1,172 @@
+"""`cagefs mount STORE MOUNTPOINT`: check everything that can be checked, then serve.
+
+Every refusal (bad option, unusable mount point, no /dev/fuse, missing store, wrong key) happens
+before forking, as one line, with nothing mounted. The command returns only once the mount is
+usable; with -f it stays in front until unmounted.
+"""
+
+import argparse
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from cagefs.age.recipients import Identity
+from cagefs.cli.daemon import run_in_background, setup_logging
+from cagefs.cli.keyargs import load_identities
+from cagefs.cli.mounts import forget_daemon, is_mount_point, record_daemon
+from cagefs.cli.sdnotify import notify
+from cagefs.errors import CageError
+from cagefs.store import Store, open_store
+from cagefs.store.config import STRATEGIES
+from cagefs.store.keyring import prompt_passphrase
+
+if TYPE_CHECKING:
+    from cagefs.fs.mount import MountOptions
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+STRATEGY_ENV = "CAGEFS_STRATEGY"
+MOUNT_OPTIONS = ("ro", "allow_other", "default_permissions")
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("mount", help="mount a store")
+    parser.add_argument("store", metavar="STORE", type=Path)
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument(
+        "-i",
+        "--identity",
+        action="append",
+        default=[],
+        metavar="IDENTITY_FILE",
+        help="unlock with this identity file instead of the store's passphrase",
+    )
+    parser.add_argument("--passfile", metavar="FILE", help="read the passphrase from FILE")
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, help=f"write strategy (default: ${STRATEGY_ENV}, config)"
+    )
+    parser.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in front and log to stderr"
+    )
+    parser.add_argument(
+        "-o", dest="options", action="append", default=[], help=f"{','.join(MOUNT_OPTIONS)}"
+    )
+    parser.add_argument(
+        "--memory-threshold",
+        type=parse_size,
+        metavar="SIZE",
+        help="files up to SIZE are staged in RAM (e.g. 64M)",
+    )
+    parser.add_argument("--cache-mib", type=int, metavar="N", help="decrypted chunk cache, MiB")
+    parser.add_argument(
+        "--publish-interval", type=float, metavar="S", help="seconds between grouped publishes"
+    )
+    parser.add_argument("--log", metavar="FILE", help="log here instead of syslog")
+    parser.add_argument("--debug", action="store_true", help="log every request")
+    parser.set_defaults(run=run)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `65536`, `64K`, `64M`, `1GiB`... (binary units)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M)")
+    number, unit = match.groups()
+    return int(number) << (10 * " KMGT".index(unit.upper() or " "))
+
+
+def run(args: argparse.Namespace) -> int:
+    read_only, allow_other = parse_mount_options(args.options)
+    env_strategy = strategy_from_env()
+    mountpoint = check_mountpoint(args.mountpoint, args.store)
+    if not os.path.exists("/dev/fuse"):
+        raise CageError("/dev/fuse is missing: load the fuse module (or pass the device in)")
+    store = open_store(args.store, unlocking_identities(args), args.passfile)
+    from cagefs.fs.mount import MountOptions  # loaded only once there is something to serve
+
+    options = MountOptions(
+        strategy=args.strategy or env_strategy or store.config.strategy,
+        read_only=read_only,
+        allow_other=allow_other,
+        memory_threshold=_either(args.memory_threshold, store.config.memory_threshold),
+        cache_mib=_either(args.cache_mib, store.config.chunk_cache_mib),
+        publish_interval=_either(args.publish_interval, store.config.publish_interval),
+        debug=args.debug,
+    )
+    setup_logging(args.log, args.foreground, args.debug)
+
+    def work(report_ready: Callable[[], None]) -> None:
+        serve_until_unmounted(store, mountpoint, options, report_ready)
+
+    if args.foreground:
+        work(lambda: None)
+        return 0
+    return run_in_background(work)
+
+
+def unlocking_identities(args: argparse.Namespace) -> list[Identity]:
+    """Identities from -i files; none means: unlock the store's own identity.age."""
+    if not args.identity:
+        return []
+    if args.passfile:
+        raise CageError("--passfile unlocks the store's own identity: not used with -i")
+    return load_identities(args.identity, None, prompt_passphrase)
+
+
+def _either(given: T | None, configured: T) -> T:
+    return configured if given is None else given
+
+
+def parse_mount_options(values: list[str]) -> tuple[bool, bool]:
+    """(read_only, allow_other) from -o lists; default_permissions is always on anyway."""
+    given = {item.strip() for value in values for item in value.split(",") if item.strip()}
+    unknown = sorted(given - set(MOUNT_OPTIONS))
+    if unknown:
+        raise CageError(f"unknown mount option {unknown[0]!r} (known: {', '.join(MOUNT_OPTIONS)})")
+    return "ro" in given, "allow_other" in given
+
+
+def strategy_from_env() -> str | None:
+    value = os.environ.get(STRATEGY_ENV)
+    if value and value not in STRATEGIES:
+        raise CageError(f"{STRATEGY_ENV}={value}: expected one of {', '.join(STRATEGIES)}")
+    return value or None
+
+
+def check_mountpoint(path: str, store_root: Path) -> str:
+    """The mount point's real path, if it is an empty directory that nothing is mounted on."""
+    if is_mount_point(path):
+        raise CageError(f"{path} is busy: something is already mounted there")
+    if not os.path.lexists(path):
+        raise CageError(f"{path}: mount point does not exist")
+    if not os.path.isdir(path):
+        raise CageError(f"{path}: mount point is not a directory")
+    if os.listdir(path):
+        raise CageError(f"{path}: mount point is not empty")
+    real = os.path.realpath(path)
+    store = os.path.realpath(store_root)
+    if os.path.commonpath([real, store]) == store:
+        raise CageError(f"{path}: mount point is inside the store {store_root}")
+    return real
+
+
+def serve_until_unmounted(
+    store: Store, mountpoint: str, options: "MountOptions", report_ready: Callable[[], None]
+) -> None:
+    from cagefs.fs.mount import serve
+
+    def on_ready() -> None:
+        record_daemon(mountpoint)
+        log.info("serving %s at %s (strategy %s)", store.root, mountpoint, options.strategy)
+        notify(f"READY=1\nSTATUS=serving {store.root} at {mountpoint}")
+        report_ready()
+
+    try:
+        serve(store, mountpoint, options, on_ready)
+    finally:
+        forget_daemon(mountpoint)
+    log.info("unmounted %s", mountpoint)

@@ -1,0 +1,65 @@
+"""What is mounted where, and which cagefs process serves a mount point.
+
+`cagefs umount` must wait until the daemon has published its pending writes and exited, not
+only until the kernel dropped the mount; the daemon leaves its pid in a runtime file named
+after the mount point so that umount can find and wait for it.
+"""
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+
+def is_mount_point(path: str) -> bool:
+    """True also for a dead FUSE mount, which `os.path.ismount` cannot stat."""
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(_unescape(line.split()[4]) == real for line in f)
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code in ("040", "011", "012", "134"):
+        field = field.replace(f"\\{code}", chr(int(code, 8)))
+    return field
+
+
+def _runtime_dir() -> Path:
+    if os.getuid() == 0:
+        return Path("/run/cagefs")
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/cagefs-{os.getuid()}"
+    return Path(base) / "cagefs"
+
+
+def _pid_file(mountpoint: str) -> Path:
+    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:32]
+    return _runtime_dir() / f"{digest}.pid"
+
+
+def record_daemon(mountpoint: str) -> None:
+    path = _pid_file(mountpoint)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+
+
+def forget_daemon(mountpoint: str) -> None:
+    path = _pid_file(mountpoint)
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        if int(path.read_text()) == os.getpid():
+            path.unlink()
+
+
+def daemon_pidfd(mountpoint: str) -> int | None:
+    """A pidfd for the cagefs process serving `mountpoint`, or None if there is none."""
+    try:
+        pid = int(_pid_file(mountpoint).read_text())
+        pidfd = os.pidfd_open(pid)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            is_cagefs = b"cagefs" in f.read()
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    if not is_cagefs:  # the pid was reused by something else
+        os.close(pidfd)
+        return None
+    return pidfd

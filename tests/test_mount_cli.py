@@ -1,0 +1,197 @@
+"""`cagefs mount` refusals that happen before any FUSE work: one line, non-zero, nothing mounted.
+
+Also the small pieces the mount command is built from: -o and size parsing, and sd_notify.
+"""
+
+import argparse
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import KeyFile, make_keyfile
+from mount.helpers import cagefs
+
+from cagefs.cli.mount import parse_mount_options, parse_size
+from cagefs.cli.mounts import is_mount_point
+from cagefs.cli.sdnotify import notify
+from cagefs.errors import CageError
+from cagefs.store import init_store
+
+PASSPHRASE = "mount test passphrase"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A store with its own identity under PASSPHRASE (cheap scrypt, made through the API)."""
+    root = tmp_path / "store"
+    init_store(root, passphrase=PASSPHRASE.encode(), log_n=10)
+    return root
+
+
+@pytest.fixture
+def passfile(tmp_path: Path) -> Path:
+    path = tmp_path / "passfile"
+    path.write_text(PASSPHRASE + "\n")
+    return path
+
+
+@pytest.fixture
+def mnt(tmp_path: Path) -> Path:
+    path = tmp_path / "mnt"
+    path.mkdir()
+    return path
+
+
+def refused(*args: object, env: dict[str, str] | None = None) -> str:
+    """Run `cagefs mount ...`, expect a one-line refusal, and return that line."""
+    proc = cagefs("mount", *args, env=env)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cagefs mount: ")
+    return lines[0].removeprefix("cagefs mount: ")
+
+
+def assert_nothing_mounted(mnt: Path) -> None:
+    assert not is_mount_point(str(mnt))
+
+
+def test_missing_store(tmp_path: Path, mnt: Path, passfile: Path) -> None:
+    assert refused(tmp_path / "absent", mnt, "--passfile", passfile).endswith("no such store")
+    assert_nothing_mounted(mnt)
+
+
+def test_directory_that_is_not_a_store(tmp_path: Path, mnt: Path, passfile: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "file.age").write_text("not ours")
+    assert "is not a cagefs store" in refused(plain, mnt, "--passfile", passfile)
+    assert_nothing_mounted(mnt)
+
+
+def test_wrong_passphrase(tmp_path: Path, store: Path, mnt: Path) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase\n")
+    assert refused(store, mnt, "--passfile", wrong) == f"wrong passphrase for store {store}"
+    assert_nothing_mounted(mnt)
+
+
+def test_wrong_identity(tmp_path: Path, store: Path, mnt: Path, keyfile: KeyFile) -> None:
+    assert refused(store, mnt, "-i", keyfile.path) == f"this identity cannot read store {store}"
+    assert_nothing_mounted(mnt)
+
+
+def test_wrong_identity_on_an_identity_store(tmp_path: Path, mnt: Path, keyfile: KeyFile) -> None:
+    root = tmp_path / "keyed"
+    assert cagefs("init", root, "--identity", keyfile.path).returncode == 0
+    stranger = make_keyfile(tmp_path / "stranger.txt")
+    assert refused(root, mnt, "-i", stranger.path) == f"this identity cannot read store {root}"
+    message = refused(root, mnt)
+    assert message == f"store {root} keeps no identity of its own: give -i IDENTITY_FILE"
+    assert_nothing_mounted(mnt)
+
+
+def test_identity_file_that_is_not_one(tmp_path: Path, store: Path, mnt: Path) -> None:
+    bogus = tmp_path / "bogus.txt"
+    bogus.write_text("AGE-SECRET-KEY-1NOTAKEY\n")
+    message = refused(store, mnt, "-i", bogus)
+    assert "AGE-SECRET-KEY-1NOTAKEY" not in message  # a mistyped secret is never echoed
+    assert_nothing_mounted(mnt)
+
+
+def test_missing_mountpoint(tmp_path: Path, store: Path, passfile: Path) -> None:
+    absent = tmp_path / "absent"
+    assert refused(store, absent, "--passfile", passfile).endswith("mount point does not exist")
+    assert not absent.exists()
+
+
+def test_non_empty_mountpoint(store: Path, mnt: Path, passfile: Path) -> None:
+    (mnt / "something").write_text("x")
+    assert refused(store, mnt, "--passfile", passfile).endswith("mount point is not empty")
+    assert_nothing_mounted(mnt)
+
+
+def test_mountpoint_that_is_a_file(tmp_path: Path, store: Path, passfile: Path) -> None:
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert refused(store, file, "--passfile", passfile).endswith("mount point is not a directory")
+
+
+def test_mountpoint_inside_the_store(store: Path, passfile: Path) -> None:
+    inside = store / "sub"
+    inside.mkdir()
+    assert "mount point is inside the store" in refused(store, inside, "--passfile", passfile)
+    assert_nothing_mounted(inside)
+
+
+def test_busy_mountpoint(store: Path, mnt: Path, passfile: Path) -> None:
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "cagefs-test", mnt], check=True)
+    try:
+        assert refused(store, mnt, "--passfile", passfile).endswith(
+            "is busy: something is already mounted there"
+        )
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+    assert_nothing_mounted(mnt)
+
+
+def test_unknown_mount_option(store: Path, mnt: Path, passfile: Path) -> None:
+    message = refused(store, mnt, "--passfile", passfile, "-o", "ro,exec")
+    assert message.startswith("unknown mount option 'exec'")
+    assert_nothing_mounted(mnt)
+
+
+def test_bad_strategy_in_environment(store: Path, mnt: Path, passfile: Path) -> None:
+    env = {**os.environ, "CAGEFS_STRATEGY": "fastest"}
+    assert refused(store, mnt, "--passfile", passfile, env=env).startswith("CAGEFS_STRATEGY=")
+    assert_nothing_mounted(mnt)
+
+
+def test_umount_of_something_not_mounted(mnt: Path) -> None:
+    proc = cagefs("umount", mnt)
+    assert proc.returncode == 1
+    assert proc.stderr == f"cagefs umount: {mnt} is not mounted\n"
+
+
+def test_mount_options() -> None:
+    assert parse_mount_options([]) == (False, False)
+    assert parse_mount_options(["ro", "allow_other,default_permissions"]) == (True, True)
+    with pytest.raises(CageError, match="unknown mount option 'nonempty'"):
+        parse_mount_options(["nonempty"])
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("65536", 65536), ("64K", 64 << 10), ("64M", 64 << 20), ("1GiB", 1 << 30)],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_parse_size_refuses_nonsense() -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size("lots")
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_sd_notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, abstract: bool) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        if abstract:
+            name = f"cagefs-test-{os.getpid()}-{os.urandom(4).hex()}"
+            server.bind("\0" + name)
+            monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        else:
+            server.bind(str(tmp_path / "notify"))
+            monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        assert notify("READY=1")
+        assert server.recv(4096) == b"READY=1"
+
+
+def test_sd_notify_without_a_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert not notify("READY=1")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
+    assert not notify("READY=1")

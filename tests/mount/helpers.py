@@ -103,6 +103,7 @@ class Daemon:
     options: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    mounted_once: bool = False
 
     @property
     def pid(self) -> int:
@@ -147,10 +148,12 @@ class Daemon:
                 self.proc = None
                 raise DaemonExited(rc, self.log_text())
             readable, _, _ = select.select([sock], [], [], 0.1)
-            if readable and b"READY=1" in sock.recv(4096).split(b"\n"):
+            if (readable and b"READY=1" in sock.recv(4096).split(b"\n")) or is_mounted(self.mnt):
+                self.mounted_once = True
                 return
-            if is_mounted(self.mnt):
-                return
+        self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT)
+        self.proc = None
         raise AssertionError(f"mount not ready after {READY_TIMEOUT}s:\n{self.log_text()[-4000:]}")
 
     def stop(self) -> int:
@@ -184,7 +187,9 @@ class Daemon:
 
     def close(self) -> list[str]:
         """Teardown: always leave nothing mounted and nothing running; return the problems."""
-        problems = []
+        problems: list[str] = []
+        if not self.mounted_once:  # never ready: the mount point may be another daemon's
+            return problems
         if self.proc is not None:
             try:
                 rc = self.stop()

@@ -1,0 +1,264 @@
+"""The content of one open regular file: the single view every handle shares (I8).
+
+A file is in one of these states, and moves between them as requests arrive:
+
+- clean: reads decrypt chunks of its `current` complete version (I5);
+- streaming: a new or truncated file written in order goes straight into a `NewVersion`;
+- staged: out-of-order changes sit in an `Overlay` over `current`;
+- pending: `current` is a sealed temp version waiting for its group publish (I3).
+
+`finalize()` turns streaming or staged content into a sealed version; the publisher renames it
+over the backing file later (or at once on fsync). Attributes live here while the content is
+open and are stamped onto every new version, so a published file keeps its mode and times.
+"""
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from cagefs.age import CHUNK_SIZE, PayloadReader, open_file
+from cagefs.fs.cache import new_version_id
+from cagefs.fs.env import Env
+from cagefs.fs.staging import Overlay, ScratchBlocks
+from cagefs.store.versions import NewVersion
+
+if TYPE_CHECKING:
+    from cagefs.fs.inodes import Node
+
+_FINALIZE_IN_THREAD = 16 * 1024 * 1024
+
+
+@dataclass
+class Attributes:
+    """A file's attributes while its content is open: stat-shaped, so callers need not care."""
+
+    st_mode: int
+    st_uid: int
+    st_gid: int
+    st_atime_ns: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    st_nlink: int = 1
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "Attributes":
+        return cls(st.st_mode, st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
+
+    def stamp(self, fd: int) -> None:
+        """Give a new version the attributes the file has in the mount."""
+        os.fchmod(fd, self.st_mode & 0o7777)
+        os.fchown(fd, self.st_uid, self.st_gid)
+        os.utime(fd, ns=(self.st_atime_ns, self.st_mtime_ns))
+
+
+@dataclass
+class Version:
+    """A complete version that can be read: an open descriptor and its reader."""
+
+    fd: int
+    reader: PayloadReader
+    id: int
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class FileContent:
+    def __init__(self, env: Env, attrs: Attributes, current: Version | None, on_disk: bool) -> None:
+        self.env = env
+        self.attrs = attrs
+        self.current = current
+        self.on_disk = on_disk
+        self.size = current.reader.size if current else 0
+        self.stream: NewVersion | None = None
+        self.overlay: Overlay | None = None
+        self.pending: NewVersion | None = None
+        self.handles = 0
+        self.lock = trio.Lock()
+        self.node: Node | None = None  # set by the inode table when attached
+
+    @classmethod
+    def open_existing(cls, env: Env, backing: str) -> "FileContent":
+        fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            opened = open_file(fd, env.identities)
+            attrs = Attributes.of(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(env, attrs, Version(fd, opened.reader, new_version_id()), on_disk=True)
+
+    @classmethod
+    def create(cls, env: Env, mode: int, uid: int, gid: int) -> "FileContent":
+        now = time.time_ns()
+        content = cls(env, Attributes(mode, uid, gid, now, now, now), None, on_disk=False)
+        content.truncate(0)
+        return content
+
+    @property
+    def dirty(self) -> bool:
+        return self.stream is not None or self.overlay is not None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing open, nothing unsaved, nothing waiting to publish: safe to forget."""
+        return self.handles == 0 and not self.dirty and self.pending is None
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self.stream:
+            self._seal_stream()
+        if self.overlay:
+            return self.overlay.read(offset, length)
+        if self.current is None:
+            return b""
+        return self._read_cached(self.current, offset, length)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        self._touch()
+        if self.stream and offset == self.stream.size:
+            self.stream.write(data)
+            self.size = self.stream.size
+            return
+        overlay = self._ensure_overlay()
+        overlay.write(offset, data)
+        self.size = overlay.size
+        if self.env.policy.should_spill(overlay.blocks, self.size):
+            overlay.move_to(ScratchBlocks(self.env.root))
+
+    def truncate(self, size: int) -> None:
+        self._touch()
+        if size == 0 and self.env.policy.streams:
+            self._drop_changes()
+            self.stream = self._new_version()
+            self.size = 0
+        elif not (self.stream and size == self.stream.size):
+            self._ensure_overlay().truncate(size)
+            self.size = size
+
+    def set_times(self, atime_ns: int | None, mtime_ns: int | None) -> None:
+        if atime_ns is not None:
+            self.attrs.st_atime_ns = atime_ns
+        if mtime_ns is not None:
+            self.attrs.st_mtime_ns = mtime_ns
+        self._restamp()
+
+    def set_mode(self, mode: int) -> None:
+        self.attrs.st_mode = (self.attrs.st_mode & ~0o7777) | (mode & 0o7777)
+        self._restamp()
+
+    def set_owner(self, uid: int | None, gid: int | None) -> None:
+        self.attrs.st_uid = self.attrs.st_uid if uid is None else uid
+        self.attrs.st_gid = self.attrs.st_gid if gid is None else gid
+        self._restamp()
+
+    async def finalize(self) -> None:
+        """Seal whatever is unsaved into a complete version and queue it for publishing."""
+        if self.stream:
+            self._seal_stream()
+        elif self.overlay:
+            overlay = self.overlay
+            version = self._new_version()
+            try:
+                if self.size > _FINALIZE_IN_THREAD:
+                    await trio.to_thread.run_sync(version.write_chunks, overlay.chunks())
+                else:
+                    version.write_chunks(overlay.chunks())
+                version.seal()
+            except BaseException:
+                version.discard()
+                raise
+            self.overlay = None
+            self._adopt(version)
+            overlay.close()
+
+    def published(self) -> None:
+        self.pending = None
+        self.on_disk = True
+
+    def discard_pending(self) -> None:
+        """The file was unlinked before its new version was published: drop the temp."""
+        if self.pending:
+            self.pending.remove()
+            self.pending = None
+
+    def close(self) -> None:
+        """Release everything: descriptors, staging, and any version never published."""
+        self._drop_changes()
+        self.discard_pending()
+        if self.current:
+            self.current.close()
+            self.current = None
+
+    def _read_cached(self, version: Version, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        cache = self.env.cache
+        parts = []
+        for index in range(offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1):
+            chunk = cache.get(version.id, index)
+            if chunk is None:
+                chunk = version.reader.read_chunk(index)
+                cache.put(version.id, index, chunk)
+            start = index * CHUNK_SIZE
+            parts.append(chunk[max(offset - start, 0) : end - start])
+        return b"".join(parts)
+
+    def _ensure_overlay(self) -> Overlay:
+        if self.overlay is None:
+            if self.stream:
+                self._seal_stream()
+            base: Callable[[int], bytes] | None = None
+            if self.current is not None:
+                base = self.current.reader.read_chunk
+            self.overlay = Overlay(self.env.policy.blocks_for(self.size), self.size, base)
+        return self.overlay
+
+    def _new_version(self) -> NewVersion:
+        return NewVersion(self.env.root, self.env.recipients)
+
+    def _seal_stream(self) -> None:
+        version = self.stream
+        assert version is not None
+        self.stream = None
+        try:
+            version.seal()
+        except BaseException:
+            version.discard()
+            raise
+        self._adopt(version)
+
+    def _adopt(self, version: NewVersion) -> None:
+        """Make a sealed version the current one; it replaces any older unpublished temp."""
+        self.attrs.stamp(version.fd)
+        previous, self.current = (
+            self.current,
+            Version(version.fd, version.open_reader(self.env.identities), new_version_id()),
+        )
+        self.discard_pending()
+        if previous:
+            previous.close()
+        self.pending = version
+        self.env.queue_publish(self)
+
+    def _drop_changes(self) -> None:
+        if self.stream:
+            self.stream.discard()
+            self.stream = None
+        if self.overlay:
+            self.overlay.close()
+            self.overlay = None
+
+    def _touch(self) -> None:
+        now = time.time_ns()
+        self.attrs.st_mtime_ns = self.attrs.st_ctime_ns = now
+
+    def _restamp(self) -> None:
+        """Attribute changes reach the version on disk at once, not only the next one."""
+        self.attrs.st_ctime_ns = time.time_ns()
+        if self.current and not self.dirty:
+            self.attrs.stamp(self.current.fd)

@@ -1,0 +1,27 @@
+"""What every part of the filesystem shares: the store's keys, the strategy, the chunk cache,
+and the queue of versions waiting for their group publish."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cagefs.age import Identity, Recipient
+from cagefs.fs.cache import ChunkCache
+from cagefs.fs.strategies import Policy
+
+if TYPE_CHECKING:
+    from cagefs.fs.content import FileContent
+
+
+@dataclass
+class Env:
+    root: Path
+    identities: Sequence[Identity]
+    recipients: Sequence[Recipient]
+    policy: Policy
+    cache: ChunkCache
+    publish_queue: "set[FileContent]" = field(default_factory=set)
+
+    def queue_publish(self, content: "FileContent") -> None:
+        self.publish_queue.add(content)

@@ -1,0 +1,48 @@
+"""Every handler's errors become an errno: the daemon must survive anything one request does.
+
+pyfuse3 stops the whole daemon on any exception other than FUSEError, so each handler is
+wrapped: OSError keeps its errno, authentication failures become EIO with a log line naming the
+file (I6), and anything unexpected is logged with its traceback and answered with EIO.
+"""
+
+import errno
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import pyfuse3
+
+from cagefs.age import AgeError
+
+log = logging.getLogger("cagefs")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                log.error("%s: %s", handler.__name__, exc.strerror)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except AgeError as exc:
+            log.error("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("internal error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class NamedFileError(AgeError):
+    """An age failure tagged with the plaintext path it happened on, for the log."""
+
+    def __init__(self, path: str | None, exc: AgeError) -> None:
+        super().__init__(f"{path or '(unlinked file)'}: {exc}")

@@ -1,0 +1,132 @@
+"""Run the filesystem: mount, serve on trio until unmounted or signalled, save everything.
+
+The daemon only ever exits after every unsaved change has been sealed and published, whether
+it was stopped by `fusermount3 -u`, `cagefs umount`, SIGTERM or SIGINT.
+"""
+
+import ctypes
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyfuse3
+import trio
+
+from cagefs.errors import CageError
+from cagefs.fs.cache import ChunkCache
+from cagefs.fs.env import Env
+from cagefs.fs.inodes import InodeTable
+from cagefs.fs.operations import Operations
+from cagefs.fs.publisher import Publisher
+from cagefs.fs.strategies import Policy, Strategy
+from cagefs.store.layout import remove_stray_temps
+
+if TYPE_CHECKING:
+    from cagefs.store import Store
+
+log = logging.getLogger("cagefs")
+READ_AHEAD_KB = 1024
+
+
+@dataclass
+class MountOptions:
+    strategy: str = "auto"
+    read_only: bool = False
+    allow_other: bool = False
+    memory_threshold: int = 64 * 1024 * 1024
+    cache_mib: int = 64
+    publish_interval: float = 1.0
+    debug: bool = False
+
+
+def serve(
+    store: "Store", mountpoint: str, options: MountOptions, on_ready: Callable[[], None]
+) -> None:
+    """Mount `store` on `mountpoint` and serve until unmounted; blocks."""
+    removed = remove_stray_temps(store.root)
+    if removed:
+        log.info("removed %d unpublished temp version(s) left by a crash", removed)
+    _tune_malloc()
+    env = Env(
+        root=store.root,
+        identities=store.identities,
+        recipients=store.recipients,
+        policy=Policy(Strategy(options.strategy), options.memory_threshold, store.root),
+        cache=ChunkCache(options.cache_mib * 1024 * 1024),
+    )
+    table = InodeTable(store.root)
+    publisher = Publisher(env, table, options.publish_interval)
+    operations = Operations(env, publisher, table)
+    try:
+        pyfuse3.init(operations, mountpoint, _fuse_options(options))
+    except RuntimeError as exc:
+        raise CageError(f"cannot mount on {mountpoint}: {exc}") from None
+    try:
+        trio.run(_main, operations, publisher, mountpoint, on_ready)
+    finally:
+        pyfuse3.close(unmount=True)
+    log.info("unmounted %s", mountpoint)
+
+
+def _fuse_options(options: MountOptions) -> set[str]:
+    fuse_options = set(pyfuse3.default_options) | {"fsname=cagefs", "subtype=cagefs"}
+    if options.read_only:
+        fuse_options.add("ro")
+    if options.allow_other:
+        fuse_options.add("allow_other")
+    if options.debug:
+        fuse_options.add("debug")
+    return fuse_options
+
+
+async def _main(
+    operations: Operations, publisher: Publisher, mountpoint: str, on_ready: Callable[[], None]
+) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher.run)
+        nursery.start_soon(_stop_on_signals)
+        nursery.start_soon(_announce_ready, mountpoint, on_ready)
+        await pyfuse3.main()
+        # The kernel side is gone (unmounted or terminated): save, then stop the helpers.
+        await operations.save_everything()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: saving and unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _announce_ready(mountpoint: str, on_ready: Callable[[], None]) -> None:
+    """Once requests are being served: raise readahead, then tell whoever waits for us."""
+    st = await trio.to_thread.run_sync(os.stat, mountpoint)
+    _raise_read_ahead(st.st_dev)
+    log.info("serving %s", mountpoint)
+    on_ready()
+
+
+def _raise_read_ahead(dev: int) -> None:
+    """The kernel sends reads only as large as readahead (128 KiB by default); 1 MiB is faster."""
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.debug("could not raise readahead (%s)", exc.strerror)
+
+
+def _tune_malloc() -> None:
+    """Keep glibc from mmap'ing and unmapping a fresh buffer for every 1 MiB FUSE write."""
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(m_mmap_threshold, 16 * 1024 * 1024)
+        libc.mallopt(m_trim_threshold, 64 * 1024 * 1024)
+    except OSError:
+        pass

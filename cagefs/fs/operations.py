@@ -1,0 +1,509 @@
+"""The FUSE front end: translate each request to the inode table, file contents and store.
+
+Handlers stay thin. Names are resolved by `InodeTable`, file data is `FileContent`'s business,
+and durability is the `Publisher`'s; what is left here is POSIX semantics and errno choices.
+"""
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyfuse3
+
+from cagefs.age import AgeError
+from cagefs.fs.attrs import HeaderLengths, entry_attributes
+from cagefs.fs.content import FileContent
+from cagefs.fs.env import Env
+from cagefs.fs.errors import NamedFileError, fuse_errors
+from cagefs.fs.inodes import InodeTable, Kind, Node, check_name, join
+from cagefs.fs.publisher import Publisher
+from cagefs.store.layout import META_DIR, NAME_MAX, plain_file_name
+from cagefs.store.versions import fsync_dir
+
+log = logging.getLogger("cagefs")
+_WRITE_MODES = os.O_WRONLY | os.O_RDWR
+
+
+@dataclass
+class Handle:
+    node: Node
+    content: FileContent
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+
+    def __init__(self, env: Env, publisher: Publisher, table: InodeTable) -> None:
+        super().__init__()
+        self.env = env
+        self.table = table
+        self.publisher = publisher
+        self.headers = HeaderLengths()
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, tuple[Node, list[str]]] = {}
+        self._next_fh = 1
+
+    # --- names and attributes -------------------------------------------------------------
+
+    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        if node.content is not None:
+            return entry_attributes(node, node.content.attrs, node.content.size)
+        path = self.table.backing_of(node)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        st = os.lstat(path)
+        size = self.headers.plaintext_size(path, st) if node.kind is Kind.FILE else None
+        return entry_attributes(node, st, size)
+
+    def _lookup_node(self, parent: Node, name: str) -> Node:
+        found = self.table.probe(parent, name)
+        if found is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        path, kind, _ = found
+        return self.table.node_for(path, kind)
+
+    def _remember(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = self._attributes(node)
+        node.lookups += 1
+        return attrs
+
+    @fuse_errors
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        text = os.fsdecode(name)
+        check_name(text)
+        return self._remember(self._lookup_node(self.table.get(parent_inode), text))
+
+    @fuse_errors
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.table.forget(ino, count)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attributes(self.table.get(inode))
+
+    @fuse_errors
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self.table.get(inode)
+        if fields.update_size:
+            await self._truncate(node, attr.st_size)
+        atime = attr.st_atime_ns if fields.update_atime else None
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+        mode = attr.st_mode if fields.update_mode else None
+        uid = attr.st_uid if fields.update_uid else None
+        gid = attr.st_gid if fields.update_gid else None
+        if node.content is not None:
+            content = node.content
+            if mode is not None:
+                content.set_mode(mode)
+            if uid is not None or gid is not None:
+                content.set_owner(uid, gid)
+            if atime is not None or mtime is not None:
+                content.set_times(atime, mtime)
+        else:
+            self._set_backing_attributes(node, mode, uid, gid, atime, mtime)
+        return self._attributes(node)
+
+    def _set_backing_attributes(
+        self,
+        node: Node,
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        atime: int | None,
+        mtime: int | None,
+    ) -> None:
+        path = self.table.backing_of(node)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        follow = node.kind is not Kind.SYMLINK
+        if mode is not None and follow:
+            os.chmod(path, stat.S_IMODE(mode))
+        if uid is not None or gid is not None:
+            os.chown(
+                path, -1 if uid is None else uid, -1 if gid is None else gid, follow_symlinks=follow
+            )
+        if atime is not None or mtime is not None:
+            st = os.lstat(path)
+            os.utime(
+                path,
+                ns=(
+                    atime if atime is not None else st.st_atime_ns,
+                    mtime if mtime is not None else st.st_mtime_ns,
+                ),
+                follow_symlinks=follow,
+            )
+
+    async def _truncate(self, node: Node, size: int) -> None:
+        if node.kind is not Kind.FILE:
+            raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.EINVAL)
+        content = self._content(node)
+        async with content.lock:
+            content.truncate(size)
+            if content.handles == 0:
+                await content.finalize()
+        self.table.drop_if_unused(node)
+
+    def _content(self, node: Node) -> FileContent:
+        """The node's open content, opening the backing file if nobody has it open yet."""
+        if node.content is None:
+            path = self.table.backing_of(node)
+            if path is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            try:
+                content = FileContent.open_existing(self.env, path)
+            except AgeError as exc:
+                raise NamedFileError(node.path, exc) from None
+            self.table.attach(node, content)
+        return node.content
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        path = self.table.backing_of(self.table.get(inode))
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return os.fsencode(os.readlink(path))
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = os.statvfs(self.env.root)
+        data = pyfuse3.StatvfsData()
+        for name in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+        ):
+            setattr(data, name, getattr(st, name))
+        data.f_namemax = NAME_MAX
+        return data
+
+    # --- directories ----------------------------------------------------------------------
+
+    def _new_name(self, parent_inode: int, name: bytes) -> tuple[Node, str]:
+        """Check a name about to be created: valid, not taken, not our metadata directory."""
+        parent = self.table.get(parent_inode)
+        text = os.fsdecode(name)
+        check_name(text)
+        if self.table.probe(parent, text) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        if parent.path == "" and text == META_DIR:
+            raise pyfuse3.FUSEError(errno.EACCES)
+        assert parent.path is not None
+        return parent, join(parent.path, text)
+
+    @fuse_errors
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        _, path = self._new_name(parent_inode, name)
+        backing = self.table.backing(path, Kind.DIR)
+        os.mkdir(backing, stat.S_IMODE(mode) & ~ctx.umask)
+        os.chown(backing, ctx.uid, ctx.gid)
+        return self._remember(self.table.node_for(path, Kind.DIR))
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = self._lookup_node(self.table.get(parent_inode), os.fsdecode(name))
+        if node.kind is not Kind.DIR:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        assert node.path is not None
+        if self.table.has_unpublished_below(node.path):
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        os.rmdir(self.table.backing(node.path, Kind.DIR))
+        self.table.detach(node)
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.table.get(inode)
+        if node.kind is not Kind.DIR or node.path is None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = self._new_fh()
+        self._dirs[fh] = (node, self._list(node))
+        return fh
+
+    def _list(self, node: Node) -> list[str]:
+        """A sorted snapshot of the names shown, so readdir offsets stay stable."""
+        assert node.path is not None
+        names = set()
+        with os.scandir(self.table.backing(node.path, Kind.DIR)) as scan:
+            for entry in scan:
+                if node.path == "" and entry.name == META_DIR:
+                    continue
+                if entry.is_dir(follow_symlinks=False) or entry.is_symlink():
+                    names.add(entry.name)
+                elif entry.is_file(follow_symlinks=False):
+                    shown = plain_file_name(entry.name)
+                    if shown is not None:
+                        names.add(shown)
+        names.update(
+            n.path.rpartition("/")[2]
+            for n in self.table.unpublished
+            if n.path is not None and n.path.rpartition("/")[0] == node.path
+        )
+        return sorted(names)
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        directory, names = self._dirs[fh]
+        for index in range(start_id, len(names)):
+            try:
+                node = self._lookup_node(directory, names[index])
+                attrs = self._attributes(node)
+            except (pyfuse3.FUSEError, FileNotFoundError):
+                continue  # removed since the snapshot
+            if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attrs, index + 1):
+                break
+            node.lookups += 1
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @fuse_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        node, _ = self._dirs[fh]
+        await self.publisher.publish_all()
+        if node.path is not None:
+            fsync_dir(self.table.backing(node.path, Kind.DIR))
+
+    # --- files ----------------------------------------------------------------------------
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _open_handle(self, node: Node, content: FileContent) -> pyfuse3.FileInfo:
+        content.handles += 1
+        fh = self._new_fh()
+        self._handles[fh] = Handle(node, content)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @fuse_errors
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = self._create_file(parent_inode, name, mode, ctx)
+        info = self._open_handle(node, node.content)
+        return info, self._remember(node)
+
+    def _create_file(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> Node:
+        _, path = self._new_name(parent_inode, name)
+        file_mode = stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask)
+        node = self.table.node_for(path, Kind.FILE)
+        self.table.attach(node, FileContent.create(self.env, file_mode, ctx.uid, ctx.gid))
+        self.table.unpublished.add(node)
+        return node
+
+    @fuse_errors
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):
+            raise pyfuse3.FUSEError(errno.EPERM)  # devices, fifos, sockets cannot be age files
+        node = self._create_file(parent_inode, name, mode, ctx)
+        assert node.content is not None
+        await node.content.finalize()
+        return self._remember(node)
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.table.get(inode)
+        if node.kind is not Kind.FILE:
+            raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.ELOOP)
+        content = self._content(node)
+        if flags & os.O_TRUNC and flags & _WRITE_MODES:
+            async with content.lock:
+                content.truncate(0)
+        return self._open_handle(node, content)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        async with handle.content.lock:
+            try:
+                return handle.content.read(off, size)
+            except AgeError as exc:
+                raise NamedFileError(handle.node.path, exc) from None
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        async with handle.content.lock:
+            try:
+                handle.content.write(off, buf)
+            except AgeError as exc:
+                raise NamedFileError(handle.node.path, exc) from None
+        return len(buf)
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        """close(2): seal the last handle's changes now, so errors such as ENOSPC reach it."""
+        handle = self._handles[fh]
+        if handle.content.handles == 1:
+            async with handle.content.lock:
+                await handle.content.finalize()
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        content = handle.content
+        content.handles -= 1
+        if content.handles == 0:
+            async with content.lock:
+                await content.finalize()  # writes through mmap can arrive after flush
+        self.table.drop_if_unused(handle.node)
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._handles[fh]
+        async with handle.content.lock:
+            await handle.content.finalize()
+            await self.publisher.publish_now(handle.node)
+
+    # --- names: unlink, rename, links -----------------------------------------------------
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = self._lookup_node(self.table.get(parent_inode), os.fsdecode(name))
+        if node.kind is Kind.DIR:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if node not in self.table.unpublished:
+            os.unlink(self.table.backing_of(node))
+        self.table.detach(node)
+
+    @fuse_errors
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        source = self._lookup_node(self.table.get(parent_inode_old), os.fsdecode(name_old))
+        new_parent = self.table.get(parent_inode_new)
+        new_name = os.fsdecode(name_new)
+        check_name(new_name)
+        if new_parent.path == "" and new_name == META_DIR:
+            raise pyfuse3.FUSEError(errno.EACCES)
+        target = self.table.probe(new_parent, new_name)
+        if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        assert new_parent.path is not None and source.path is not None
+        new_path = join(new_parent.path, new_name)
+        if new_path == source.path:
+            return
+        if source.kind is Kind.DIR and (new_path + "/").startswith(source.path + "/"):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        replaced = self._check_replace(source, target)
+        self._rename_backing(source, new_path, replaced)
+        if replaced is not None:
+            self.table.detach(replaced)
+        self.table.move(source, new_path)
+
+    def _check_replace(
+        self, source: Node, target: tuple[str, Kind, os.stat_result | None] | None
+    ) -> Node | None:
+        """The node a rename replaces, after POSIX's checks on what may replace what."""
+        if target is None:
+            return None
+        path, kind, _ = target
+        if source.kind is Kind.DIR and kind is not Kind.DIR:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if source.kind is not Kind.DIR and kind is Kind.DIR:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if kind is Kind.DIR and self.table.has_unpublished_below(path):
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        return self.table.node_for(path, kind)
+
+    def _rename_backing(self, source: Node, new_path: str, replaced: Node | None) -> None:
+        new_backing = self.table.backing(new_path, source.kind)
+        replaced_backing = (
+            None
+            if replaced is None or replaced in self.table.unpublished
+            else self.table.backing_of(replaced)
+        )
+        if source in self.table.unpublished:
+            # Not on disk yet: its version will be published under the new name. The file it
+            # replaces stays on disk until then, as the "old version" a crash may leave.
+            if replaced_backing is not None and replaced_backing != new_backing:
+                os.unlink(replaced_backing)
+            return
+        if replaced_backing is not None and replaced_backing != new_backing:
+            os.unlink(replaced_backing)  # a symlink replaced by a file, or the reverse
+        os.rename(self.table.backing_of(source), new_backing)
+
+    @fuse_errors
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        _, path = self._new_name(parent_inode, name)
+        backing = self.table.backing(path, Kind.SYMLINK)
+        os.symlink(os.fsdecode(target), backing)
+        os.chown(backing, ctx.uid, ctx.gid, follow_symlinks=False)
+        return self._remember(self.table.node_for(path, Kind.SYMLINK))
+
+    @fuse_errors
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        # Publishing by rename would split the names of a hard-linked file (I8): refuse.
+        log.info("hard link refused: age-backed files cannot share content between names")
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    # --- extended attributes: never stored, since they would sit on disk in plaintext (I1) --
+
+    @fuse_errors
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return []
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    async def save_everything(self) -> None:
+        """Seal every file with unsaved changes and publish them all (unmount, SIGTERM)."""
+        for node in list(self.table.nodes.values()):
+            content = node.content
+            if content is not None and content.dirty:
+                async with content.lock:
+                    try:
+                        await content.finalize()
+                    except (OSError, AgeError) as exc:
+                        log.error("%s: could not save changes: %s", node.path, exc)
+        await self.publisher.publish_all()

@@ -1,0 +1,86 @@
+"""Group publishing (I3): sealed versions reach their backing names in batches.
+
+Every `interval` seconds the versions sealed since the last round are made durable with one
+`syncfs`, renamed over their backing files, and their directories fsync'ed. An fsync from an
+application publishes its file at once instead. Until its rename, a version is served from its
+temp file, so nothing about publishing is visible through the mount.
+"""
+
+import logging
+import os
+
+import trio
+
+from cagefs.fs.content import FileContent
+from cagefs.fs.env import Env
+from cagefs.fs.inodes import InodeTable, Node
+from cagefs.store.versions import NewVersion, fsync_dirs, syncfs
+
+log = logging.getLogger("cagefs")
+
+
+class Publisher:
+    def __init__(self, env: Env, table: InodeTable, interval: float) -> None:
+        self._env = env
+        self._table = table
+        self._interval = interval
+        self._lock = trio.Lock()
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(self._interval)
+            await self.publish_all()
+
+    async def publish_all(self) -> None:
+        """Publish every queued version: one syncfs for the group, then the renames."""
+        async with self._lock:
+            batch = [(c, c.pending) for c in self._env.publish_queue if c.pending is not None]
+            self._env.publish_queue.clear()
+            if not batch:
+                return
+            root_fd = os.open(self._env.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                await trio.to_thread.run_sync(syncfs, root_fd)
+            finally:
+                os.close(root_fd)
+            dests = [dest for c, v in batch if (dest := self._claim(c, v)) is not None]
+            if dests:
+                await trio.to_thread.run_sync(fsync_dirs, dests)
+
+    async def publish_now(self, node: Node) -> None:
+        """fsync(2): this file's sealed version becomes durable under its name before we return."""
+        content = node.content
+        version = content.pending if content else None
+        if content is None or version is None:
+            return
+        async with self._lock:
+            await trio.to_thread.run_sync(os.fsync, version.fd)
+            dest = self._claim(content, version)
+            if dest is not None:
+                await trio.to_thread.run_sync(fsync_dirs, [dest])
+
+    def _claim(self, content: FileContent, version: NewVersion) -> str | None:
+        """Rename a durable version over its backing file; returns where it went.
+
+        The rename is done here, on the event loop, with the namespace as it is at this instant.
+
+        Called without awaiting in between, so a concurrent rename or unlink is either fully
+        before or fully after. Superseded versions are skipped (their successor is queued).
+        """
+        if content.pending is not version:
+            return None
+        node = self._owner(content)
+        dest = self._table.backing_of(node) if node else None
+        if dest is None:
+            content.discard_pending()
+            return None
+        os.rename(version.path, dest)
+        content.published()
+        self._table.unpublished.discard(node)
+        self._table.drop_if_unused(node)
+        return dest
+
+    @staticmethod
+    def _owner(content: FileContent) -> Node | None:
+        node = content.node
+        return node if node is not None and node.content is content else None

@@ -1,0 +1,176 @@
+"""Staging for files edited out of order: an overlay of changed 64 KiB blocks over the
+file's last complete version.
+
+Blocks match age chunks, so an unchanged block is read by decrypting exactly one chunk of the
+old version, and publishing walks the blocks in order into a new version. Changed blocks live
+in a `BlockStore`: RAM (`MemoryBlocks`) or a scratch file encrypted under a key that exists only
+in this process (`ScratchBlocks`, I1).
+"""
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from cagefs.age import CHUNK_SIZE
+from cagefs.store.layout import tmp_dir
+
+_ZEROS = bytes(CHUNK_SIZE)
+
+
+class BlockStore(Protocol):
+    def get(self, index: int) -> bytes | None: ...
+    def put(self, index: int, block: bytes) -> None: ...
+    def drop_from(self, index: int) -> None: ...
+    def items(self) -> Iterator[tuple[int, bytes]]: ...
+    def close(self) -> None: ...
+
+
+class MemoryBlocks:
+    """Changed blocks in RAM: fastest, costs the size of what was changed."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, bytes] = {}
+
+    def get(self, index: int) -> bytes | None:
+        return self._blocks.get(index)
+
+    def put(self, index: int, block: bytes) -> None:
+        self._blocks[index] = block
+
+    def drop_from(self, index: int) -> None:
+        for key in [k for k in self._blocks if k >= index]:
+            del self._blocks[key]
+
+    def items(self) -> Iterator[tuple[int, bytes]]:
+        yield from list(self._blocks.items())
+
+    def close(self) -> None:
+        self._blocks.clear()
+
+
+class ScratchBlocks:
+    """Changed blocks in an unlinked scratch file, each sealed with an ephemeral key.
+
+    Every put uses a fresh random nonce and binds the block index as associated data, so a
+    block can neither be read without this process's key nor moved to another slot.
+    """
+
+    _NONCE = 12
+    _SLOT = _NONCE + CHUNK_SIZE + 16
+
+    def __init__(self, root: Path) -> None:
+        self._fd = os.open(tmp_dir(root), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        self._aead = ChaCha20Poly1305(ChaCha20Poly1305.generate_key())
+        self._present: set[int] = set()
+
+    def get(self, index: int) -> bytes | None:
+        if index not in self._present:
+            return None
+        slot = os.pread(self._fd, self._SLOT, index * self._SLOT)
+        nonce, sealed = slot[: self._NONCE], slot[self._NONCE :]
+        return self._aead.decrypt(nonce, sealed, index.to_bytes(8, "big"))
+
+    def put(self, index: int, block: bytes) -> None:
+        nonce = os.urandom(self._NONCE)
+        sealed = self._aead.encrypt(nonce, block, index.to_bytes(8, "big"))
+        os.pwrite(self._fd, nonce + sealed, index * self._SLOT)
+        self._present.add(index)
+
+    def drop_from(self, index: int) -> None:
+        self._present = {i for i in self._present if i < index}
+        os.ftruncate(self._fd, index * self._SLOT)
+
+    def items(self) -> Iterator[tuple[int, bytes]]:
+        for index in sorted(self._present):
+            block = self.get(index)
+            assert block is not None
+            yield index, block
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class Overlay:
+    """A file's content as changed blocks over a base version, with POSIX size semantics.
+
+    Bytes at or beyond `size` always read as zeros: truncation zeroes the tail of the block it
+    cuts, and `_base_limit` hides base content past the smallest size the file has had since.
+    """
+
+    def __init__(
+        self,
+        blocks: BlockStore,
+        size: int,
+        read_base_chunk: Callable[[int], bytes] | None,
+    ) -> None:
+        self.blocks = blocks
+        self.size = size
+        self._read_base_chunk = read_base_chunk
+        self._base_limit = size if read_base_chunk else 0
+
+    def block(self, index: int) -> bytes:
+        """The full 64 KiB of block `index`, zero-padded."""
+        stored = self.blocks.get(index)
+        if stored is not None:
+            return stored
+        start = index * CHUNK_SIZE
+        if self._read_base_chunk is None or start >= self._base_limit:
+            return _ZEROS
+        data = self._read_base_chunk(index)[: self._base_limit - start]
+        return data + _ZEROS[len(data) :] if len(data) < CHUNK_SIZE else data
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        parts = []
+        for index in range(offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1):
+            start = index * CHUNK_SIZE
+            parts.append(self.block(index)[max(offset - start, 0) : end - start])
+        return b"".join(parts)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        position = offset
+        while view:
+            index, within = divmod(position, CHUNK_SIZE)
+            take = min(CHUNK_SIZE - within, len(view))
+            if take == CHUNK_SIZE:
+                self.blocks.put(index, bytes(view[:take]))
+            else:
+                block = bytearray(self.block(index))
+                block[within : within + take] = view[:take]
+                self.blocks.put(index, bytes(block))
+            view = view[take:]
+            position += take
+        self.size = max(self.size, offset + len(data))
+
+    def truncate(self, size: int) -> None:
+        if size < self.size:
+            index, within = divmod(size, CHUNK_SIZE)
+            if within:
+                block = bytearray(self.block(index))
+                block[within:] = bytes(CHUNK_SIZE - within)
+                self.blocks.put(index, bytes(block))
+                index += 1
+            self.blocks.drop_from(index)
+            self._base_limit = min(self._base_limit, size)
+        self.size = size
+
+    def chunks(self) -> Iterator[bytes]:
+        """The whole content in order, one block at a time, for publishing."""
+        for index in range(-(-self.size // CHUNK_SIZE)):
+            yield self.block(index)[: self.size - index * CHUNK_SIZE]
+
+    def move_to(self, blocks: BlockStore) -> None:
+        """Carry the changed blocks over to another store (RAM -> scratch as a file grows)."""
+        for index, block in self.blocks.items():
+            blocks.put(index, block)
+        self.blocks.close()
+        self.blocks = blocks
+
+    def close(self) -> None:
+        self.blocks.close()

@@ -1,0 +1,89 @@
+"""New versions of backing files: written in `.cagefs/tmp/`, then published by rename (I2, I3).
+
+A backing age file is never patched in place. Every change is a whole new version with a fresh
+file key, written to a temp file on the store's filesystem and renamed over the old one only
+after its data is durable. Renames are done in groups so that a burst of small files costs one
+`syncfs` rather than one fsync each.
+"""
+
+import contextlib
+import ctypes
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cagefs.age import PayloadReader, Recipient, open_file, start_file
+from cagefs.age.recipients import Identity
+from cagefs.store.layout import TEMP_PREFIX, tmp_dir
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding `fd`: one call for a group of new versions."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class NewVersion:
+    """A version being written to a temp file; sealed once complete, then published or dropped."""
+
+    def __init__(self, root: Path, recipients: Sequence[Recipient]) -> None:
+        self.path = _unique_temp_path(root)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._writer = start_file(lambda data: write_all(self.fd, data), recipients)
+        self.sealed = False
+
+    @property
+    def size(self) -> int:
+        return self._writer.plaintext_written
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._writer.write(data)
+
+    def write_chunks(self, chunks: Iterable[bytes]) -> None:
+        for chunk in chunks:
+            self._writer.write(chunk)
+
+    def seal(self) -> None:
+        self._writer.close()
+        self.sealed = True
+
+    def open_reader(self, identities: Sequence[Identity]) -> PayloadReader:
+        """Random access to the sealed version (served until it is published, I8)."""
+        return open_file(self.fd, identities).reader
+
+    def remove(self) -> None:
+        """Delete the unpublished temp; a reader holding `fd` keeps working (like unlink(2))."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def discard(self) -> None:
+        """Forget an unpublished version entirely: descriptor and temp file."""
+        os.close(self.fd)
+        self.remove()
+
+
+def _unique_temp_path(root: Path) -> str:
+    return str(tmp_dir(root) / f"{TEMP_PREFIX}{os.urandom(12).hex()}")
+
+
+def fsync_dirs(published: Sequence[str]) -> None:
+    """Make the renames of these published files durable: fsync each parent directory once."""
+    for directory in {os.path.dirname(path) for path in published}:
+        fsync_dir(directory)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -5,6 +5,7 @@ import select
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,18 @@ def make_keyfile(path: Path) -> KeyFile:
 @pytest.fixture
 def keyfile(tmp_path: Path) -> KeyFile:
     return make_keyfile(tmp_path / "key.txt")
+
+
+@pytest.fixture
+def new_keyfile(tmp_path: Path) -> Callable[[str], KeyFile]:
+    """Make more identity files in tmp_path, by name."""
+    return lambda name: make_keyfile(tmp_path / name)
+
+
+@pytest.fixture
+def on_tty() -> Callable[..., tuple[int, bytes]]:
+    """`run_on_tty`, for tests (fixtures keep working whatever the test import mode)."""
+    return run_on_tty
 
 
 def run_on_tty(

@@ -1,0 +1,76 @@
+"""I7: the daemon's memory does not grow with file size. A 4 GiB file is written with `dd` and
+read back while the daemon's RSS is sampled from /proc; the growth over a warmed-up baseline
+must stay under 200 MiB. The backing file is then checked with `age -d`, streamed.
+"""
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .helpers import Daemon, age_decrypt_cmd, run
+
+GIB4 = 4 << 30
+LIMIT = 200 << 20
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def peak_rss_during(pid: int, cmd: list[str]) -> int:
+    """Run cmd to completion, sampling the daemon's RSS every 0.2 s; the highest sample."""
+    peak = rss(pid)
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE) as proc:
+        while proc.poll() is None:
+            peak = max(peak, rss(pid))
+            time.sleep(0.2)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.returncode == 0, f"{cmd}: {err}"
+    return peak
+
+
+def assert_all_zero_backing(path: Path, identity: Path) -> None:
+    """`age -d` of the backing file yields exactly 4 GiB of zeros (streamed, not held)."""
+    zeros = bytes(1 << 20)
+    total = 0
+    with subprocess.Popen(age_decrypt_cmd(path, identity), stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        while block := proc.stdout.read(1 << 20):
+            assert block == zeros[: len(block)], f"non-zero byte near offset {total}"
+            total += len(block)
+    assert proc.returncode == 0
+    assert total == GIB4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["stream", "auto"])
+def test_rss_flat_while_writing_and_reading_4gib(
+    daemons: Callable[..., Daemon], strategy: str
+) -> None:
+    daemon = daemons(strategy)
+    daemon.start()
+    big = daemon.mnt / "big"
+    run("dd", "if=/dev/zero", f"of={daemon.mnt}/warmup", "bs=1M", "count=64", "status=none")
+    run("dd", f"if={daemon.mnt}/warmup", "of=/dev/null", "bs=1M", "status=none")
+    baseline = rss(daemon.pid)
+    write_peak = peak_rss_during(
+        daemon.pid, ["dd", "if=/dev/zero", f"of={big}", "bs=1M", "count=4096", "status=none"]
+    )
+    assert big.stat().st_size == GIB4
+    read_peak = peak_rss_during(
+        daemon.pid, ["dd", f"if={big}", "of=/dev/null", "bs=1M", "status=none"]
+    )
+    growth = max(write_peak, read_peak) - baseline
+    assert growth < LIMIT, (
+        f"RSS grew by {growth >> 20} MiB (baseline {baseline >> 20} MiB, "
+        f"write peak {write_peak >> 20}, read peak {read_peak >> 20})"
+    )
+    daemon.stop_clean()
+    assert_all_zero_backing(daemon.store / "big.age", daemon.identity)

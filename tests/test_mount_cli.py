@@ -4,15 +4,18 @@ Also the small pieces the mount command is built from: -o and size parsing, and 
 """
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import KeyFile, make_keyfile
 from mount.helpers import cagefs
 
+from cagefs.cli.daemon import run_in_background
 from cagefs.cli.mount import parse_mount_options, parse_size
 from cagefs.cli.mounts import is_mount_point
 from cagefs.cli.sdnotify import notify
@@ -195,3 +198,33 @@ def test_sd_notify_without_a_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not notify("READY=1")
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
     assert not notify("READY=1")
+
+
+@pytest.fixture
+def reap() -> Iterator[None]:
+    """Wait for the forked children: in real use the parent exits and init reaps them."""
+    yield
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            os.waitpid(-1, 0)
+
+
+@pytest.mark.usefixtures("reap")
+def test_background_returns_once_ready() -> None:
+    assert run_in_background(lambda ready: ready()) == 0
+
+
+@pytest.mark.usefixtures("reap")
+def test_background_reports_the_childs_one_line() -> None:
+    def fail(ready: object) -> None:
+        raise CageError("cannot mount: the reason")
+
+    with pytest.raises(CageError) as caught:
+        run_in_background(fail)
+    assert str(caught.value) == "cannot mount: the reason"
+
+
+@pytest.mark.usefixtures("reap")
+def test_background_notices_a_child_that_dies_silently() -> None:
+    with pytest.raises(CageError, match="ended before the mount was ready"):
+        run_in_background(lambda ready: os._exit(3))

@@ -169,4 +169,3 @@ def serve_until_unmounted(
         serve(store, mountpoint, options, on_ready)
     finally:
         forget_daemon(mountpoint)
-    log.info("unmounted %s", mountpoint)

@@ -1,7 +1,6 @@
 """Stores whose recipients are not plain age keys: a post-quantum hybrid store, and a mixed store
 where some people use ssh keys (one passphrase-protected) and some age keys; the mount is
-unlocked with an ssh key. Files written
-through the mount must open for each recipient alone.
+unlocked with an ssh key. Files written through the mount must open for each recipient alone.
 """
 
 import subprocess

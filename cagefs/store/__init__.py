@@ -10,7 +10,6 @@ from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import DEFAULT_LOG_N
 from cagefs.age.x25519 import X25519Identity
 from cagefs.errors import CageError
-from cagefs.store.atomic import fsync_dir
 from cagefs.store.config import StoreConfig
 from cagefs.store.keyring import (
     AskPassphrase,
@@ -22,6 +21,7 @@ from cagefs.store.keyring import (
     write_canary,
 )
 from cagefs.store.layout import CONFIG_FILE, IDENTITY_FILE, META_DIR, create_meta_dirs
+from cagefs.store.versions import fsync_dir
 
 
 @dataclass
@@ -65,7 +65,7 @@ def init_store(
         save_identity(root, identity_file_text(generated), passphrase, log_n)
     write_canary(root, all_recipients)
     config.save(root)
-    fsync_dir(root)
+    fsync_dir(str(root))
     return Store(root, config, list(identities), [parse_recipient(text) for text in texts])
 
 

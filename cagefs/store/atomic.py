@@ -13,14 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cagefs.store.layout import TEMP_PREFIX, tmp_dir
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from cagefs.store.versions import fsync_dir
 
 
 @contextmanager
@@ -38,4 +31,4 @@ def replace_atomically(root: Path, relative: str, mode: int = 0o600) -> Iterator
     except BaseException:
         os.unlink(temp)
         raise
-    fsync_dir(target.parent)
+    fsync_dir(str(target.parent))

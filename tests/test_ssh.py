@@ -304,15 +304,36 @@ def test_ecdsa_key_refused_as_recipient_and_identity(keydir: Path) -> None:
 
 def test_small_rsa_key_refused(keydir: Path, tmp_path: Path) -> None:
     key = ssh_keygen(keydir, "rsa1024", "-t", "rsa", "-b", "1024")
-    line = key.with_suffix(".pub").read_text()
+    line = key.with_suffix(".pub").read_text().strip()
     with pytest.raises(UnsupportedError, match="1024 bits is too small"):
         parse_recipient(line)
-    recipients = tmp_path / "authorized_keys"
-    recipients.write_text(line)
-    proc = cagefs("encrypt", "-R", recipients, stdin=b"x")
+    proc = cagefs("encrypt", "-r", line, stdin=b"x")
     assert proc.returncode == 1
     err = proc.stderr.decode()
     assert err.count("\n") == 1 and "1024 bits is too small" in err
+    recipients = tmp_path / "authorized_keys"
+    recipients.write_text(line + "\n")
+    proc = cagefs("encrypt", "-R", recipients, stdin=b"x")
+    assert proc.returncode == 1
+    assert "too small" in proc.stderr.decode() and "no recipients found" in proc.stderr.decode()
+
+
+def test_github_keys_list_skips_unusable_ssh_keys(
+    keys: dict[str, SSHKey], keydir: Path, tmp_path: Path
+) -> None:
+    """As age does: a `.keys` list with ecdsa and security keys still encrypts to the rest."""
+    ecdsa = ssh_keygen(keydir, "ecdsa-list", "-t", "ecdsa").with_suffix(".pub").read_text()
+    listing = tmp_path / "user.keys"
+    sk_line = UNSUPPORTED_LINES["sk-ssh-ed25519@openssh.com"]
+    listing.write_text(f"{ecdsa.strip()}\n{keys['ed25519'].public_line}\n{sk_line}\n")
+    encrypted = tmp_path / "file.age"
+    proc = cagefs("encrypt", "-R", listing, "-o", encrypted, stdin=PLAINTEXT)
+    assert proc.returncode == 0, proc.stderr
+    warnings = proc.stderr.decode().splitlines()
+    assert len(warnings) == 2
+    assert "line 1" in warnings[0] and "ecdsa-sha2-nistp256" in warnings[0]
+    assert "line 3" in warnings[1] and "sk-ssh-ed25519@openssh.com" in warnings[1]
+    assert go_age_decrypt(keys["ed25519"], encrypted, tmp_path / "out") == PLAINTEXT
 
 
 def test_authorized_keys_style_file(keys: dict[str, SSHKey]) -> None:

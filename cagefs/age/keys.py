@@ -2,6 +2,7 @@
 in the formats age and age-keygen use (one key per line, `#` comments, blank lines).
 """
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -11,14 +12,15 @@ from cagefs.age.pq import HybridIdentity, HybridRecipient
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.x25519 import X25519Identity, X25519Recipient
 
+log = logging.getLogger(__name__)
+
 # Prefix -> parser. Longer prefixes are tried first, so more specific key types can share a stem.
-# The ssh parser also takes the ssh key types age does not support, to refuse them by name.
+# The ssh parser takes every ssh-looking key, to refuse the types age cannot use by name.
+_SSH_PREFIXES = ("ssh-", "ecdsa-", "sk-")
 RECIPIENT_PARSERS: dict[str, Callable[[str], Recipient]] = {
     "age1": X25519Recipient.parse,
     "age1pq1": HybridRecipient.parse,
-    "ssh-": ssh.parse_recipient,
-    "ecdsa-": ssh.parse_recipient,
-    "sk-": ssh.parse_recipient,
+    **dict.fromkeys(_SSH_PREFIXES, ssh.parse_recipient),
 }
 IDENTITY_PARSERS: dict[str, Callable[[str], Identity]] = {
     "AGE-SECRET-KEY-1": X25519Identity.parse,
@@ -55,10 +57,19 @@ def _key_lines(text: str) -> list[tuple[int, str]]:
 
 
 def parse_recipients_file(text: str, name: str = "recipients file") -> list[Recipient]:
-    try:
-        found = [parse_recipient(line) for _, line in _key_lines(text)]
-    except (KeyFormatError, UnsupportedError) as exc:
-        raise KeyFormatError(f"{name}: {exc}") from None
+    """Recipients, one per line. Like age, ssh keys of types age cannot use are skipped with a
+    warning: a GitHub `.keys` list often has ecdsa or security-key entries beside usable ones.
+    """
+    found = []
+    for number, line in _key_lines(text):
+        try:
+            found.append(parse_recipient(line))
+        except UnsupportedError as exc:
+            if not line.startswith(_SSH_PREFIXES):
+                raise KeyFormatError(f"{name}: {exc}") from None
+            log.warning("warning: %s, line %d: skipped: %s", name, number, exc)
+        except KeyFormatError as exc:
+            raise KeyFormatError(f"{name}: {exc}") from None
     if not found:
         raise KeyFormatError(f"{name}: no recipients found")
     return found

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from cagefs.fs.inodes import Node
 
 _FINALIZE_IN_THREAD = 16 * 1024 * 1024
+# The kernel splits one large write(2) into concurrent requests and trio may run them in any
+# order, so a sequential writer's requests can arrive slightly shuffled. Up to this much is held
+# back to be put in order before a stream gives up and falls back to staging.
+_REORDER_LIMIT = 8 * 1024 * 1024
 
 
 @dataclass
@@ -77,6 +81,8 @@ class FileContent:
         self.stream: NewVersion | None = None
         self.overlay: Overlay | None = None
         self.pending: NewVersion | None = None
+        self._early: dict[int, bytes] = {}
+        self._early_bytes = 0
         self.handles = 0
         self.lock = trio.Lock()
         self.node: Node | None = None  # set by the inode table when attached
@@ -110,7 +116,7 @@ class FileContent:
 
     def read(self, offset: int, length: int) -> bytes:
         if self.stream:
-            self._seal_stream()
+            self._ensure_overlay() if self._early else self._seal_stream()
         if self.overlay:
             return self.overlay.read(offset, length)
         if self.current is None:
@@ -121,7 +127,13 @@ class FileContent:
         self._touch()
         if self.stream and offset == self.stream.size:
             self.stream.write(data)
-            self.size = self.stream.size
+            self._write_early_in_order()
+            self.size = max(self.size, self.stream.size)
+            return
+        if self._can_hold_back(offset, len(data)):
+            self._early[offset] = bytes(data)
+            self._early_bytes += len(data)
+            self.size = max(self.size, offset + len(data))
             return
         overlay = self._ensure_overlay()
         overlay.write(offset, data)
@@ -135,7 +147,7 @@ class FileContent:
             self._drop_changes()
             self.stream = self._new_version()
             self.size = 0
-        elif not (self.stream and size == self.stream.size):
+        elif not (self.stream and size == self.stream.size and not self._early):
             self._ensure_overlay().truncate(size)
             self.size = size
 
@@ -155,8 +167,15 @@ class FileContent:
         self.attrs.st_gid = self.attrs.st_gid if gid is None else gid
         self._restamp()
 
+    async def seal_staged(self) -> None:
+        """Seal staged changes (but not a stream: its errors already reached write(2))."""
+        if self.overlay or self._early:
+            await self.finalize()
+
     async def finalize(self) -> None:
         """Seal whatever is unsaved into a complete version and queue it for publishing."""
+        if self._early:
+            self._ensure_overlay()
         if self.stream:
             self._seal_stream()
         elif self.overlay:
@@ -208,14 +227,34 @@ class FileContent:
             parts.append(chunk[max(offset - start, 0) : end - start])
         return b"".join(parts)
 
+    def _can_hold_back(self, offset: int, length: int) -> bool:
+        """A write a little ahead of a stream is kept until the gap before it is filled."""
+        return (
+            self.stream is not None
+            and offset > self.stream.size
+            and offset not in self._early
+            and self._early_bytes + length <= _REORDER_LIMIT
+        )
+
+    def _write_early_in_order(self) -> None:
+        assert self.stream is not None
+        while (data := self._early.pop(self.stream.size, None)) is not None:
+            self._early_bytes -= len(data)
+            self.stream.write(data)
+
     def _ensure_overlay(self) -> Overlay:
         if self.overlay is None:
+            early, self._early, self._early_bytes = self._early, {}, 0
             if self.stream:
                 self._seal_stream()
             base: Callable[[int], bytes] | None = None
             if self.current is not None:
                 base = self.current.reader.read_chunk
-            self.overlay = Overlay(self.env.policy.blocks_for(self.size), self.size, base)
+            size = self.current.reader.size if self.current else 0
+            self.overlay = Overlay(self.env.policy.blocks_for(self.size), size, base)
+            for offset, data in sorted(early.items()):
+                self.overlay.write(offset, data)
+            self.overlay.truncate(self.size)
         return self.overlay
 
     def _new_version(self) -> NewVersion:
@@ -246,6 +285,7 @@ class FileContent:
         self.env.queue_publish(self)
 
     def _drop_changes(self) -> None:
+        self._early, self._early_bytes = {}, 0
         if self.stream:
             self.stream.discard()
             self.stream = None

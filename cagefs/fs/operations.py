@@ -357,11 +357,15 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def flush(self, fh: int) -> None:
-        """close(2): seal the last handle's changes now, so errors such as ENOSPC reach it."""
+        """close(2) of any descriptor: seal staged changes so errors such as ENOSPC reach it.
+
+        A stream is left open: dup2() makes tools like dd close a descriptor of a file they
+        are about to write, and sealing there would force the rest out of the fast path.
+        """
         handle = self._handles[fh]
         if handle.content.handles == 1:
             async with handle.content.lock:
-                await handle.content.finalize()
+                await handle.content.seal_staged()
 
     @fuse_errors
     async def release(self, fh: int) -> None:

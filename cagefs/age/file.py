@@ -66,4 +66,4 @@ def decrypt_stream(
     """Decrypt a forward-only stream (a pipe or stdin) into `sink` in constant memory."""
     header = read_header(source)
     file_key = unwrap_file_key(header, identities)
-    decrypt_payload_stream(source.read, sink, file_key)
+    decrypt_payload_stream(source.read, sink, file_key, getattr(source, "readinto", None))

@@ -360,14 +360,18 @@ class PayloadReader:
 
 
 def decrypt_payload_stream(
-    read: Callable[[int], bytes], sink: Callable[[bytes], object], file_key: bytes
+    read: Callable[[int], bytes],
+    sink: Callable[[bytes], object],
+    file_key: bytes,
+    readinto: Callable[[memoryview], int | None] | None = None,
 ) -> None:
     """Decrypt a payload that can only be read forward (a pipe), in constant memory.
 
     A chunk is known not to be the last only once a byte after it has been seen, so reading
     always runs ahead: up to one batch plus one chunk of ciphertext is held in a fixed buffer,
     and every batch of chunks known not to be last is opened (in parallel) into a fresh buffer
-    for the sink.
+    for the sink. Pass the source's `readinto` when it has one: it fills that buffer without
+    the extra copy a `read` result needs.
     """
     nonce = _read_exact(read, NONCE_SIZE)
     cipher = ChunkCipher(file_key, nonce)
@@ -375,7 +379,7 @@ def decrypt_payload_stream(
     batch_bytes = BATCH_CHUNKS * CHUNK_CT_SIZE
     fill = index = 0
     while True:
-        fill, eof = _fill_from(read, buf, fill)
+        fill, eof = _fill_from(read, readinto, buf, fill)
         if eof:
             break
         with memoryview(buf) as view:
@@ -393,14 +397,24 @@ def decrypt_payload_stream(
         sink(_opened_batch(cipher, index, tail, True))
 
 
-def _fill_from(read: Callable[[int], bytes], buf: bytearray, fill: int) -> tuple[int, bool]:
+def _fill_from(
+    read: Callable[[int], bytes],
+    readinto: Callable[[memoryview], int | None] | None,
+    buf: bytearray,
+    fill: int,
+) -> tuple[int, bool]:
     """Read into `buf` until it is full (more than one batch: not the end) or the source ends."""
-    while fill < len(buf):
-        data = read(len(buf) - fill)
-        if not data:
-            return fill, True
-        buf[fill : fill + len(data)] = data
-        fill += len(data)
+    with memoryview(buf) as view:
+        while fill < len(buf):
+            if readinto is not None:
+                got = readinto(view[fill:]) or 0
+            else:
+                data = read(len(buf) - fill)
+                got = len(data)
+                view[fill : fill + got] = data
+            if not got:
+                return fill, True
+            fill += got
     return fill, False
 
 

@@ -203,7 +203,7 @@ class _SSHIdentity:
     def recipient(self) -> SSHRecipient:
         return self._recipient
 
-    def private_key(self) -> object:
+    def _private_key(self) -> object:
         if self._private is None:
             self._private = self._load_private()
         return self._private
@@ -245,7 +245,7 @@ class SSHEd25519Identity(_SSHIdentity):
             raise HeaderError("ssh-ed25519 stanza: share must be 32 bytes")
 
     def _unwrap_one(self, stanza: Stanza) -> bytes | None:
-        key = self.private_key()
+        key = self._private_key()
         assert isinstance(key, Ed25519PrivateKey)
         secret = X25519PrivateKey.from_private_bytes(sha512(key.private_bytes_raw()).digest()[:32])
         share = b64decode(stanza.args[1])
@@ -266,7 +266,7 @@ class SSHRSAIdentity(_SSHIdentity):
     n_args = 1
 
     def _unwrap_one(self, stanza: Stanza) -> bytes | None:
-        key = self.private_key()
+        key = self._private_key()
         assert isinstance(key, RSAPrivateKey)
         try:
             return key.decrypt(stanza.body, _RSA_OAEP)

@@ -16,6 +16,7 @@ Speed (measured with bench/crypto.py on a 2-core machine):
   more than it saves.
 """
 
+import itertools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -98,29 +99,35 @@ def _helpers() -> ThreadPoolExecutor:
         return _pool
 
 
-def _spread(count: int, job: Callable[[int, int], None]) -> None:
-    """Run `job(lo, hi)` over [0, count), split between the caller and the helper pool.
+def _spread(count: int, job: Callable[[int], None]) -> None:
+    """Run `job(i)` for every i in [0, count), on the caller and the helper pool together.
 
-    Waits for every part before returning or raising, so that no helper still writes into a
-    buffer the caller is about to reuse; the first error (a PayloadError) is re-raised.
+    Work is dealt one chunk at a time from a shared counter rather than in fixed halves: on a
+    shared machine a helper can be descheduled, and fixed halves would leave the caller waiting
+    for it. Waits for every helper before returning or raising, so that none still writes into
+    a buffer the caller is about to reuse; the first error (a PayloadError) is re-raised.
     """
-    parts = min(_threads, count // _PARALLEL_MIN_CHUNKS * 2) if count >= _PARALLEL_MIN_CHUNKS else 1
-    if parts <= 1:
-        job(0, count)
+    if _threads == 1 or count < _PARALLEL_MIN_CHUNKS:
+        for i in range(count):
+            job(i)
         return
-    bounds = [count * k // parts for k in range(parts + 1)]
+    deal = itertools.count()  # next() on it is atomic under the GIL
+
+    def work() -> None:
+        for i in deal:
+            if i >= count:
+                return
+            job(i)
+
     pool = _helpers()
-    futures: list[Future[None]] = [
-        pool.submit(job, bounds[k], bounds[k + 1]) for k in range(1, parts)
-    ]
+    futures: list[Future[None]] = [pool.submit(work) for _ in range(_threads - 1)]
     error: BaseException | None = None
     try:
-        job(bounds[0], bounds[1])
+        work()
     except BaseException as exc:
         error = exc
     for future in futures:
-        exc = future.exception()
-        error = error or exc
+        error = error or future.exception()
     if error is not None:
         raise error
 
@@ -166,9 +173,8 @@ class ChunkCipher:
         """Seal chunks `first`, `first`+1, ... into `outs`; `final` marks the last one as last."""
         last_index = len(chunks) - 1
 
-        def job(lo: int, hi: int) -> None:
-            for i in range(lo, hi):
-                self.seal_into(first + i, chunks[i], final and i == last_index, outs[i])
+        def job(i: int) -> None:
+            self.seal_into(first + i, chunks[i], final and i == last_index, outs[i])
 
         _spread(len(chunks), job)
 
@@ -178,9 +184,8 @@ class ChunkCipher:
         """Open chunks `first`, `first`+1, ... into `outs`; `final`: the last one is the last."""
         last_index = len(chunks) - 1
 
-        def job(lo: int, hi: int) -> None:
-            for i in range(lo, hi):
-                self.open_into(first + i, chunks[i], final and i == last_index, outs[i])
+        def job(i: int) -> None:
+            self.open_into(first + i, chunks[i], final and i == last_index, outs[i])
 
         _spread(len(chunks), job)
 

@@ -7,13 +7,17 @@ only the chunks a read covers. `PayloadWriter` takes pushed bytes of any size an
 more than one batch of plaintext.
 
 Speed (measured with bench/crypto.py on a 2-core machine):
-- Chunks are sealed and opened with `encrypt_into`/`decrypt_into` straight into one
-  preallocated output buffer per batch: allocating a fresh 64 KiB `bytes` per chunk and then
-  joining them cost more than half the throughput.
-- `cryptography` releases the GIL inside the AEAD, so a batch of chunks is split between the
-  calling thread and a small shared pool (`crypto_threads()` parts in all). Batches smaller
-  than `_PARALLEL_MIN_CHUNKS` stay on the calling thread, where handing work over would cost
-  more than it saves.
+- Chunks are sealed and opened with `encrypt_into`/`decrypt_into` straight into one output
+  buffer per batch of `BATCH_CHUNKS` chunks: a fresh 64 KiB `bytes` per chunk plus a join
+  cost about half the throughput. One sink call per batch, not per chunk.
+- `cryptography` releases the GIL inside the AEAD, so the chunks of a batch are dealt to the
+  calling thread and a small shared pool (`crypto_threads()` threads in all). Batches smaller
+  than `_PARALLEL_MIN_CHUNKS` stay on the calling thread, where a hand-over costs more than it
+  saves. When the other core is busy the pool gains nothing and costs a few percent; the bench
+  prints the engine with its default and with one thread, and `set_crypto_threads(1)` turns
+  the pool off.
+- Memory is bounded by a batch: the writer holds at most 2 MiB of plaintext plus one sealed
+  batch, the stream decryptor 2 MiB of ciphertext plus one opened batch.
 """
 
 import itertools

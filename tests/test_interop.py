@@ -20,6 +20,7 @@ from cagefs.age.file import decrypt_stream, open_file, start_file
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import ScryptIdentity, ScryptRecipient
 from cagefs.age.stream import CHUNK_SIZE
+from cagefs.store.keyring import read_age_file
 
 SIZES = [0, 1, 65535, 65536, 65537, 5 * 1024 * 1024 + 7]
 PASSPHRASE = "correct horse battery staple"
@@ -55,12 +56,7 @@ def engine_decrypt(data: bytes, identities: list[Identity], tmp_path: Path) -> b
 def seekable_read(data: bytes, identities: list[Identity], tmp_path: Path) -> bytes:
     path = tmp_path / "seekable.age"
     path.write_bytes(data)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        opened = open_file(fd, identities)
-        return opened.reader.read(0, opened.size)
-    finally:
-        os.close(fd)
+    return read_age_file(path, identities)
 
 
 def age_cli(*args: str, stdin: bytes = b"") -> bytes:

@@ -26,6 +26,7 @@ META = ".cagefs"
 CHUNK = 64 * 1024
 CHUNK_CT = CHUNK + 16
 READY_TIMEOUT = 30.0
+NOTIFY_GRACE = 5.0
 STOP_TIMEOUT = 120.0
 BLOCK = 1 << 20
 
@@ -56,7 +57,8 @@ def run(*cmd: object, cwd: Path | None = None, input: bytes | None = None) -> by
     proc = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, input=input, capture_output=True, timeout=600, check=False
     )
-    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}"
+    out = (proc.stdout[-1000:] + proc.stderr[-2000:]).decode(errors="replace")
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}: {out}"
     return proc.stdout
 
 
@@ -76,11 +78,26 @@ def is_mounted(path: Path) -> bool:
 
 
 def force_unmount(mnt: Path) -> None:
-    """Detach mnt whatever state its daemon is in; lazy only as the last resort."""
-    for args in (["-u"], ["-u", "-z"]):
+    """Detach mnt whatever state its daemon is in. A connection nobody serves any more is
+    aborted first (fusectl), so that nothing stays blocked on it; lazy only as the last resort."""
+    for step in ("-u", "abort", "-u", "-z"):
         if not is_mounted(mnt):
             return
-        subprocess.run(["fusermount3", *args, str(mnt)], capture_output=True, timeout=60)
+        if step == "abort":
+            abort_connection(mnt)
+        else:
+            args = ["-u", "-z"] if step == "-z" else ["-u"]
+            subprocess.run(["fusermount3", *args, str(mnt)], capture_output=True, timeout=60)
+
+
+def abort_connection(mnt: Path) -> None:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(mnt):
+                abort = Path(f"/sys/fs/fuse/connections/{fields[2].split(':')[1]}/abort")
+                if abort.exists():
+                    abort.write_text("1")
 
 
 def one_line(text: str) -> str:
@@ -140,20 +157,29 @@ class Daemon:
             shutil.rmtree(sockdir)
 
     def wait_ready(self, sock: socket.socket) -> None:
+        """READY=1 on the notify socket; a mount in /proc/mounts counts only if no READY came
+        within NOTIFY_GRACE after it appeared (a daemon that does not notify)."""
         assert self.proc is not None
         deadline = time.monotonic() + READY_TIMEOUT
+        seen_mounted = None
         while time.monotonic() < deadline:
             rc = self.proc.poll()
             if rc is not None:
                 self.proc = None
                 raise DaemonExited(rc, self.log_text())
             readable, _, _ = select.select([sock], [], [], 0.1)
-            if (readable and b"READY=1" in sock.recv(4096).split(b"\n")) or is_mounted(self.mnt):
+            if readable and b"READY=1" in sock.recv(4096).split(b"\n"):
+                self.mounted_once = True
+                return
+            if seen_mounted is None and is_mounted(self.mnt):
+                seen_mounted = time.monotonic()
+            if seen_mounted is not None and time.monotonic() - seen_mounted > NOTIFY_GRACE:
                 self.mounted_once = True
                 return
         self.proc.kill()
         self.proc.wait(STOP_TIMEOUT)
         self.proc = None
+        force_unmount(self.mnt)
         raise AssertionError(f"mount not ready after {READY_TIMEOUT}s:\n{self.log_text()[-4000:]}")
 
     def stop(self) -> int:
@@ -371,9 +397,11 @@ def make_tree(root: Path, rng, big: int = 3 << 20) -> None:
 
 
 def find_marker(roots: list[Path], marker: bytes, skip: list[Path]) -> list[str]:
-    """Files under roots whose bytes contain marker; stays on each root's filesystem (so it
-    never reads through a FUSE mount) and never enters the skipped directories."""
+    """Files under roots whose bytes contain marker. Never looks into a FUSE mount (not even
+    a stat of its root, which blocks if its daemon is stuck), stays on each root's
+    filesystem, and never enters the skipped directories."""
     skipped = {str(p) for p in skip}
+    skipped |= {path for path, kind in mountpoints().items() if kind.startswith("fuse")}
     found = []
     for root in roots:
         dev = os.lstat(root).st_dev

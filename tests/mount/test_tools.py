@@ -111,7 +111,7 @@ def test_rsync(mounted: Daemon, plain: Path, src: Path) -> None:
     (src / "a" / "b" / "c" / "deep.bin").write_bytes(b"x" * 123_456)
     for root in both(mounted, plain):
         run("rsync", "-a", "--inplace", "--no-whole-file", f"{src}/", f"{root}/inplace/")
-    run("diff", "-r", "--no-dereference", mounted.mnt / "r", src)
+    run("diff", "-r", "--no-dereference", mounted.mnt / "inplace", src)
     assert_same_tree(tree(mounted.mnt, modes=True), tree(plain, modes=True), "rsync")
     mounted.assert_store_matches()
 
@@ -276,7 +276,7 @@ def test_rename_and_unlink_open_files(mounted: Daemon, plain: Path) -> None:
             os.write(fd, b"hello " * 20000)
             os.rename(root / "f", root / "g")
             os.pwrite(fd, b"after rename", 5)
-            assert os.pread(fd, 20, 0) == b"helloafter renameo h"
+            assert os.pread(fd, 20, 0) == b"helloafter rename he"
         with opened(root / "u", os.O_RDWR | os.O_CREAT) as fd:
             os.write(fd, b"doomed " * 20000)
             os.unlink(root / "u")

@@ -34,6 +34,7 @@ _FINALIZE_IN_THREAD = 16 * 1024 * 1024
 # order, so a sequential writer's requests can arrive slightly shuffled. Up to this much is held
 # back to be put in order before a stream gives up and falls back to staging.
 _REORDER_LIMIT = 8 * 1024 * 1024
+_REORDER_MAX_WRITES = 64
 
 
 @dataclass
@@ -228,12 +229,18 @@ class FileContent:
         return b"".join(parts)
 
     def _can_hold_back(self, offset: int, length: int) -> bool:
-        """A write a little ahead of a stream is kept until the gap before it is filled."""
+        """A write a little ahead of a stream is kept until the gap before it is filled.
+
+        Only writes that overlap no other held-back write qualify, so the order in which
+        they are finally applied cannot matter.
+        """
+        end = offset + length
         return (
             self.stream is not None
             and offset > self.stream.size
-            and offset not in self._early
+            and len(self._early) < _REORDER_MAX_WRITES
             and self._early_bytes + length <= _REORDER_LIMIT
+            and all(end <= o or offset >= o + len(d) for o, d in self._early.items())
         )
 
     def _write_early_in_order(self) -> None:
@@ -252,7 +259,7 @@ class FileContent:
                 base = self.current.reader.read_chunk
             size = self.current.reader.size if self.current else 0
             self.overlay = Overlay(self.env.policy.blocks_for(self.size), size, base)
-            for offset, data in sorted(early.items()):
+            for offset, data in early.items():
                 self.overlay.write(offset, data)
             self.overlay.truncate(self.size)
         return self.overlay

@@ -107,7 +107,6 @@ async def _announce_ready(mountpoint: str, on_ready: Callable[[], None]) -> None
     """Once requests are being served: raise readahead, then tell whoever waits for us."""
     st = await trio.to_thread.run_sync(os.stat, mountpoint)
     _raise_read_ahead(st.st_dev)
-    log.info("serving %s", mountpoint)
     on_ready()
 
 

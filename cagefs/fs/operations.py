@@ -4,6 +4,7 @@ Handlers stay thin. Names are resolved by `InodeTable`, file data is `FileConten
 and durability is the `Publisher`'s; what is left here is POSIX semantics and errno choices.
 """
 
+import contextlib
 import errno
 import logging
 import os
@@ -391,7 +392,9 @@ class Operations(pyfuse3.Operations):
         node = self._lookup_node(self.table.get(parent_inode), os.fsdecode(name))
         if node.kind is Kind.DIR:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if node not in self.table.unpublished:
+        if node in self.table.unpublished:
+            self._remove_shadowed(node)
+        else:
             os.unlink(self.table.backing_of(node))
         self.table.detach(node)
 
@@ -445,20 +448,21 @@ class Operations(pyfuse3.Operations):
 
     def _rename_backing(self, source: Node, new_path: str, replaced: Node | None) -> None:
         new_backing = self.table.backing(new_path, source.kind)
-        replaced_backing = (
-            None
-            if replaced is None or replaced in self.table.unpublished
-            else self.table.backing_of(replaced)
-        )
+        if replaced is not None and replaced not in self.table.unpublished:
+            replaced_backing = self.table.backing_of(replaced)
+            if replaced_backing != new_backing:
+                os.unlink(replaced_backing)  # a symlink replaced by a file, or the reverse
         if source in self.table.unpublished:
-            # Not on disk yet: its version will be published under the new name. The file it
-            # replaces stays on disk until then, as the "old version" a crash may leave.
-            if replaced_backing is not None and replaced_backing != new_backing:
-                os.unlink(replaced_backing)
+            # Not on disk yet: its version will be published under the new name. A file it
+            # replaces stays on disk until then, as the old version a crash may leave.
+            self._remove_shadowed(source)
             return
-        if replaced_backing is not None and replaced_backing != new_backing:
-            os.unlink(replaced_backing)  # a symlink replaced by a file, or the reverse
         os.rename(self.table.backing_of(source), new_backing)
+
+    def _remove_shadowed(self, node: Node) -> None:
+        """An unpublished file leaves its name: drop the older file it had replaced there."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.table.backing_of(node))
 
     @fuse_errors
     async def symlink(

@@ -174,10 +174,11 @@ def test_refuses_binary_to_a_terminal(on_tty, keyfile, tmp_path: Path) -> None:
     assert b"-----BEGIN AGE ENCRYPTED FILE-----" in shown
 
 
-@pytest.mark.parametrize("cut", ["truncated", "flipped"])
+@pytest.mark.parametrize("cut", ["truncated", "flipped", "flipped empty"])
 @pytest.mark.parametrize("via", ["file", "stdin"])
 def test_no_output_file_on_payload_failure(cut: str, via: str, keyfile, tmp_path: Path) -> None:
-    data = ok("encrypt", "-r", keyfile.recipient, stdin=data_of(5 * 65536))
+    size = 0 if cut == "flipped empty" else 5 * 65536
+    data = ok("encrypt", "-r", keyfile.recipient, stdin=data_of(size))
     if cut == "truncated":
         damaged = data[: len(data) - 70_000]
     else:

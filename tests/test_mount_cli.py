@@ -1,4 +1,5 @@
-"""`cagefs mount` refusals that happen before any FUSE work: one line, non-zero, nothing mounted.
+"""`cagefs mount` refusals that happen before any FUSE work: one line, non-zero, nothing mounted;
+and a real background mount whose -i key is unlocked by --passfile.
 
 Also the small pieces the mount command is built from: -o and size parsing, and sd_notify.
 """
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import KeyFile, make_keyfile
-from mount.helpers import cagefs
+from mount.helpers import cagefs, force_unmount, umount_cli
 
+from cagefs.age.keys import parse_recipient
 from cagefs.cli.daemon import run_in_background
 from cagefs.cli.mount import parse_mount_options, parse_size
 from cagefs.cli.mounts import is_mount_point
@@ -157,6 +159,48 @@ def test_umount_of_something_not_mounted(mnt: Path) -> None:
     proc = cagefs("umount", mnt)
     assert proc.returncode == 1
     assert proc.stderr == f"cagefs umount: {mnt} is not mounted\n"
+
+
+def protected_identity(kind: str, directory: Path) -> tuple[Path, str]:
+    """An identity file locked with PASSPHRASE, and its recipient: an identity file encrypted
+    with a passphrase as `age -p` makes it, or a passphrase-protected OpenSSH key."""
+    passfile = directory / "key-passfile"
+    passfile.write_text(PASSPHRASE + "\n")
+    if kind == "age -p":
+        plain = make_keyfile(directory / "plain-key.txt")
+        locked = directory / "key.age"
+        proc = cagefs("encrypt", "--passfile", passfile, "-o", locked, plain.path)
+        assert proc.returncode == 0, proc.stderr
+        plain.path.unlink()
+        return locked, plain.recipient
+    locked = directory / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", PASSPHRASE, "-C", "t", "-f", str(locked)],
+        check=True,
+    )
+    return locked, (directory / "id_ed25519.pub").read_text().strip()
+
+
+@pytest.mark.parametrize("kind", ["age -p", "ssh key"])
+def test_passfile_unlocks_a_protected_identity(kind: str, tmp_path: Path, mnt: Path) -> None:
+    """With -i, --passfile unlocks that file: a background mount needs no terminal (systemd)."""
+    key, recipient = protected_identity(kind, tmp_path)
+    root = tmp_path / "keyed"
+    init_store(root, [parse_recipient(recipient)], identities=[])
+    passfile = tmp_path / "key-passfile"
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase\n")
+    assert "wrong passphrase" in refused(root, mnt, "-i", key, "--passfile", wrong)
+    assert_nothing_mounted(mnt)
+    try:
+        proc = cagefs("mount", root, mnt, "-i", key, "--passfile", passfile)
+        assert proc.returncode == 0, proc.stderr
+        (mnt / "hello.txt").write_text("hello through a locked key\n")
+        assert (mnt / "hello.txt").read_text() == "hello through a locked key\n"
+        umount_cli(mnt)
+    finally:
+        force_unmount(mnt)
+    assert (root / "hello.txt.age").read_bytes().startswith(b"age-encryption.org/v1\n")
 
 
 def test_mount_options() -> None:

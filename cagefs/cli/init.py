@@ -4,11 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cagefs.cli.keyargs import load_identities, load_recipients
 from cagefs.errors import CageError
-from cagefs.store import check_can_init, init_store
-from cagefs.store.keyring import get_passphrase, prompt_passphrase
-from cagefs.store.layout import IDENTITY_FILE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +12,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "init",
         help="create a store",
         description="Create a store. Without --identity, a new identity is generated and kept "
-        f"in STORE/{IDENTITY_FILE}, encrypted to a passphrase.",
+        "in STORE/.cagefs/identity.age, encrypted to a passphrase.",
     )
     parser.add_argument("store", metavar="STORE", type=Path)
     parser.add_argument(
@@ -42,12 +38,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: other verbs should not pay for the store at start-up.
+    from cagefs.cli.keyargs import load_identities, load_recipients
+    from cagefs.secrets import get_passphrase, prompt_passphrase
+    from cagefs.store import check_can_init, init_store
+
     recipients = load_recipients(args.recipient, args.recipients_file)
     check_can_init(args.store)  # before asking a passphrase that would be wasted
     if args.identity:
         if args.passfile:
             raise CageError("--passfile protects a generated identity: not used with --identity")
-        identities = load_identities([args.identity], None, prompt_passphrase)
+        identities = load_identities([args.identity], None)
         store = init_store(args.store, recipients, identities)
     else:
         passphrase = get_passphrase(

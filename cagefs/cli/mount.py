@@ -13,18 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from cagefs.age.recipients import Identity
-from cagefs.cli.daemon import run_in_background, setup_logging
-from cagefs.cli.keyargs import load_identities
-from cagefs.cli.mounts import forget_daemon, is_mount_point, record_daemon
-from cagefs.cli.sdnotify import notify
+from cagefs.cli.mounts import is_mount_point
 from cagefs.errors import CageError
-from cagefs.store import Store, open_store
-from cagefs.store.config import STRATEGIES
-from cagefs.store.keyring import prompt_passphrase
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is loaded by `run`: other verbs should not pay for it at start-up
     from cagefs.fs.mount import MountOptions
+    from cagefs.store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,9 +39,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="IDENTITY_FILE",
         help="unlock with this identity file instead of the store's passphrase",
     )
-    parser.add_argument("--passfile", metavar="FILE", help="read the passphrase from FILE")
     parser.add_argument(
-        "--strategy", choices=STRATEGIES, help=f"write strategy (default: ${STRATEGY_ENV}, config)"
+        "--passfile",
+        metavar="FILE",
+        help="read the passphrase from FILE's first line: the store's own, or with -i the one "
+        "protecting the identity file (age -p file or OpenSSH key), e.g. for systemd",
+    )
+    parser.add_argument(
+        "--strategy",
+        metavar="NAME",
+        help=f"write strategy: auto, stream, memory or tempfile (default: ${STRATEGY_ENV}, config)",
     )
     parser.add_argument(
         "-f", "--foreground", action="store_true", help="stay in front and log to stderr"
@@ -80,16 +81,23 @@ def parse_size(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cagefs.cli.daemon import run_in_background, setup_logging
+    from cagefs.cli.keyargs import load_identities
+    from cagefs.store import open_store
+
     read_only, allow_other = parse_mount_options(args.options)
-    env_strategy = strategy_from_env()
+    strategy = check_strategy("--strategy", args.strategy)
+    env_strategy = check_strategy(STRATEGY_ENV, os.environ.get(STRATEGY_ENV))
     mountpoint = check_mountpoint(args.mountpoint, args.store)
     if not os.path.exists("/dev/fuse"):
         raise CageError("/dev/fuse is missing: load the fuse module (or pass the device in)")
-    store = open_store(args.store, unlocking_identities(args), args.passfile)
+    # With -i, --passfile unlocks those files; without, the store's own identity.age.
+    identities = load_identities(args.identity, args.passfile)
+    store = open_store(args.store, identities, args.passfile)
     from cagefs.fs.mount import MountOptions  # loaded only once there is something to serve
 
     options = MountOptions(
-        strategy=args.strategy or env_strategy or store.config.strategy,
+        strategy=strategy or env_strategy or store.config.strategy,
         read_only=read_only,
         allow_other=allow_other,
         memory_threshold=_either(args.memory_threshold, store.config.memory_threshold),
@@ -108,15 +116,6 @@ def run(args: argparse.Namespace) -> int:
     return run_in_background(work)
 
 
-def unlocking_identities(args: argparse.Namespace) -> list[Identity]:
-    """Identities from -i files; none means: unlock the store's own identity.age."""
-    if not args.identity:
-        return []
-    if args.passfile:
-        raise CageError("--passfile unlocks the store's own identity: not used with -i")
-    return load_identities(args.identity, None, prompt_passphrase)
-
-
 def _either(given: T | None, configured: T) -> T:
     return configured if given is None else given
 
@@ -130,10 +129,12 @@ def parse_mount_options(values: list[str]) -> tuple[bool, bool]:
     return "ro" in given, "allow_other" in given
 
 
-def strategy_from_env() -> str | None:
-    value = os.environ.get(STRATEGY_ENV)
+def check_strategy(source: str, value: str | None) -> str | None:
+    """A strategy named on the command line or in the environment, if it is one we know."""
+    from cagefs.store.config import STRATEGIES
+
     if value and value not in STRATEGIES:
-        raise CageError(f"{STRATEGY_ENV}={value}: expected one of {', '.join(STRATEGIES)}")
+        raise CageError(f"{source}={value}: expected one of {', '.join(STRATEGIES)}")
     return value or None
 
 
@@ -155,8 +156,10 @@ def check_mountpoint(path: str, store_root: Path) -> str:
 
 
 def serve_until_unmounted(
-    store: Store, mountpoint: str, options: "MountOptions", report_ready: Callable[[], None]
+    store: "Store", mountpoint: str, options: "MountOptions", report_ready: Callable[[], None]
 ) -> None:
+    from cagefs.cli.mounts import forget_daemon, record_daemon
+    from cagefs.cli.sdnotify import notify
     from cagefs.fs.mount import serve
 
     def on_ready() -> None:

@@ -10,16 +10,9 @@ from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import DEFAULT_LOG_N
 from cagefs.age.x25519 import X25519Identity
 from cagefs.errors import CageError
+from cagefs.secrets import AskPassphrase, get_passphrase, prompt_passphrase
 from cagefs.store.config import StoreConfig
-from cagefs.store.keyring import (
-    AskPassphrase,
-    check_canary,
-    get_passphrase,
-    prompt_passphrase,
-    save_identity,
-    unlock_identity,
-    write_canary,
-)
+from cagefs.store.keyring import check_canary, save_identity, unlock_identity, write_canary
 from cagefs.store.layout import CONFIG_FILE, IDENTITY_FILE, META_DIR, create_meta_dirs
 from cagefs.store.versions import fsync_dir
 

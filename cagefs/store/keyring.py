@@ -6,22 +6,21 @@ recipient: a mount decrypts it first, so a wrong key is refused at once with one
 instead of failing file by file later.
 """
 
-import getpass
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from cagefs.age.errors import AgeError, NoIdentityMatchError
 from cagefs.age.file import open_file, start_file
-from cagefs.age.keys import parse_identity_file
+from cagefs.age.keys import load_identity_file
 from cagefs.age.recipients import Identity, Recipient
-from cagefs.age.scrypt import DEFAULT_LOG_N, ScryptIdentity, ScryptRecipient
+from cagefs.age.scrypt import DEFAULT_LOG_N, ScryptRecipient
 from cagefs.errors import CageError
+from cagefs.secrets import WrongPassphraseError, decrypt_identity_file
 from cagefs.store.atomic import replace_atomically
 from cagefs.store.layout import CANARY_FILE, IDENTITY_FILE
 
 CANARY_TEXT = b"cagefs canary v1: the key that reads this file reads this store.\n"
-AskPassphrase = Callable[[str], str]
 
 
 def write_age_file(
@@ -50,14 +49,19 @@ def save_identity(
 
 
 def unlock_identity(root: Path, passphrase: bytes) -> list[Identity]:
-    """The identities kept in identity.age; a passphrase that does not open it is refused."""
+    """The identities kept in identity.age; a passphrase that does not open it is refused.
+
+    identity.age is an `age -p` identity file, so it is opened like one given with -i; only a
+    passphrase-encrypted one is accepted here, since the store's secret is never kept in clear.
+    """
+    path = root / IDENTITY_FILE
     try:
-        text = read_age_file(root / IDENTITY_FILE, [ScryptIdentity(passphrase)])
-    except NoIdentityMatchError:
+        text = decrypt_identity_file(path.read_bytes(), str(path), passphrase)
+        return load_identity_file(text, str(path))
+    except WrongPassphraseError:
         raise CageError(f"wrong passphrase for store {root}") from None
     except AgeError as exc:
-        raise CageError(f"{root / IDENTITY_FILE} is damaged: {exc}") from None
-    return parse_identity_file(text.decode(), str(root / IDENTITY_FILE))
+        raise CageError(f"damaged store identity: {exc}") from None
 
 
 def write_canary(root: Path, recipients: Sequence[Recipient]) -> None:
@@ -74,34 +78,3 @@ def check_canary(root: Path, identities: Sequence[Identity]) -> None:
         raise CageError(f"{root / CANARY_FILE} is damaged: {exc}") from None
     if text != CANARY_TEXT:
         raise CageError(f"{root / CANARY_FILE} is damaged: unexpected content")
-
-
-def read_passfile(path: str) -> bytes:
-    """The first line of the file, without its newline (as gocryptfs -passfile does)."""
-    with open(path, "rb") as f:
-        passphrase = f.readline().rstrip(b"\r\n")
-    if not passphrase:
-        raise CageError(f"{path}: the passphrase file is empty")
-    return passphrase
-
-
-def prompt_passphrase(prompt: str) -> str:
-    """Ask on the terminal, never on stdin: a mount in a pipeline must not read its input."""
-    try:
-        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
-    except OSError:
-        raise CageError("no terminal to ask the passphrase on: give --passfile FILE") from None
-    return getpass.getpass(prompt)
-
-
-def get_passphrase(
-    passfile: str | None, ask: AskPassphrase, prompt: str, confirm: bool = False
-) -> bytes:
-    if passfile:
-        return read_passfile(passfile)
-    passphrase = ask(prompt)
-    if not passphrase:
-        raise CageError("the passphrase is empty")
-    if confirm and ask("Confirm passphrase: ") != passphrase:
-        raise CageError("the passphrases do not match")
-    return passphrase.encode()

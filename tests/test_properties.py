@@ -132,3 +132,27 @@ def test_armor_round_trip(length: int, pieces: list[int]) -> None:
     lines = bytes(out).split(b"\n")
     assert all(len(line) == 64 for line in lines[1:-3])
     assert armor_reader(io.BytesIO(bytes(out))).read() == data
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_reads_of_an_empty_payload_authenticate_its_chunk(tamper: bool, tmp_path: Path) -> None:
+    """An empty payload is one sealed empty chunk: reading it, even at its end, checks that."""
+    payload = bytearray(write_in_pieces(b"", [1]))
+    if tamper:
+        payload[-1] ^= 1
+    path = tmp_path / "payload"
+    path.write_bytes(payload)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(2):  # checked once, and every read gives the same answer after that
+            reader = PayloadReader(fd, 0, FILE_KEY)
+            if tamper:
+                with pytest.raises(PayloadError):
+                    reader.read(0, 4096)
+                with pytest.raises(PayloadError):
+                    reader.readinto(0, bytearray(10))
+            else:
+                assert reader.read(0, 4096) == b""
+                assert reader.readinto(5, bytearray(10)) == 0
+    finally:
+        os.close(fd)

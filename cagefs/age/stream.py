@@ -301,7 +301,8 @@ class PayloadReader:
 
     The plaintext size comes from the file size alone (I5); each read decrypts only the chunks
     it covers, whole chunks straight into the caller's buffer (`readinto`), in parallel batches.
-    Safe to share between threads: a read keeps no state in the reader.
+    Safe to share between threads: a read keeps no state in the reader (but for remembering
+    that an empty payload's one chunk has been authenticated).
     """
 
     def __init__(self, fd: int, offset: int, file_key: bytes, file_size: int | None = None) -> None:
@@ -312,6 +313,7 @@ class PayloadReader:
         self.size = plaintext_size(file_size - offset)
         self._n_chunks = chunk_count(self.size)
         self._cipher = ChunkCipher(file_key, os.pread(fd, NONCE_SIZE, offset))
+        self._empty_checked = False
 
     def read_chunk(self, index: int) -> bytes:
         last = index == self._n_chunks - 1
@@ -331,12 +333,20 @@ class PayloadReader:
         out = memoryview(buffer).cast("B")
         end = min(offset + len(out), self.size)
         if offset >= end:
+            if self.size == 0 and not self._empty_checked:
+                self._check_empty()
             return 0
         first = offset // CHUNK_SIZE
         for start in range(first, (end - 1) // CHUNK_SIZE + 1, BATCH_CHUNKS):
             stop = min(start + BATCH_CHUNKS, (end - 1) // CHUNK_SIZE + 1)
             self._read_batch(start, stop, offset, end, out)
         return end - offset
+
+    def _check_empty(self) -> None:
+        """An empty payload still ends with a sealed empty chunk: a read at its end checks that
+        chunk once, so that a forged or swapped empty file fails like any other would."""
+        self.read_chunk(0)
+        self._empty_checked = True  # only ever set after success: a race merely checks twice
 
     def _read_batch(self, start: int, stop: int, offset: int, end: int, out: memoryview) -> None:
         """Decrypt chunks [start, stop) and place the part of [offset, end) they hold in `out`.

@@ -39,6 +39,15 @@ def pick_offset(rng: random.Random, size: int) -> int:
     return rng.randrange(MAX_SIZE)
 
 
+def brief(arg: object) -> str:
+    """An argument as the failure report shows it: data by length, files by name."""
+    if isinstance(arg, bytes):
+        return f"<{len(arg)} bytes>"
+    if isinstance(arg, Twin):
+        return arg.name
+    return repr(arg)
+
+
 class Model:
     def __init__(self, seed: int, roots: tuple[Path, Path]) -> None:
         self.rng = random.Random(seed)
@@ -48,7 +57,7 @@ class Model:
 
     def do(self, what: str, *args: object) -> tuple:
         """Run the same call on both sides; they must agree on result or errno."""
-        self.log.append(f"{what}{args}")
+        self.log.append(f"{what}({', '.join(map(brief, args))})")
         results = []
         for side in (0, 1):
             try:
@@ -192,9 +201,11 @@ def test_random_operations_match_plain_directory(
         try:
             model.step()
         except AssertionError as exc:
+            (tmp_path / "model.log").write_text("\n".join(model.log))
             recent = "\n  ".join(model.log[-15:])
             raise AssertionError(
                 f"seed {seed}, op {index} ({mounted.strategy}): {exc}\nlast ops:\n  {recent}"
+                f"\nall ops: {tmp_path / 'model.log'}"
             ) from None
     model.check()
     model.close_all()

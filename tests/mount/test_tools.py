@@ -126,9 +126,9 @@ def sqlite_workload(path: Path, seed: int) -> list[tuple]:
                 "INSERT INTO t VALUES (?, ?, ?)",
                 [(i, "x" * rng.randrange(200), 0) for i in range(2000)],
             )
-        for _ in range(100):
+        for _ in range(50):
             with db:
-                for _ in range(30):
+                for _ in range(40):
                     i = rng.randrange(2500)
                     db.execute(
                         "INSERT OR REPLACE INTO t VALUES (?, ?, ?)",

@@ -12,6 +12,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -396,40 +397,39 @@ def make_tree(root: Path, rng, big: int = 3 << 20) -> None:
     os.symlink("b", root / "a" / "dir-link")
 
 
-def find_marker(roots: list[Path], marker: bytes, skip: list[Path]) -> list[str]:
+def find_marker(
+    roots: list[Path], marker: bytes, skip: list[Path], since: float | None = None
+) -> list[str]:
     """Files under roots whose bytes contain marker. Never looks into a FUSE mount (not even
     a stat of its root, which blocks if its daemon is stuck), stays on each root's
-    filesystem, and never enters the skipped directories."""
+    filesystem, and never enters the skipped directories. With `since`, files whose inode
+    last changed before it are not read: a fresh marker cannot be in them, and ctime, unlike
+    mtime, cannot be set back."""
     skipped = {str(p) for p in skip}
     skipped |= {path for path, kind in mountpoints().items() if kind.startswith("fuse")}
     found = []
     for root in roots:
         dev = os.lstat(root).st_dev
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [
-                d
-                for d in dirnames
-                if f"{dirpath}/{d}" not in skipped and same_dev(f"{dirpath}/{d}", dev)
-            ]
+            dirnames[:] = [d for d in dirnames if f"{dirpath}/{d}" not in skipped]
             for name in filenames:
                 path = f"{dirpath}/{name}"
-                if file_contains(path, marker):
+                if recent_file(path, dev, since) and file_contains(path, marker):
                     found.append(path)
     return found
 
 
-def same_dev(path: str, dev: int) -> bool:
+def recent_file(path: str, dev: int, since: float | None) -> bool:
     try:
         st = os.lstat(path)
     except OSError:
         return False
-    return st.st_dev == dev
+    fresh = since is None or st.st_ctime >= since
+    return stat.S_ISREG(st.st_mode) and st.st_dev == dev and fresh
 
 
 def file_contains(path: str, marker: bytes) -> bool:
     try:
-        if not os.path.isfile(path) or os.path.islink(path):
-            return False
         with open(path, "rb") as f:
             tail = b""
             while block := f.read(BLOCK):

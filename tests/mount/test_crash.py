@@ -18,7 +18,7 @@ from .helpers import (
     decrypt_backing,
 )
 
-ROUNDS = 6
+ROUNDS = 10
 FILES = 6
 MOVERS = 3
 
@@ -151,18 +151,10 @@ def test_kill9_during_writes_and_renames(mounted: Daemon, tmp_path: Path) -> Non
     journal = tmp_path / "journal"
     rng = random.Random(11)
     for round_ in range(ROUNDS):
+        args = [root, journal, (round_ + 1) * 100_000, FILES, MOVERS]
         with open(tmp_path / "writer.err", "w") as err:
             writer = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    WRITER,
-                    root,
-                    journal,
-                    (round_ + 1) * 100_000,
-                    FILES,
-                    MOVERS,
-                ],
+                [sys.executable, "-c", WRITER, *map(str, args)],
                 stderr=err,
             )
         try:

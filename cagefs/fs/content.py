@@ -35,6 +35,7 @@ _FINALIZE_IN_THREAD = 16 * 1024 * 1024
 # back to be put in order before a stream gives up and falls back to staging.
 _REORDER_LIMIT = 8 * 1024 * 1024
 _REORDER_MAX_WRITES = 64
+_LARGE_READ = 128 * 1024
 
 
 @dataclass
@@ -122,6 +123,12 @@ class FileContent:
             return self.overlay.read(offset, length)
         if self.current is None:
             return b""
+        if length >= _LARGE_READ and offset < self.size:
+            # Sequential readers ask for readahead-sized blocks: decrypt straight into the
+            # reply (batched, in parallel) and keep the chunk cache for small reads.
+            buffer = bytearray(min(length, self.size - offset))
+            self.current.reader.readinto(offset, buffer)
+            return buffer  # type: ignore[return-value]  # pyfuse3 takes any buffer
         return self._read_cached(self.current, offset, length)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:

@@ -24,6 +24,7 @@ from cagefs.age import CHUNK_SIZE, PayloadReader, open_file
 from cagefs.fs.cache import new_version_id
 from cagefs.fs.env import Env
 from cagefs.fs.staging import Overlay, ScratchBlocks
+from cagefs.fs.streaming import StreamWriter
 from cagefs.store.versions import NewVersion
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class FileContent:
         self.current = current
         self.on_disk = on_disk
         self.size = current.reader.size if current else 0
-        self.stream: NewVersion | None = None
+        self.stream: StreamWriter | None = None
         self.overlay: Overlay | None = None
         self.pending: NewVersion | None = None
         self._early: dict[int, bytes] = {}
@@ -153,7 +154,7 @@ class FileContent:
         self._touch()
         if size == 0 and self.env.policy.streams:
             self._drop_changes()
-            self.stream = self._new_version()
+            self.stream = StreamWriter(self._new_version())
             self.size = 0
         elif not (self.stream and size == self.stream.size and not self._early):
             self._ensure_overlay().truncate(size)
@@ -174,6 +175,21 @@ class FileContent:
         self.attrs.st_uid = self.attrs.st_uid if uid is None else uid
         self.attrs.st_gid = self.attrs.st_gid if gid is None else gid
         self._restamp()
+
+    async def wait_writable(self) -> None:
+        """Backpressure: a stream far behind the writer holds the next write back."""
+        if self.stream is not None and self.stream.congested:
+            await trio.to_thread.run_sync(self.stream.wait_uncongested)
+
+    def check_stream(self) -> None:
+        """close(2) learns of a failure (a full disk) while the data was being written."""
+        if self.stream is not None:
+            self.stream.drain()
+
+    def abandon_changes(self) -> None:
+        """Give up unsaved changes that cannot be saved; the last complete version stays."""
+        self._drop_changes()
+        self.size = self.current.reader.size if self.current else 0
 
     async def seal_staged(self) -> None:
         """Seal staged changes (but not a stream: its errors already reached write(2))."""
@@ -275,13 +291,13 @@ class FileContent:
         return NewVersion(self.env.root, self.env.recipients)
 
     def _seal_stream(self) -> None:
-        version = self.stream
-        assert version is not None
+        stream = self.stream
+        assert stream is not None
         self.stream = None
         try:
-            version.seal()
+            version = stream.seal()
         except BaseException:
-            version.discard()
+            stream.discard()
             raise
         self._adopt(version)
 

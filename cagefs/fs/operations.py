@@ -350,6 +350,7 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
         async with handle.content.lock:
+            await handle.content.wait_writable()
             try:
                 handle.content.write(off, buf)
             except AgeError as exc:
@@ -364,8 +365,9 @@ class Operations(pyfuse3.Operations):
         are about to write, and sealing there would force the rest out of the fast path.
         """
         handle = self._handles[fh]
-        if handle.content.handles == 1:
-            async with handle.content.lock:
+        async with handle.content.lock:
+            handle.content.check_stream()
+            if handle.content.handles == 1:
                 await handle.content.seal_staged()
 
     @fuse_errors
@@ -375,7 +377,12 @@ class Operations(pyfuse3.Operations):
         content.handles -= 1
         if content.handles == 0:
             async with content.lock:
-                await content.finalize()  # writes through mmap can arrive after flush
+                try:
+                    await content.finalize()  # writes through mmap can arrive after flush
+                except (OSError, AgeError) as exc:
+                    # Nobody is left to tell: the previous complete version stays in place.
+                    log.error("%s: changes lost, could not be saved: %s", handle.node.path, exc)
+                    content.abandon_changes()
         self.table.drop_if_unused(handle.node)
 
     @fuse_errors

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -325,16 +326,20 @@ def backing_tree(store: Path, identity: Path, foreign: frozenset[str] = frozense
     def skip(rel: str, entry: os.DirEntry) -> bool:
         return rel == META or rel in foreign
 
+    backing: dict[str, Path] = {}
     for name, entry in walk(store, skip):
         if entry.is_symlink():
             out[name] = ("link", os.readlink(entry.path))
         elif entry.is_dir(follow_symlinks=False):
             out[name] = ("dir",)
         elif name.endswith(SUFFIX):
-            out[name[: -len(SUFFIX)]] = ("file", *backing_digest(Path(entry.path), identity))
+            backing[name[: -len(SUFFIX)]] = Path(entry.path)
         else:
             unexpected.append(name)
     assert not unexpected, f"files in the store that cagefs did not write: {unexpected}"
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # one `age -d` process per file
+        digests = pool.map(lambda path: backing_digest(path, identity), backing.values())
+        out |= {name: ("file", *digest) for name, digest in zip(backing, digests, strict=True)}
     return out
 
 

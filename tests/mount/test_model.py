@@ -15,8 +15,8 @@ import pytest
 
 from .helpers import CHUNK, Daemon, assert_same_tree, read_all, tree
 
-SEEDS = (1, 2, 3)
-OPS = 1500
+SEEDS = (1, 2, 3, 4)
+OPS = 3000
 MAX_SIZE = 1 << 20
 NAMES = ("a", "b", "c", "d")
 

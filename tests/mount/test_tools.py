@@ -380,3 +380,14 @@ def test_readdir_5000_entries(mounted: Daemon) -> None:
         assert {e.name for e in it if e.is_file()} == names
     assert len(run("ls", "-1", d).splitlines()) == 5000
     mounted.assert_store_matches()
+
+
+def test_later_overlapping_write_wins(mounted: Daemon, plain: Path) -> None:
+    """Found by the model test: a write that starts before an earlier one must cover it."""
+    for root in both(mounted, plain):
+        with opened(root / "f", os.O_RDWR | os.O_CREAT | os.O_EXCL) as fd:
+            os.pwrite(fd, b"M" * 17, 5)
+            os.pwrite(fd, b"w" * 4096, 0)
+            assert os.pread(fd, 30, 0) == b"w" * 30
+    assert (mounted.mnt / "f").read_bytes() == (plain / "f").read_bytes()
+    mounted.assert_store_matches()

@@ -135,6 +135,7 @@ class FileContent:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         self._touch()
         if self.stream and offset == self.stream.size:
+            self._supersede_early(offset + len(data))
             self.stream.write(data)
             self._write_early_in_order()
             self.size = max(self.size, self.stream.size)
@@ -265,6 +266,15 @@ class FileContent:
             and self._early_bytes + length <= _REORDER_LIMIT
             and all(end <= o or offset >= o + len(d) for o, d in self._early.items())
         )
+
+    def _supersede_early(self, end: int) -> None:
+        """An in-order write up to `end` is newer than any held-back write it overlaps."""
+        for start in [o for o in self._early if o < end]:
+            data = self._early.pop(start)
+            self._early_bytes -= len(data)
+            if start + len(data) > end:
+                self._early[end] = data[end - start :]
+                self._early_bytes += start + len(data) - end
 
     def _write_early_in_order(self) -> None:
         assert self.stream is not None

@@ -5,17 +5,14 @@ of the hybrid key alone opens a file.
 (The hybrid conformance vectors run in test_vectors.py with every other vector.)
 """
 
-import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support import cagefs, decrypt_bytes, encrypt_bytes
 
 from cagefs.age.encoding import b64decode, b64encode, bech32_decode
 from cagefs.age.errors import AgeError, HeaderError, KeyFormatError, NoIdentityMatchError
-from cagefs.age.file import decrypt_stream, start_file
 from cagefs.age.header import Stanza
 from cagefs.age.keys import load_identity_file, parse_identity, parse_recipient
 from cagefs.age.pq import ENC_SIZE, HybridIdentity, HybridRecipient, expand_seed
@@ -28,30 +25,6 @@ SPEC_RECIPIENT_START = "age1pq1x34nzsvr0rxjsgdn8zgyhfe8j7ceq5r9rdelkjuh3y235jzxs
 SPEC_RECIPIENT_END = "zk3tlhl53k2ykx3qheyty7saeq0d3fzv49zc0k"
 SPEC_RECIPIENT_LENGTH = 1959
 PLAINTEXT = os.urandom(2 * 65536 + 7)
-
-
-def encrypt_bytes(recipients: list, plaintext: bytes) -> bytes:
-    out = bytearray()
-    writer = start_file(out.extend, recipients)
-    writer.write(plaintext)
-    writer.close()
-    return bytes(out)
-
-
-def decrypt_bytes(data: bytes, identities: list) -> bytes:
-    out = bytearray()
-    decrypt_stream(io.BytesIO(data), out.extend, identities)
-    return bytes(out)
-
-
-def cagefs(*args: object, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cagefs", *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_spec_example_key_pair() -> None:

@@ -4,7 +4,6 @@
 Go age asks for an ssh key's passphrase on the terminal only, so those runs go through a pty.
 """
 
-import io
 import os
 import pty
 import select
@@ -15,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import cagefs, decrypt_bytes, encrypt_bytes
 
 from cagefs.age.errors import HeaderError, KeyFormatError, UnsupportedError
-from cagefs.age.file import decrypt_stream, start_file
 from cagefs.age.header import Stanza
 from cagefs.age.keys import load_identity_file, parse_recipient, parse_recipients_file
 from cagefs.age.x25519 import X25519Identity
@@ -74,16 +73,6 @@ def keys(keydir: Path) -> dict[str, SSHKey]:
 
 
 KEY_NAMES = ["ed25519", "ed25519-pw", "rsa3072", "rsa3072-pw"]
-
-
-def cagefs(*args: object, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cagefs", *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def on_tty(argv: list[str], answer: str) -> tuple[int, bytes]:
@@ -209,20 +198,6 @@ def test_go_age_mixed_file_decrypts_with_each_key(keys: dict[str, SSHKey], tmp_p
         proc = cagefs("decrypt", "-i", key.private, *passfile_args(key, tmp_path), encrypted)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == PLAINTEXT
-
-
-def encrypt_bytes(recipients: list, plaintext: bytes) -> bytes:
-    out = bytearray()
-    writer = start_file(out.extend, recipients)
-    writer.write(plaintext)
-    writer.close()
-    return bytes(out)
-
-
-def decrypt_bytes(data: bytes, identities: list) -> bytes:
-    out = bytearray()
-    decrypt_stream(io.BytesIO(data), out.extend, identities)
-    return bytes(out)
 
 
 def test_passphrase_asked_only_when_a_file_needs_the_key(keys: dict[str, SSHKey]) -> None:

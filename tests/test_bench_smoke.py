@@ -20,9 +20,12 @@ CAN_MOUNT = os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("
     "name",
     [
         "crypto",
-        pytest.param(
-            "seq",
-            marks=pytest.mark.skipif(not CAN_MOUNT, reason="needs root, /dev/fuse, gocryptfs"),
+        *(
+            pytest.param(
+                name,
+                marks=pytest.mark.skipif(not CAN_MOUNT, reason="needs root, /dev/fuse, gocryptfs"),
+            )
+            for name in ("seq", "fuse_ceiling")
         ),
     ],
 )
@@ -44,6 +47,7 @@ def test_bench_quick_run_writes_results_and_cleans_up(tmp_path: Path, name: str)
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert list(results.glob(f"{name}-*.json"))
-    assert (results / f"{name}-latest.txt").read_text().startswith("$ ")
+    stem = name.replace("_", "-")
+    assert list(results.glob(f"{stem}-*.json"))
+    assert (results / f"{stem}-latest.txt").read_text().startswith("$ ")
     assert [p.name for p in tmp_path.iterdir()] == ["results"]  # scratch and mounts are gone

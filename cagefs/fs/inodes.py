@@ -14,7 +14,7 @@ from pathlib import Path
 import pyfuse3
 
 from cagefs.fs.content import FileContent
-from cagefs.store.layout import META_DIR, NAME_MAX, backing_file_name
+from cagefs.store.layout import NAME_MAX, backing_file_name, is_meta
 
 
 class Kind(enum.Enum):
@@ -78,7 +78,7 @@ class InodeTable:
         """What `name` in `parent` is: (path, kind, backing stat or None if not yet published)."""
         if parent.kind is not Kind.DIR or parent.path is None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if parent.path == "" and name == META_DIR:
+        if is_meta(parent.path, name):
             return None
         path = join(parent.path, name)
         node = self.by_path.get(path)

@@ -21,7 +21,7 @@ from cagefs.fs.env import Env
 from cagefs.fs.errors import NamedFileError, fuse_errors
 from cagefs.fs.inodes import InodeTable, Kind, Node, check_name, join
 from cagefs.fs.publisher import Publisher
-from cagefs.store.layout import META_DIR, NAME_MAX, plain_file_name
+from cagefs.store.layout import NAME_MAX, is_meta, plain_file_name
 from cagefs.store.versions import fsync_dir
 
 log = logging.getLogger("cagefs")
@@ -197,23 +197,23 @@ class Operations(pyfuse3.Operations):
 
     # --- directories ----------------------------------------------------------------------
 
-    def _new_name(self, parent_inode: int, name: bytes) -> tuple[Node, str]:
+    def _new_name(self, parent_inode: int, name: bytes) -> str:
         """Check a name about to be created: valid, not taken, not our metadata directory."""
         parent = self.table.get(parent_inode)
         text = os.fsdecode(name)
         check_name(text)
         if self.table.probe(parent, text) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        if parent.path == "" and text == META_DIR:
+        assert parent.path is not None  # probe() refused an unlinked parent
+        if is_meta(parent.path, text):
             raise pyfuse3.FUSEError(errno.EACCES)
-        assert parent.path is not None
-        return parent, join(parent.path, text)
+        return join(parent.path, text)
 
     @fuse_errors
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        _, path = self._new_name(parent_inode, name)
+        path = self._new_name(parent_inode, name)
         backing = self.table.backing(path, Kind.DIR)
         os.mkdir(backing, stat.S_IMODE(mode) & ~ctx.umask)
         os.chown(backing, ctx.uid, ctx.gid)
@@ -245,7 +245,7 @@ class Operations(pyfuse3.Operations):
         names = set()
         with os.scandir(self.table.backing(node.path, Kind.DIR)) as scan:
             for entry in scan:
-                if node.path == "" and entry.name == META_DIR:
+                if is_meta(node.path, entry.name):
                     continue
                 if entry.is_dir(follow_symlinks=False) or entry.is_symlink():
                     names.add(entry.name)
@@ -308,7 +308,7 @@ class Operations(pyfuse3.Operations):
     def _create_file(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> Node:
-        _, path = self._new_name(parent_inode, name)
+        path = self._new_name(parent_inode, name)
         file_mode = stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask)
         node = self.table.node_for(path, Kind.FILE)
         self.table.attach(node, FileContent.create(self.env, file_mode, ctx.uid, ctx.gid))
@@ -421,7 +421,7 @@ class Operations(pyfuse3.Operations):
         new_parent = self.table.get(parent_inode_new)
         new_name = os.fsdecode(name_new)
         check_name(new_name)
-        if new_parent.path == "" and new_name == META_DIR:
+        if is_meta(new_parent.path, new_name):
             raise pyfuse3.FUSEError(errno.EACCES)
         target = self.table.probe(new_parent, new_name)
         if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
@@ -475,7 +475,7 @@ class Operations(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        _, path = self._new_name(parent_inode, name)
+        path = self._new_name(parent_inode, name)
         backing = self.table.backing(path, Kind.SYMLINK)
         os.symlink(os.fsdecode(target), backing)
         os.chown(backing, ctx.uid, ctx.gid, follow_symlinks=False)

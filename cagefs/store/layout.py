@@ -29,8 +29,9 @@ def plain_file_name(backing: str) -> str | None:
     return None
 
 
-def is_meta(root_relative_name: str) -> bool:
-    return root_relative_name == META_DIR
+def is_meta(parent: str | None, name: str) -> bool:
+    """Whether `name` in the directory at plaintext path `parent` is the store's own `.cagefs`."""
+    return parent == "" and name == META_DIR
 
 
 def tmp_dir(root: Path) -> Path:

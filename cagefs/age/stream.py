@@ -108,8 +108,10 @@ def _spread(count: int, job: Callable[[int], None]) -> None:
 
     Work is dealt one chunk at a time from a shared counter rather than in fixed halves: on a
     shared machine a helper can be descheduled, and fixed halves would leave the caller waiting
-    for it. Waits for every helper before returning or raising, so that none still writes into
-    a buffer the caller is about to reuse; the first error (a PayloadError) is re-raised.
+    for it. For the same reason a helper that has not started by the time the caller ran out
+    of work is cancelled, not waited for. Every helper that did start is waited for before
+    returning or raising, so that none still writes into a buffer the caller is about to
+    reuse; the first error (a PayloadError) is re-raised.
     """
     if _threads == 1 or count < _PARALLEL_MIN_CHUNKS:
         for i in range(count):
@@ -131,7 +133,8 @@ def _spread(count: int, job: Callable[[int], None]) -> None:
     except BaseException as exc:
         error = exc
     for future in futures:
-        error = error or future.exception()
+        if not future.cancel():
+            error = error or future.exception()
     if error is not None:
         raise error
 

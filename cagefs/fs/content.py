@@ -87,6 +87,7 @@ class FileContent:
         self._early: dict[int, bytes] = {}
         self._early_bytes = 0
         self.handles = 0
+        self.kernel_cached = True  # the kernel may hold pages of this file (directio.py)
         self.lock = trio.Lock()
         self.node: Node | None = None  # set by the inode table when attached
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pyfuse3
 
 from cagefs.age import AgeError
+from cagefs.fs import directio
 from cagefs.fs.attrs import HeaderLengths, entry_attributes
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
@@ -32,6 +33,7 @@ _WRITE_MODES = os.O_WRONLY | os.O_RDWR
 class Handle:
     node: Node
     content: FileContent
+    direct: bool = False  # writes bypass the kernel's page cache (directio.py)
 
 
 class Operations(pyfuse3.Operations):
@@ -291,18 +293,20 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         return fh
 
-    def _open_handle(self, node: Node, content: FileContent) -> pyfuse3.FileInfo:
+    def _open_handle(self, node: Node, content: FileContent, direct: bool) -> pyfuse3.FileInfo:
         content.handles += 1
+        if direct:
+            content.kernel_cached = False  # created or truncated: no page of it is cached
         fh = self._new_fh()
-        self._handles[fh] = Handle(node, content)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        self._handles[fh] = Handle(node, content, direct)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
 
     @fuse_errors
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node = self._create_file(parent_inode, name, mode, ctx)
-        info = self._open_handle(node, node.content)
+        info = self._open_handle(node, node.content, directio.qualifies(flags, fresh=True))
         return info, self._remember(node)
 
     def _create_file(
@@ -332,15 +336,17 @@ class Operations(pyfuse3.Operations):
         if node.kind is not Kind.FILE:
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.ELOOP)
         content = self._content(node)
-        if flags & os.O_TRUNC and flags & _WRITE_MODES:
+        truncate = bool(flags & os.O_TRUNC and flags & _WRITE_MODES)
+        if truncate:
             async with content.lock:
                 content.truncate(0)
-        return self._open_handle(node, content)
+        return self._open_handle(node, content, directio.qualifies(flags, fresh=truncate))
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._handles[fh]
         async with handle.content.lock:
+            handle.content.kernel_cached = True
             try:
                 return handle.content.read(off, size)
             except AgeError as exc:
@@ -349,12 +355,17 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
-        async with handle.content.lock:
-            await handle.content.wait_writable()
+        content = handle.content
+        async with content.lock:
+            await content.wait_writable()
             try:
-                handle.content.write(off, buf)
+                content.write(off, buf)
             except AgeError as exc:
                 raise NamedFileError(handle.node.path, exc) from None
+            stale = handle.direct and content.kernel_cached
+            content.kernel_cached = not handle.direct
+        if stale:
+            await directio.drop_cached_pages(handle.node.ino)
         return len(buf)
 
     @fuse_errors

@@ -80,13 +80,13 @@ def identities_in_file(data: bytes, name: str, passphrase: Passphrase) -> list[I
 
 def decrypt_identity_file(data: bytes, name: str, passphrase: bytes) -> bytes:
     """The text of an identity file that was itself encrypted with a passphrase (`age -p`)."""
-    out: list[bytes] = []
+    out = bytearray()
     try:
-        decrypt_stream(unarmor(io.BytesIO(data)), out.append, [ScryptIdentity(passphrase)])
+        decrypt_stream(unarmor(io.BytesIO(data)), out.extend, [ScryptIdentity(passphrase)])
     except NoIdentityMatchError:
         raise WrongPassphraseError(
             f"{name}: wrong passphrase for the encrypted identity file"
         ) from None
     except AgeError as exc:
         raise KeyFormatError(f"{name}: {exc}") from None
-    return b"".join(out)
+    return bytes(out)

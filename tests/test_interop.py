@@ -45,9 +45,9 @@ def engine_encrypt(plaintext: bytes, recipients: list[Recipient], armor: bool = 
 
 def engine_decrypt(data: bytes, identities: list[Identity], tmp_path: Path) -> bytes:
     """Decrypt as a stream; for binary files also with the seekable reader, which must agree."""
-    out: list[bytes] = []
-    decrypt_stream(unarmor(io.BytesIO(data)), out.append, identities)
-    streamed = b"".join(out)
+    out = bytearray()
+    decrypt_stream(unarmor(io.BytesIO(data)), out.extend, identities)
+    streamed = bytes(out)
     if not data.startswith(b"-----BEGIN"):
         assert seekable_read(data, identities, tmp_path) == streamed
     return streamed

@@ -100,9 +100,9 @@ def test_writer_reader_round_trip(length: int, pieces: list[int], data, tmp_path
     payload = write_in_pieces(plaintext, pieces)
     assert len(payload) == payload_size(length)
 
-    streamed: list[bytes] = []
-    decrypt_payload_stream(io.BytesIO(payload).read, streamed.append, FILE_KEY)
-    assert b"".join(streamed) == plaintext
+    streamed = bytearray()
+    decrypt_payload_stream(io.BytesIO(payload).read, streamed.extend, FILE_KEY)
+    assert streamed == plaintext
 
     path = tmp_path / "payload"
     path.write_bytes(b"HEADER" + payload)

@@ -7,11 +7,14 @@ from typing import BinaryIO
 
 from cagefs.age.header import Header, encode_header, read_header
 from cagefs.age.recipients import Identity, Recipient, new_file_key, unwrap_file_key, wrap_file_key
-from cagefs.age.stream import PayloadReader, PayloadWriter, decrypt_payload_stream
+from cagefs.age.stream import Buffer, PayloadReader, PayloadWriter, decrypt_payload_stream
 
 
-def start_file(sink: Callable[[bytes], object], recipients: Sequence[Recipient]) -> PayloadWriter:
-    """Write a fresh header (new file key) to `sink` and return the writer for the payload."""
+def start_file(sink: Callable[[Buffer], object], recipients: Sequence[Recipient]) -> PayloadWriter:
+    """Write a fresh header (new file key) to `sink` and return the writer for the payload.
+
+    `sink` must write or copy what it is given before returning: buffers are reused.
+    """
     file_key = new_file_key()
     sink(encode_header(wrap_file_key(file_key, recipients), file_key))
     return PayloadWriter(sink, file_key)
@@ -61,9 +64,12 @@ def open_file(fd: int, identities: Sequence[Identity]) -> OpenedFile:
 
 
 def decrypt_stream(
-    source: BinaryIO, sink: Callable[[bytes], object], identities: Sequence[Identity]
+    source: BinaryIO, sink: Callable[[Buffer], object], identities: Sequence[Identity]
 ) -> None:
-    """Decrypt a forward-only stream (a pipe or stdin) into `sink` in constant memory."""
+    """Decrypt a forward-only stream (a pipe or stdin) into `sink` in constant memory.
+
+    `sink` must write or copy what it is given before returning: buffers are reused.
+    """
     header = read_header(source)
     file_key = unwrap_file_key(header, identities)
     decrypt_payload_stream(source.read, sink, file_key, getattr(source, "readinto", None))

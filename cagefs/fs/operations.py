@@ -51,25 +51,30 @@ class Operations(pyfuse3.Operations):
 
     # --- names and attributes -------------------------------------------------------------
 
-    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+    def _attributes(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        """The node's attributes; `st`, when given, is a fresh lstat of its backing file."""
         if node.content is not None:
             return entry_attributes(node, node.content.attrs, node.content.size)
         path = self.table.backing_of(node)
         if path is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        st = os.lstat(path)
+        st = st or os.lstat(path)
         size = self.headers.plaintext_size(path, st) if node.kind is Kind.FILE else None
         return entry_attributes(node, st, size)
 
     def _lookup_node(self, parent: Node, name: str) -> Node:
+        return self._lookup(parent, name)[0]
+
+    def _lookup(self, parent: Node, name: str) -> tuple[Node, os.stat_result | None]:
+        """The node `name` names in `parent`, and the backing lstat the lookup already did."""
         found = self.table.probe(parent, name)
         if found is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        path, kind, _ = found
-        return self.table.node_for(path, kind)
+        path, kind, st = found
+        return self.table.node_for(path, kind), st
 
-    def _remember(self, node: Node) -> pyfuse3.EntryAttributes:
-        attrs = self._attributes(node)
+    def _remember(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        attrs = self._attributes(node, st)
         node.lookups += 1
         return attrs
 
@@ -79,7 +84,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         text = os.fsdecode(name)
         check_name(text)
-        return self._remember(self._lookup_node(self.table.get(parent_inode), text))
+        return self._remember(*self._lookup(self.table.get(parent_inode), text))
 
     @fuse_errors
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -267,8 +272,8 @@ class Operations(pyfuse3.Operations):
         directory, names = self._dirs[fh]
         for index in range(start_id, len(names)):
             try:
-                node = self._lookup_node(directory, names[index])
-                attrs = self._attributes(node)
+                node, st = self._lookup(directory, names[index])
+                attrs = self._attributes(node, st)
             except (pyfuse3.FUSEError, FileNotFoundError):
                 continue  # removed since the snapshot
             if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attrs, index + 1):

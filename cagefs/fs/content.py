@@ -87,6 +87,7 @@ class FileContent:
         self._early: dict[int, bytes] = {}
         self._early_bytes = 0
         self.handles = 0
+        self.pins = 0  # requests holding the content without a handle (Operations._locked_content)
         self.kernel_cached = True  # the kernel may hold pages of this file (directio.py)
         self.lock = trio.Lock()
         self.node: Node | None = None  # set by the inode table when attached
@@ -115,8 +116,8 @@ class FileContent:
 
     @property
     def idle(self) -> bool:
-        """Nothing open, nothing unsaved, nothing waiting to publish: safe to forget."""
-        return self.handles == 0 and not self.dirty and self.pending is None
+        """Nothing open or held, nothing unsaved, nothing waiting to publish: safe to forget."""
+        return self.handles == 0 and self.pins == 0 and not self.dirty and self.pending is None
 
     def read(self, offset: int, length: int) -> bytes:
         if self.stream:

@@ -9,7 +9,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import pyfuse3
@@ -157,12 +157,27 @@ class Operations(pyfuse3.Operations):
     async def _truncate(self, node: Node, size: int) -> None:
         if node.kind is not Kind.FILE:
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.EINVAL)
-        content = self._content(node)
-        async with content.lock:
+        async with self._locked_content(node) as content:
             content.truncate(size)
             if content.handles == 0:
                 await content.finalize()
         self.table.drop_if_unused(node)
+
+    @contextlib.asynccontextmanager
+    async def _locked_content(self, node: Node) -> AsyncIterator[FileContent]:
+        """The node's content, locked, for a request that holds no handle on it.
+
+        It is pinned while the request waits for the lock: a publish finishing meanwhile would
+        otherwise find it idle and drop it from the node, and the change made after the wait
+        would go to a content nobody sees (a truncate lost, a size that reads back as 0).
+        """
+        content = self._content(node)
+        content.pins += 1
+        try:
+            async with content.lock:
+                yield content
+        finally:
+            content.pins -= 1
 
     def _content(self, node: Node) -> FileContent:
         """The node's open content, opening the backing file if nobody has it open yet."""
@@ -340,12 +355,13 @@ class Operations(pyfuse3.Operations):
         node = self.table.get(inode)
         if node.kind is not Kind.FILE:
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.ELOOP)
-        content = self._content(node)
         truncate = bool(flags & os.O_TRUNC and flags & _WRITE_MODES)
-        if truncate:
-            async with content.lock:
-                content.truncate(0)
-        return self._open_handle(node, content, directio.qualifies(flags, fresh=truncate))
+        direct = directio.qualifies(flags, fresh=truncate)
+        if not truncate:
+            return self._open_handle(node, self._content(node), direct)
+        async with self._locked_content(node) as content:
+            content.truncate(0)
+            return self._open_handle(node, content, direct)
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:

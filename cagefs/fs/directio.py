@@ -3,8 +3,8 @@
 A file opened write-only to be written from scratch (created, or opened with O_TRUNC: `cp`,
 `dd`, `tar x`, rsync, a shell's `>`) gets FUSE direct I/O. Its writes then reach the daemon
 straight from the writer's pages instead of being copied into the page cache first and out of
-it again: one copy less per byte, a third more throughput for `dd` on a 2-core machine, and
-no cache filled with data nobody has read yet. Such a handle cannot be read or mmap'ed
+it again: one copy less per byte, a quarter more throughput for `dd` on a 2-core machine,
+and no cache filled with data nobody has read yet. Such a handle cannot be read or mmap'ed
 (it is write-only), so nothing else about it changes.
 
 The cost is coherence. Other handles of the same file still use the page cache, and a page

@@ -58,7 +58,8 @@ class Operations(pyfuse3.Operations):
         path = self.table.backing_of(node)
         if path is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        st = st or os.lstat(path)
+        if st is None:
+            st = os.lstat(path)
         size = self.headers.plaintext_size(path, st) if node.kind is Kind.FILE else None
         return entry_attributes(node, st, size)
 

@@ -20,7 +20,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 _SYNC_FILE_RANGE_WRITE = 2
 # Dirty ciphertext is handed to the disk in steps of this size while a version is written.
-WRITEBACK_STEP = 8 * 1024 * 1024
+_WRITEBACK_STEP = 8 * 1024 * 1024
 
 
 def syncfs(fd: int) -> None:
@@ -43,8 +43,8 @@ class _EarlyWriteback:
     calls fsync/syncfs, which then waits for all of it at once: for a 1 GiB `dd conv=fsync`
     that wait was a quarter of the run. Starting writeback every few MiB (asynchronously:
     SYNC_FILE_RANGE_WRITE neither waits nor makes anything durable) overlaps the disk with
-    encryption, and keeps the dirty ciphertext a daemon leaves behind small. Durability is
-    still only what publishing's fsync/syncfs guarantees.
+    encryption and keeps little dirty ciphertext in the page cache. Durability is still only
+    what publishing's fsync/syncfs guarantees.
     """
 
     def __init__(self, fd: int) -> None:
@@ -55,7 +55,7 @@ class _EarlyWriteback:
     def __call__(self, data: bytes | memoryview) -> None:
         write_all(self._fd, data)
         self._written += len(data)
-        if self._written - self._started >= WRITEBACK_STEP:
+        if self._written - self._started >= _WRITEBACK_STEP:
             # Advisory: a filesystem that cannot (EINVAL, ESPIPE) just flushes at publish.
             _libc.sync_file_range(
                 self._fd, self._started, self._written - self._started, _SYNC_FILE_RANGE_WRITE

@@ -69,7 +69,11 @@ class NewVersion:
     def __init__(self, root: Path, recipients: Sequence[Recipient]) -> None:
         self.path = _unique_temp_path(root)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        self._writer = start_file(_EarlyWriteback(self.fd), recipients)
+        try:
+            self._writer = start_file(_EarlyWriteback(self.fd), recipients)
+        except BaseException:  # a full disk fails the header: leave no empty temp behind
+            self.discard()
+            raise
         self.sealed = False
 
     @property

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import STRATEGIES, Daemon, cagefs, opened
+from .helpers import Daemon, cagefs, opened
 
 DISK = 6 * 1024 * 1024
 OLD = os.urandom(300_000)
 
 
 @pytest.fixture
-def small_store(tmp_path: Path, identity: Path) -> Iterator[Path]:
+def store(tmp_path: Path, identity: Path) -> Iterator[Path]:
+    """This module's stores live on a tmpfs of DISK bytes (the `mounted` fixture uses it)."""
     disk = tmp_path / "disk"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK}", "cagefs-full", disk], check=True)
@@ -45,36 +46,26 @@ def write_too_much(path: Path, flags: int) -> OSError:
     raise AssertionError(f"writing 12 MiB to a {DISK >> 20} MiB disk did not fail")
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_a_full_disk_fails_the_write_and_keeps_the_old_version(
-    small_store: Path, identity: Path, tmp_path: Path, strategy: str
-) -> None:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    daemon = Daemon(small_store, mnt, identity, tmp_path / "daemon.log", strategy)
-    try:
-        daemon.start()
-        kept = mnt / "kept.bin"
-        kept.write_bytes(OLD)
-        with opened(kept, os.O_RDONLY) as fd:
-            os.fsync(fd)  # published: the version that must survive
+def test_a_full_disk_fails_the_write_and_keeps_the_old_version(mounted: Daemon) -> None:
+    mnt = mounted.mnt
+    kept = mnt / "kept.bin"
+    kept.write_bytes(OLD)
+    with opened(kept, os.O_RDONLY) as fd:
+        os.fsync(fd)  # published: the version that must survive
 
-        exc = write_too_much(kept, os.O_WRONLY | os.O_TRUNC)
-        assert exc.errno == errno.ENOSPC, exc
-        assert kept.read_bytes() == OLD, "a failed replacement lost the previous version"
+    exc = write_too_much(kept, os.O_WRONLY | os.O_TRUNC)
+    assert exc.errno == errno.ENOSPC, exc
+    assert kept.read_bytes() == OLD, "a failed replacement lost the previous version"
 
-        exc = write_too_much(mnt / "new.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        assert exc.errno == errno.ENOSPC, exc
-        (mnt / "new.bin").unlink(missing_ok=True)
+    exc = write_too_much(mnt / "new.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    assert exc.errno == errno.ENOSPC, exc
+    (mnt / "new.bin").unlink(missing_ok=True)
 
-        (mnt / "after.txt").write_bytes(b"space again\n")
-        assert (mnt / "after.txt").read_bytes() == b"space again\n"
-        daemon.stop_clean()
-        assert not list((small_store / ".cagefs" / "tmp").iterdir()), "temp versions left behind"
-        daemon.start()
-        assert kept.read_bytes() == OLD
-        assert sorted(p.name for p in mnt.iterdir()) == ["after.txt", "kept.bin"]
-        daemon.assert_store_matches()
-    finally:
-        problems = daemon.close()
-    assert not problems, problems
+    (mnt / "after.txt").write_bytes(b"space again\n")
+    assert (mnt / "after.txt").read_bytes() == b"space again\n"
+    mounted.stop_clean()
+    assert not list((mounted.store / ".cagefs" / "tmp").iterdir()), "temp versions left behind"
+    mounted.start()
+    assert kept.read_bytes() == OLD
+    assert sorted(p.name for p in mnt.iterdir()) == ["after.txt", "kept.bin"]
+    mounted.assert_store_matches()

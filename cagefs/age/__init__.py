@@ -19,7 +19,13 @@ from cagefs.age.keys import (
 )
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import ScryptIdentity, ScryptRecipient
-from cagefs.age.stream import CHUNK_SIZE, PayloadReader, PayloadWriter, plaintext_size
+from cagefs.age.stream import (
+    CHUNK_SIZE,
+    PayloadReader,
+    PayloadState,
+    PayloadWriter,
+    plaintext_size,
+)
 from cagefs.age.x25519 import X25519Identity, X25519Recipient
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "OpenedFile",
     "PayloadError",
     "PayloadReader",
+    "PayloadState",
     "PayloadWriter",
     "Recipient",
     "ScryptIdentity",

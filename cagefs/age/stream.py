@@ -25,6 +25,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -142,10 +143,16 @@ def _spread(count: int, job: Callable[[int], None]) -> None:
 class ChunkCipher:
     """Seals and opens individual chunks of one payload, alone or in batches."""
 
-    def __init__(self, file_key: bytes, nonce: bytes) -> None:
+    def __init__(self, payload_key: bytes) -> None:
+        self.payload_key = payload_key
+        self._aead = ChaCha20Poly1305(payload_key)
+
+    @classmethod
+    def for_payload(cls, file_key: bytes, nonce: bytes) -> "ChunkCipher":
+        """The cipher of the payload that starts with `nonce` in a file with this file key."""
         if len(nonce) != NONCE_SIZE:
             raise HeaderError("file is truncated after the header (short payload nonce)")
-        self._aead = ChaCha20Poly1305(hkdf_sha256(file_key, nonce, b"payload"))
+        return cls(hkdf_sha256(file_key, nonce, b"payload"))
 
     @staticmethod
     def _nonce(index: int, last: bool) -> bytes:
@@ -229,6 +236,20 @@ def _opened_batch(
     return memoryview(out)[:size]
 
 
+@dataclass(frozen=True)
+class PayloadState:
+    """A payload partly written, with what another writer needs to go on where it stopped.
+
+    It carries the payload key, never the file key: whoever continues the payload can seal its
+    chunks but cannot read or forge the header's recipient stanzas.
+    """
+
+    payload_key: bytes
+    next_chunk: int
+    pending: bytes  # plaintext accepted but not sealed yet (the held-back chunk, and more)
+    written: int  # plaintext bytes accepted so far, pending included
+
+
 class PayloadWriter:
     """Encrypts pushed plaintext into `sink`; `close()` seals the final chunk.
 
@@ -243,7 +264,21 @@ class PayloadWriter:
 
     def __init__(self, sink: Callable[[Buffer], object], file_key: bytes) -> None:
         nonce = os.urandom(NONCE_SIZE)
-        self._cipher = ChunkCipher(file_key, nonce)
+        self._start(sink, ChunkCipher.for_payload(file_key, nonce))
+        sink(nonce)
+
+    @classmethod
+    def resume(cls, sink: Callable[[Buffer], object], state: PayloadState) -> "PayloadWriter":
+        """Go on with a payload another writer handed over (`hand_over`), appending to `sink`."""
+        writer = cls.__new__(cls)
+        writer._start(sink, ChunkCipher(state.payload_key))
+        writer._index = state.next_chunk
+        writer.plaintext_written = state.written - len(state.pending)
+        writer.write(state.pending)
+        return writer
+
+    def _start(self, sink: Callable[[Buffer], object], cipher: ChunkCipher) -> None:
+        self._cipher = cipher
         self._sink = sink
         self._pending = bytearray(BATCH_CHUNKS * CHUNK_SIZE)
         self._sealed = bytearray(BATCH_CHUNKS * CHUNK_CT_SIZE)
@@ -251,7 +286,17 @@ class PayloadWriter:
         self._index = 0
         self.plaintext_written = 0
         self.closed = False
-        sink(nonce)
+
+    def hand_over(self) -> PayloadState:
+        """Stop here and return what another writer needs to continue the same payload.
+
+        Everything sealed so far has reached the sink; this writer takes no more writes.
+        """
+        if self.closed:
+            raise ValueError("hand over of a closed payload")
+        self.closed = True
+        pending = bytes(self._pending[: self._fill])
+        return PayloadState(self._cipher.payload_key, self._index, pending, self.plaintext_written)
 
     def write(self, data: Buffer) -> int:
         if self.closed:
@@ -314,7 +359,7 @@ class PayloadReader:
             file_size = os.fstat(fd).st_size
         self.size = plaintext_size(file_size - offset)
         self._n_chunks = chunk_count(self.size)
-        self._cipher = ChunkCipher(file_key, os.pread(fd, NONCE_SIZE, offset))
+        self._cipher = ChunkCipher.for_payload(file_key, os.pread(fd, NONCE_SIZE, offset))
         self._empty_checked = False
 
     def read_chunk(self, index: int) -> bytes:
@@ -396,7 +441,7 @@ def decrypt_payload_stream(
     result needs.
     """
     nonce = _read_exact(read, NONCE_SIZE)
-    cipher = ChunkCipher(file_key, nonce)
+    cipher = ChunkCipher.for_payload(file_key, nonce)
     buf = bytearray((BATCH_CHUNKS + 1) * CHUNK_CT_SIZE)
     opened = bytearray((BATCH_CHUNKS + 1) * CHUNK_SIZE)
     batch_bytes = BATCH_CHUNKS * CHUNK_CT_SIZE

@@ -157,7 +157,7 @@ class FileContent:
         self._touch()
         if size == 0 and self.env.policy.streams:
             self._drop_changes()
-            self.stream = StreamWriter(self._new_version())
+            self.stream = StreamWriter(self._new_version(), self.env.sealers)
             self.size = 0
         elif not (self.stream and size == self.stream.size and not self._early):
             self._ensure_overlay().truncate(size)

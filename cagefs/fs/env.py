@@ -1,5 +1,5 @@
 """What every part of the filesystem shares: the store's keys, the strategy, the chunk cache,
-and the queue of versions waiting for their group publish."""
+the sealer processes, and the queue of versions waiting for their group publish."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from cagefs.age import Identity, Recipient
 from cagefs.fs.cache import ChunkCache
 from cagefs.fs.strategies import Policy
+from cagefs.store.sealer import SealerPool
 
 if TYPE_CHECKING:
     from cagefs.fs.content import FileContent
@@ -21,6 +22,7 @@ class Env:
     recipients: Sequence[Recipient]
     policy: Policy
     cache: ChunkCache
+    sealers: SealerPool = field(default_factory=SealerPool)
     publish_queue: "set[FileContent]" = field(default_factory=set)
 
     def queue_publish(self, content: "FileContent") -> None:

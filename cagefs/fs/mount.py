@@ -68,6 +68,7 @@ def serve(
         trio.run(_main, operations, publisher, mountpoint, on_ready)
     finally:
         pyfuse3.close(unmount=True)
+        env.sealers.close()
     log.info("unmounted %s", mountpoint)
 
 
@@ -88,7 +89,7 @@ async def _main(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(publisher.run)
         nursery.start_soon(_stop_on_signals)
-        nursery.start_soon(_announce_ready, mountpoint, on_ready)
+        nursery.start_soon(_announce_ready, mountpoint, on_ready, operations.env)
         await pyfuse3.main()
         # The kernel side is gone (unmounted or terminated): save, then stop the helpers.
         await operations.save_everything()
@@ -103,11 +104,13 @@ async def _stop_on_signals() -> None:
             return
 
 
-async def _announce_ready(mountpoint: str, on_ready: Callable[[], None]) -> None:
-    """Once requests are being served: raise readahead, then tell whoever waits for us."""
+async def _announce_ready(mountpoint: str, on_ready: Callable[[], None], env: Env) -> None:
+    """Once requests are being served: raise readahead, tell whoever waits for us, then start
+    a sealer process ahead of the first large file."""
     st = await trio.to_thread.run_sync(os.stat, mountpoint)
     _raise_read_ahead(st.st_dev)
     on_ready()
+    await trio.to_thread.run_sync(env.sealers.warm)
 
 
 def _raise_read_ahead(dev: int) -> None:

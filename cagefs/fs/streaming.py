@@ -1,25 +1,29 @@
-"""Sequential writes encrypted on a worker thread, so the event loop only receives data.
+"""Sequential writes sealed off the event loop, so the event loop only receives data.
 
 Sealing and writing a 1 MiB request costs the event loop about as much as receiving it. A
-stream hands each request to a worker thread and answers the kernel at once; the next request
-then arrives while the previous one is being encrypted, and both cores work. The backlog is
-bounded (I7), and a failure on the worker (a full disk) is raised by the next write, by
-flush (close(2)) or by seal, never lost.
+stream queues each request and answers the kernel at once; a worker thread passes the queue on
+to a sealer process (`cagefs.store.sealer`), which seals it with a GIL of its own, or seals it
+itself when no sealer process can be had. The next request then arrives while the previous one
+is being sealed, and both cores work. The backlog is bounded (I7), and a failure (a full disk)
+is raised by the next write, by flush (close(2)) or by seal, never lost.
 """
 
 import threading
 from collections import deque
 
+from cagefs.store.sealer import SLOT_SIZE, SealerPool, SealJob
 from cagefs.store.versions import NewVersion
 
-_INLINE_UNTIL = 1024 * 1024  # small files never pay for a thread
+_INLINE_UNTIL = 1024 * 1024  # small files never pay for a thread or a sealer
 BACKLOG_LIMIT = 16 * 1024 * 1024
 
 
 class StreamWriter:
-    def __init__(self, version: NewVersion) -> None:
+    def __init__(self, version: NewVersion, sealers: SealerPool) -> None:
         self.version = version
         self.size = 0
+        self._sealers = sealers
+        self._job: SealJob | None = None
         self._queue: deque[bytes] = deque()
         self._backlog = 0
         self._cond = threading.Condition()
@@ -50,7 +54,7 @@ class StreamWriter:
                 self._cond.wait()
 
     def drain(self) -> None:
-        """Wait until everything accepted is written; raise what the worker hit, if anything."""
+        """Wait until everything accepted is passed on; raise what the worker hit, if anything."""
         with self._cond:
             while self._backlog and self._error is None:
                 self._cond.wait()
@@ -59,11 +63,20 @@ class StreamWriter:
     def seal(self) -> NewVersion:
         self.drain()
         self._stop()
-        self.version.seal()
+        if self._job is None:
+            self.version.seal()
+        else:
+            self._job.finish()
+            self._sealers.give_back(self._job.sealer)
+            self._job = None
+            self.version.sealed_elsewhere()
         return self.version
 
     def discard(self) -> None:
         self._stop()
+        if self._job is not None:
+            self._sealers.retire(self._job.sealer)
+            self._job = None
         self.version.discard()
 
     def _start(self) -> None:
@@ -84,22 +97,40 @@ class StreamWriter:
             raise self._error
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                data = self._queue.popleft()
-            try:
-                self.version.write(data)
-            except BaseException as exc:  # handed to the event loop by the next call
+        try:
+            self._hand_over_to_sealer()
+            while batch := self._next_batch():
+                if self._job is not None:
+                    self._job.write(batch)
+                else:
+                    for data in batch:
+                        self.version.write(data)
                 with self._cond:
-                    self._error = exc
-                    self._queue.clear()
-                    self._backlog = 0
+                    self._backlog -= sum(len(data) for data in batch)
                     self._cond.notify_all()
-                return
+        except BaseException as exc:  # handed to the event loop by the next call
             with self._cond:
-                self._backlog -= len(data)
+                self._error = exc
+                self._queue.clear()
+                self._backlog = 0
                 self._cond.notify_all()
+
+    def _hand_over_to_sealer(self) -> None:
+        sealer = self._sealers.take()
+        if sealer is not None:
+            try:
+                self._job = SealJob(sealer, self.version.fd, self.version.hand_over())
+            except BaseException:
+                self._sealers.retire(sealer)
+                raise
+
+    def _next_batch(self) -> list[bytes]:
+        """Queued writes up to a sealer slot's size (at least one); empty once stopped."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            batch, size = [], 0
+            while self._queue and (not batch or size + len(self._queue[0]) <= SLOT_SIZE):
+                size += len(self._queue[0])
+                batch.append(self._queue.popleft())
+            return batch

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cagefs.age import PayloadReader, Recipient, open_file, start_file
+from cagefs.age import PayloadReader, PayloadState, Recipient, open_file, start_file
 from cagefs.age.recipients import Identity
 from cagefs.store.layout import TEMP_PREFIX, tmp_dir
 
@@ -36,7 +36,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-class _EarlyWriteback:
+class EarlyWriteback:
     """Appends to a version's temp file and starts writing it to disk as it goes.
 
     Without this the kernel keeps a whole new version dirty in the page cache until publishing
@@ -47,10 +47,11 @@ class _EarlyWriteback:
     what publishing's fsync/syncfs guarantees.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, start: int = 0) -> None:
+        """Append to `fd`, whose file offset is `start`."""
         self._fd = fd
-        self._written = 0
-        self._started = 0
+        self._written = start
+        self._started = start
 
     def __call__(self, data: bytes | memoryview) -> None:
         write_all(self._fd, data)
@@ -70,7 +71,7 @@ class NewVersion:
         self.path = _unique_temp_path(root)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            self._writer = start_file(_EarlyWriteback(self.fd), recipients)
+            self._writer = start_file(EarlyWriteback(self.fd), recipients)
         except BaseException:  # a full disk fails the header: leave no empty temp behind
             self.discard()
             raise
@@ -89,6 +90,14 @@ class NewVersion:
 
     def seal(self) -> None:
         self._writer.close()
+        self.sealed = True
+
+    def hand_over(self) -> PayloadState:
+        """Stop writing here: another writer (a sealer process) appends the rest to `fd`."""
+        return self._writer.hand_over()
+
+    def sealed_elsewhere(self) -> None:
+        """The writer the payload was handed over to has sealed it."""
         self.sealed = True
 
     def open_reader(self, identities: Sequence[Identity]) -> PayloadReader:

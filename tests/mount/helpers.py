@@ -30,6 +30,7 @@ CHUNK_CT = CHUNK + 16
 READY_TIMEOUT = 30.0
 NOTIFY_GRACE = 5.0
 STOP_TIMEOUT = 120.0
+CHILD_EXIT_TIMEOUT = 10.0
 BLOCK = 1 << 20
 
 
@@ -123,6 +124,7 @@ class Daemon:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     mounted_once: bool = False
+    children: set[int] = field(default_factory=set)  # its sealer processes, seen at stop
 
     @property
     def pid(self) -> int:
@@ -187,6 +189,7 @@ class Daemon:
     def stop(self) -> int:
         """SIGTERM: the daemon must publish pending writes, unmount and exit; returns its code."""
         assert self.proc is not None, "daemon not running"
+        self.children |= child_pids(self.pid)
         self.proc.send_signal(signal.SIGTERM)
         try:
             rc = self.proc.wait(STOP_TIMEOUT)
@@ -208,6 +211,7 @@ class Daemon:
     def kill9(self) -> None:
         """Kill the daemon as a crash would, then detach the dead mount as an admin would."""
         assert self.proc is not None, "daemon not running"
+        self.children |= child_pids(self.pid)
         self.proc.kill()
         self.proc.wait(STOP_TIMEOUT)
         self.proc = None
@@ -233,6 +237,12 @@ class Daemon:
             self.proc.wait(STOP_TIMEOUT)
         if "Traceback" in self.log_text():
             problems.append(f"traceback in the daemon log {self.log}")
+        outlived = still_running(self.children, CHILD_EXIT_TIMEOUT)
+        if outlived:
+            problems.append(f"processes of the daemon outlived it: {sorted(outlived)}")
+            for pid in outlived:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         return problems
 
     def log_text(self) -> str:
@@ -248,6 +258,33 @@ class Daemon:
 
 
 # --- the mount's view and the store's view -------------------------------------------------
+
+
+def child_pids(pid: int) -> set[int]:
+    """The processes `pid` started that are still its children (its sealers)."""
+    pids: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            pids.update(int(child) for child in (task / "children").read_text().split())
+    return pids
+
+
+def still_running(pids: set[int], timeout: float) -> set[int]:
+    """Those of `pids` that have not exited within `timeout` (zombies count as exited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = {pid for pid in pids if _running(pid)}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def file_digest(path: Path) -> tuple[int, str]:

@@ -1,0 +1,184 @@
+"""The sealer process: a payload handed over mid-way is finished by a real child process, and
+its file decrypts with the Go `age` CLI and pyrage; failures come back as one clear error."""
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyrage
+import pytest
+from conftest import KeyFile
+from mount.helpers import still_running
+
+from cagefs.age import parse_recipient
+from cagefs.store.layout import create_meta_dirs
+from cagefs.store.sealer import RING_SLOTS, SLOT_SIZE, Sealer, SealerError, SealerPool, SealJob
+from cagefs.store.versions import NewVersion
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    create_meta_dirs(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def pool() -> Iterator[SealerPool]:
+    sealers = SealerPool()
+    yield sealers
+    sealers.close()
+
+
+def decrypt_with_age(path: str, keyfile: KeyFile) -> bytes:
+    done = subprocess.run(
+        ["age", "-d", "-i", str(keyfile.path), path], capture_output=True, check=True
+    )
+    return done.stdout
+
+
+def new_version(root: Path, keyfile: KeyFile, head: bytes) -> NewVersion:
+    version = NewVersion(root, [parse_recipient(keyfile.recipient)])
+    version.write(head)
+    return version
+
+
+@pytest.mark.parametrize(
+    "head_size",
+    [0, 1, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, MIB, 2 * MIB + 5],
+    ids=lambda n: f"head{n}",
+)
+def test_a_handed_over_payload_decrypts(
+    root: Path, keyfile: KeyFile, pool: SealerPool, head_size: int
+) -> None:
+    """Writes of every shape after the hand-over: tiny, chunk-sized, larger than a slot, and
+    more in all than the ring holds, so slots are reused."""
+    data = os.urandom(head_size + 3 * SLOT_SIZE * RING_SLOTS // 4 + 12345)
+    version = new_version(root, keyfile, data[:head_size])
+    sealer = pool.take()
+    assert sealer is not None
+    job = SealJob(sealer, version.fd, version.hand_over())
+    at = head_size
+    for size in [1, 100, 64 * 1024, SLOT_SIZE + 7, 3 * SLOT_SIZE, 4096] * 1000:
+        if at >= len(data):
+            break
+        job.write([data[at : at + size]])
+        at += size
+    job.write([data[at:]])
+    assert job.finish() == len(data)
+    version.sealed_elsewhere()
+    pool.give_back(sealer)
+    assert decrypt_with_age(version.path, keyfile) == data
+    assert pyrage.decrypt(Path(version.path).read_bytes(), [keyfile_identity(keyfile)]) == data
+    version.discard()
+
+
+def test_a_sealer_is_reused_job_after_job(root: Path, keyfile: KeyFile, pool: SealerPool) -> None:
+    first = pool.take()
+    assert first is not None
+    for n in range(3):
+        data = os.urandom(MIB + n)
+        version = new_version(root, keyfile, data[:10])
+        sealer = first if n == 0 else pool.take()
+        assert sealer is first, "the idle sealer should be taken again"
+        job = SealJob(sealer, version.fd, version.hand_over())
+        job.write([data[10:]])
+        job.finish()
+        pool.give_back(sealer)
+        assert decrypt_with_age(version.path, keyfile) == data
+        version.discard()
+
+
+def test_a_killed_sealer_is_an_error_not_a_hang(root: Path, keyfile: KeyFile) -> None:
+    sealer = Sealer()
+    try:
+        version = new_version(root, keyfile, b"x" * 100)
+        job = SealJob(sealer, version.fd, version.hand_over())
+        sealer.process.send_signal(signal.SIGKILL)
+        sealer.process.wait(10)
+        with pytest.raises(SealerError) as caught:
+            for _ in range(RING_SLOTS + 1):  # until a slot's acknowledgement is awaited
+                job.write([b"y" * SLOT_SIZE])
+            job.finish()
+        assert caught.value.errno == 5
+        assert "sealer process" in str(caught.value)
+        assert "\n" not in str(caught.value)
+        version.discard()
+    finally:
+        sealer.stop()
+
+
+def test_a_sealer_exits_when_the_daemon_goes_away(root: Path, keyfile: KeyFile) -> None:
+    """The daemon's end of the socket closing (as when it is killed) ends the sealer, which
+    leaves the payload unfinished rather than sealing a file nobody asked for."""
+    sealer = Sealer()
+    version = new_version(root, keyfile, b"x" * 100)
+    job = SealJob(sealer, version.fd, version.hand_over())
+    job.write([b"y" * MIB])
+    sealer.sock.close()
+    assert not still_running({sealer.process.pid}, 10.0)
+    sealer.process.wait()
+    os.close(sealer.ring)
+    with pytest.raises(pyrage.DecryptError):
+        pyrage.decrypt(Path(version.path).read_bytes(), [keyfile_identity(keyfile)])
+    version.discard()
+
+
+def test_a_full_disk_comes_back_as_enospc(tmp_path: Path, keyfile: KeyFile) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    sealer = Sealer()
+    try:
+        create_meta_dirs(small)
+        version = new_version(small, keyfile, b"x" * 100)
+        try:
+            job = SealJob(sealer, version.fd, version.hand_over())
+            with pytest.raises(SealerError) as caught:
+                for _ in range(40):  # more than the ring holds: some sends find the sealer gone
+                    job.write([b"y" * (MIB // 2)])
+                job.finish()
+        finally:
+            version.discard()
+        assert caught.value.errno == 28
+        assert str(caught.value) == "[Errno 28] No space left on device"
+    finally:
+        sealer.stop()
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_no_secret_reaches_the_sealer_command_line(pool: SealerPool) -> None:
+    sealer = pool.take()
+    assert sealer is not None
+    cmdline = Path(f"/proc/{sealer.process.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while not cmdline.read_bytes() and time.monotonic() < deadline:  # empty until exec is done
+        time.sleep(0.01)
+    argv = cmdline.read_bytes().split(b"\0")[:-1]
+    assert argv[-3] == b"cagefs.store.sealer_main"
+    assert all(arg.isdigit() for arg in argv[-2:]), "only descriptor numbers follow"
+    pool.give_back(sealer)
+
+
+def test_the_pool_has_a_limit_and_stops_what_it_started() -> None:
+    pool = SealerPool(limit=2)
+    taken = [pool.take(), pool.take()]
+    assert all(taken)
+    assert pool.take() is None, "over the limit a stream seals in its own thread"
+    pids = {sealer.process.pid for sealer in taken if sealer}
+    for sealer in taken:
+        assert sealer is not None
+        pool.give_back(sealer)
+    pool.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and still_running(pids, 0):
+        time.sleep(0.05)
+    assert not still_running(pids, 0)
+
+
+def keyfile_identity(keyfile: KeyFile) -> pyrage.x25519.Identity:
+    return pyrage.x25519.Identity.from_str(keyfile.path.read_text().split()[-1])

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from cagefs.age.armor import ArmorWriter, armor_reader
 from cagefs.age.errors import AgeError, PayloadError
 from cagefs.age.stream import (
+    BATCH_CHUNKS,
     CHUNK_CT_SIZE,
     CHUNK_SIZE,
     NONCE_SIZE,
@@ -115,6 +116,33 @@ def test_writer_reader_round_trip(length: int, pieces: list[int], data, tmp_path
         assert reader.read(offset, size) == plaintext[offset : offset + size]
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("small", [CHUNK_SIZE, 1000, CHUNK_SIZE - 1])
+@pytest.mark.parametrize("large", [CHUNK_SIZE + 1, 3 * CHUNK_SIZE, 40 * CHUNK_SIZE + 5])
+def test_small_writes_filling_a_batch_then_a_large_one(small: int, large: int) -> None:
+    """Small writes collect until the pending buffer holds a whole batch; a large write after
+    that must start a new batch, not overflow the one being sealed (a sealer process met this
+    when slots of one 64 KiB chunk each were followed by a full slot)."""
+    count = -(-BATCH_CHUNKS * CHUNK_SIZE // small)
+    pieces = [small] * count + [large, small, large]
+    plaintext = os.urandom(sum(pieces))
+    streamed = bytearray()
+    payload = write_in_pieces_exactly(plaintext, pieces)
+    decrypt_payload_stream(io.BytesIO(payload).read, streamed.extend, FILE_KEY)
+    assert streamed == plaintext
+
+
+def write_in_pieces_exactly(plaintext: bytes, pieces: list[int]) -> bytes:
+    """Like `write_in_pieces`, but each size used once, in order."""
+    out = bytearray()
+    writer = PayloadWriter(out.extend, FILE_KEY)
+    offset = 0
+    for size in pieces:
+        writer.write(plaintext[offset : offset + size])
+        offset += size
+    writer.close()
+    return bytes(out)
 
 
 @settings(max_examples=40, deadline=None)

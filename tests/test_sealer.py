@@ -13,7 +13,9 @@ import pytest
 from conftest import KeyFile
 from mount.helpers import still_running
 
-from cagefs.age import parse_recipient
+from cagefs.age import CHUNK_SIZE, parse_recipient
+from cagefs.fs.streaming import write_out
+from cagefs.store import sealer as sealer_module
 from cagefs.store.layout import create_meta_dirs
 from cagefs.store.sealer import RING_SLOTS, SLOT_SIZE, Sealer, SealerError, SealerPool, SealJob
 from cagefs.store.versions import NewVersion
@@ -70,7 +72,6 @@ def test_a_handed_over_payload_decrypts(
         at += size
     job.write([data[at:]])
     assert job.finish() == len(data)
-    version.sealed_elsewhere()
     pool.give_back(sealer)
     assert decrypt_with_age(version.path, keyfile) == data
     assert pyrage.decrypt(Path(version.path).read_bytes(), [keyfile_identity(keyfile)]) == data
@@ -182,3 +183,37 @@ def test_the_pool_has_a_limit_and_stops_what_it_started() -> None:
 
 def keyfile_identity(keyfile: KeyFile) -> pyrage.x25519.Identity:
     return pyrage.x25519.Identity.from_str(keyfile.path.read_text().split()[-1])
+
+
+@pytest.mark.parametrize("limit", [0, 1], ids=["no-sealer-left", "sealer"])
+def test_write_out_seals_a_whole_version(root: Path, keyfile: KeyFile, limit: int) -> None:
+    """How staged files are written out at close: through a sealer, or in the calling thread
+    when the pool has none to give (its limit reached): the same file either way."""
+    pool = SealerPool(limit=limit)
+    try:
+        data = os.urandom(5 * MIB + 3)
+        chunks = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
+        version = write_out(NewVersion(root, [parse_recipient(keyfile.recipient)]), chunks, pool)
+        assert decrypt_with_age(version.path, keyfile) == data
+        version.discard()
+    finally:
+        pool.close()
+
+
+def test_a_sealer_that_cannot_start_leaves_streams_to_threads(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sealer that exits at once (here: a program that is not Python) is caught at start,
+    where the pool can still answer None, never in the middle of a file."""
+    monkeypatch.setattr(sealer_module.sys, "executable", "/bin/false")
+    pool = SealerPool()
+    try:
+        assert pool.take() is None
+        assert pool.take() is None
+    finally:
+        pool.close()
+    warnings = [r.getMessage() for r in caplog.records if "sealer" in r.getMessage()]
+    assert warnings == [
+        "cannot start a sealer process ([Errno 5] the sealer process did not start): "
+        "sealing in threads"
+    ], "one warning, however many streams fall back"

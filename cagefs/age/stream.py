@@ -314,10 +314,10 @@ class PayloadWriter:
         chunks = _slices(self._pending, self._fill, CHUNK_SIZE)
         whole = (len(view) - 1) // CHUNK_SIZE
         for i in range(whole):
-            chunks.append(view[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE])
-            if len(chunks) == BATCH_CHUNKS:
+            if len(chunks) == BATCH_CHUNKS:  # the pending chunks alone may fill a batch
                 self._emit(chunks, final=False)
                 chunks = []
+            chunks.append(view[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE])
         if chunks:
             self._emit(chunks, final=False)
         self._fill = 0

@@ -12,6 +12,7 @@ over the backing file later (or at once on fsync). Attributes live here while th
 open and are stamped onto every new version, so a published file keeps its mode and times.
 """
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -24,13 +25,13 @@ from cagefs.age import CHUNK_SIZE, PayloadReader, open_file
 from cagefs.fs.cache import new_version_id
 from cagefs.fs.env import Env
 from cagefs.fs.staging import Overlay, ScratchBlocks
-from cagefs.fs.streaming import StreamWriter
+from cagefs.fs.streaming import StreamWriter, write_out
 from cagefs.store.versions import NewVersion
 
 if TYPE_CHECKING:
     from cagefs.fs.inodes import Node
 
-_FINALIZE_IN_THREAD = 16 * 1024 * 1024
+_FINALIZE_IN_THREAD = 1024 * 1024  # larger files are sealed by a sealer process: wait off the loop
 # The kernel splits one large write(2) into concurrent requests and trio may run them in any
 # order, so a sequential writer's requests can arrive slightly shuffled. Up to this much is held
 # back to be put in order before a stream gives up and falls back to staging.
@@ -207,16 +208,13 @@ class FileContent:
             self._seal_stream()
         elif self.overlay:
             overlay = self.overlay
-            version = self._new_version()
-            try:
-                if self.size > _FINALIZE_IN_THREAD:
-                    await trio.to_thread.run_sync(version.write_chunks, overlay.chunks())
-                else:
-                    version.write_chunks(overlay.chunks())
-                version.seal()
-            except BaseException:
-                version.discard()
-                raise
+            write = functools.partial(
+                write_out, self._new_version(), overlay.chunks(), self.env.sealers
+            )
+            if self.size > _FINALIZE_IN_THREAD:
+                version = await trio.to_thread.run_sync(write)
+            else:
+                version = write()
             self.overlay = None
             self._adopt(version)
             overlay.close()

@@ -10,8 +10,9 @@ is raised by the next write, by flush (close(2)) or by seal, never lost.
 
 import threading
 from collections import deque
+from collections.abc import Iterable
 
-from cagefs.store.sealer import SLOT_SIZE, SealerPool, SealJob
+from cagefs.store.sealer import SLOT_SIZE, SealerError, SealerPool, SealJob
 from cagefs.store.versions import NewVersion
 
 _INLINE_UNTIL = 1024 * 1024  # small files never pay for a thread or a sealer
@@ -66,10 +67,11 @@ class StreamWriter:
         if self._job is None:
             self.version.seal()
         else:
-            self._job.finish()
+            sealed = self._job.finish()
             self._sealers.give_back(self._job.sealer)
             self._job = None
-            self.version.sealed_elsewhere()
+            if sealed != self.size:  # cheap insurance: never publish a version that lost data
+                raise SealerError(5, f"sealer wrote {sealed} bytes of {self.size}")
         return self.version
 
     def discard(self) -> None:
@@ -134,3 +136,18 @@ class StreamWriter:
                 size += len(self._queue[0])
                 batch.append(self._queue.popleft())
             return batch
+
+
+def write_out(version: NewVersion, chunks: Iterable[bytes], sealers: SealerPool) -> NewVersion:
+    """Write a whole new version from `chunks` and seal it, the way a stream is written (past
+    the first MiB, by a sealer process). Blocks while the sealer is behind: call it on a
+    worker thread. On failure the version is discarded."""
+    stream = StreamWriter(version, sealers)
+    try:
+        for chunk in chunks:
+            stream.write(chunk)
+            stream.wait_uncongested()
+        return stream.seal()
+    except BaseException:
+        stream.discard()
+        raise

@@ -18,8 +18,9 @@ daemon dies, the sealer reads end-of-file on its socket and exits without finish
 payload, so the temp is left incomplete and unpublished: the next mount removes it (I3).
 
 Messages, daemon to sealer: JOB (payload key, next chunk, bytes written; the temp file's fd
-rides along), DATA (slot, length), END. Sealer to daemon: ACK (slot), DONE (plaintext size),
-FAIL (errno, text). After a FAIL the sealer exits; after DONE it waits for the next JOB.
+rides along), DATA (slot, length), END. Sealer to daemon: READY (once, when started), ACK
+(slot), DONE (plaintext size), FAIL (errno, text). After a FAIL the sealer exits; after DONE
+it waits for the next JOB.
 """
 
 import logging
@@ -41,10 +42,12 @@ RING_SLOTS = 16
 MAX_SEALERS = 4  # beyond this many files streaming at once, a stream seals in its own thread
 _MAX_IDLE = 1
 _STOP_TIMEOUT = 5.0
+_START_TIMEOUT = 30.0
 
 JOB = struct.Struct("<c32sQQ")
 DATA = struct.Struct("<cII")
 END = b"E"
+READY = b"R"
 ACK = struct.Struct("<cI")
 DONE = struct.Struct("<cQ")
 FAIL = struct.Struct("<cI")  # followed by the error's text
@@ -77,6 +80,20 @@ class Sealer:
             raise
         finally:
             theirs.close()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        """A sealer that cannot start (say it cannot import cagefs) fails here, where the pool
+        can still fall back to threads, and not in the middle of a file."""
+        self.sock.settimeout(_START_TIMEOUT)
+        try:
+            ready = self.sock.recv(MESSAGE_MAX) == READY
+        except OSError:
+            ready = False
+        self.sock.settimeout(None)
+        if not ready:
+            self.stop()
+            raise SealerError(5, "the sealer process did not start")
 
     def stop(self) -> None:
         """Close the socket (the sealer exits on end-of-file) and reap the process."""

@@ -12,7 +12,7 @@ import sys
 import traceback
 
 from cagefs.age import PayloadState, PayloadWriter
-from cagefs.store.sealer import ACK, DATA, DONE, END, FAIL, JOB, MESSAGE_MAX, SLOT_SIZE
+from cagefs.store.sealer import ACK, DATA, DONE, END, FAIL, JOB, MESSAGE_MAX, READY, SLOT_SIZE
 from cagefs.store.versions import EarlyWriteback
 
 
@@ -21,6 +21,7 @@ def main(argv: list[str]) -> int:
     ring_fd = int(argv[1])
     ring = memoryview(mmap.mmap(ring_fd, 0, prot=mmap.PROT_READ))
     try:
+        sock.send(READY)
         while _run_job(sock, ring):
             pass
     except OSError as exc:

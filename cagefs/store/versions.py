@@ -9,7 +9,7 @@ after its data is durable. Renames are done in groups so that a burst of small f
 import contextlib
 import ctypes
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from cagefs.age import PayloadReader, PayloadState, Recipient, open_file, start_file
@@ -75,30 +75,16 @@ class NewVersion:
         except BaseException:  # a full disk fails the header: leave no empty temp behind
             self.discard()
             raise
-        self.sealed = False
-
-    @property
-    def size(self) -> int:
-        return self._writer.plaintext_written
 
     def write(self, data: bytes | memoryview) -> None:
         self._writer.write(data)
 
-    def write_chunks(self, chunks: Iterable[bytes]) -> None:
-        for chunk in chunks:
-            self._writer.write(chunk)
-
     def seal(self) -> None:
         self._writer.close()
-        self.sealed = True
 
     def hand_over(self) -> PayloadState:
         """Stop writing here: another writer (a sealer process) appends the rest to `fd`."""
         return self._writer.hand_over()
-
-    def sealed_elsewhere(self) -> None:
-        """The writer the payload was handed over to has sealed it."""
-        self.sealed = True
 
     def open_reader(self, identities: Sequence[Identity]) -> PayloadReader:
         """Random access to the sealed version (served until it is published, I8)."""

@@ -85,6 +85,23 @@ def test_dd(mounted: Daemon, plain: Path, src: Path) -> None:
     mounted.assert_store_matches()
 
 
+def test_dd_with_block_sizes_that_change(mounted: Daemon, plain: Path) -> None:
+    """`dd bs=64K` for 2 MiB, then 1 MiB blocks, then 1000-byte ones, into one file. A full
+    batch of small writes followed by a large one once overflowed the writer's batch; how
+    writes group on their way to a sealer is timing-dependent, so the deterministic check of
+    that is tests/test_properties.py, and this one keeps the tools' view honest."""
+    data = os.urandom(2 * 1024 * 1024 + 5 * 1024 * 1024 + 3000)
+    for root in both(mounted, plain):
+        run("dd", f"of={root}/mixed", "bs=64K", "count=32", "iflag=fullblock", "status=none",
+            input=data)  # fmt: skip
+        run("dd", f"of={root}/mixed", "bs=1M", "seek=2", "count=5", "conv=notrunc",
+            "iflag=fullblock", "status=none", input=data[2 << 20 : 7 << 20])  # fmt: skip
+        run("dd", f"of={root}/mixed", "bs=1000", f"seek={7 << 20}", "oflag=seek_bytes",
+            "conv=notrunc", "status=none", input=data[7 << 20 :])  # fmt: skip
+    assert (mounted.mnt / "mixed").read_bytes() == data == (plain / "mixed").read_bytes()
+    mounted.assert_store_matches()
+
+
 def test_tar_c_and_x(mounted: Daemon, plain: Path, src: Path, tmp_path: Path) -> None:
     for root in both(mounted, plain):
         run("tar", "cf", root / "t.tar", "-C", src, ".")

@@ -8,6 +8,7 @@ is being sealed, and both cores work. The backlog is bounded (I7), and a failure
 is raised by the next write, by flush (close(2)) or by seal, never lost.
 """
 
+import errno
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -71,7 +72,7 @@ class StreamWriter:
             self._sealers.give_back(self._job.sealer)
             self._job = None
             if sealed != self.size:  # cheap insurance: never publish a version that lost data
-                raise SealerError(5, f"sealer wrote {sealed} bytes of {self.size}")
+                raise SealerError(errno.EIO, f"sealer wrote {sealed} bytes of {self.size}")
         return self.version
 
     def discard(self) -> None:

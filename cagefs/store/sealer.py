@@ -23,6 +23,7 @@ rides along), DATA (slot, length), END. Sealer to daemon: READY (once, when star
 it waits for the next JOB.
 """
 
+import errno
 import logging
 import os
 import socket
@@ -93,7 +94,7 @@ class Sealer:
         self.sock.settimeout(None)
         if not ready:
             self.stop()
-            raise SealerError(5, "the sealer process did not start")
+            raise SealerError(errno.EIO, "the sealer process did not start")
 
     def stop(self) -> None:
         """Close the socket (the sealer exits on end-of-file) and reap the process."""
@@ -124,7 +125,7 @@ class SealJob:
             slot = self._free_slot()
             size = sum(len(b) for b in group)
             if os.pwritev(self.sealer.ring, group, slot * SLOT_SIZE) != size:
-                raise SealerError(5, "short write to the sealer ring")
+                raise SealerError(errno.EIO, "short write to the sealer ring")
             self._send(DATA.pack(b"D", slot, size))
 
     def finish(self) -> int:
@@ -143,20 +144,32 @@ class SealJob:
     def _receive(self, flags: int = 0) -> bytes:
         """The next message; ACKs free their slot, a FAIL or a dead sealer raises."""
         try:
-            message = self.sealer.sock.recv(MESSAGE_MAX, flags)
-        except BlockingIOError:
-            raise
-        except OSError as exc:
-            raise SealerError(5, f"sealer process lost ({exc.strerror})") from None
+            message = self._recv(flags)
+        except ConnectionResetError:
+            # A sealer that exits with our messages unread (it failed) makes the kernel report
+            # ECONNRESET once, before the messages it sent, its FAIL among them: read on.
+            message = self._recv(flags, after_reset=True)
         kind = message[:1]
         if kind == b"A":
             self._free.append(ACK.unpack(message)[1])
         elif kind == b"F":
-            errno, text = FAIL.unpack_from(message)[1], message[FAIL.size :].decode()
-            raise SealerError(errno, text)
+            code, text = FAIL.unpack_from(message)[1], message[FAIL.size :].decode()
+            raise SealerError(code, text)
         elif not message:
-            raise SealerError(5, "sealer process exited")
+            raise SealerError(errno.EIO, "sealer process exited")
         return message
+
+    def _recv(self, flags: int, after_reset: bool = False) -> bytes:
+        try:
+            return self.sealer.sock.recv(MESSAGE_MAX, flags)
+        except BlockingIOError:
+            raise
+        except ConnectionResetError:
+            if after_reset:
+                raise SealerError(errno.EIO, "sealer process lost") from None
+            raise
+        except OSError as exc:
+            raise SealerError(errno.EIO, f"sealer process lost ({exc.strerror})") from None
 
     def _send(self, message: bytes, fds: Sequence[int] = ()) -> None:
         try:
@@ -169,7 +182,7 @@ class SealJob:
                     self._receive(socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     break
-            raise SealerError(5, f"sealer process lost ({exc.strerror})") from None
+            raise SealerError(errno.EIO, f"sealer process lost ({exc.strerror})") from None
 
 
 def _slot_groups(buffers: Sequence[Buffer]) -> list[list[memoryview]]:

@@ -36,7 +36,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-class EarlyWriteback:
+class _EarlyWriteback:
     """Appends to a version's temp file and starts writing it to disk as it goes.
 
     Without this the kernel keeps a whole new version dirty in the page cache until publishing
@@ -47,11 +47,10 @@ class EarlyWriteback:
     what publishing's fsync/syncfs guarantees.
     """
 
-    def __init__(self, fd: int, start: int = 0) -> None:
-        """Append to `fd`, whose file offset is `start`."""
+    def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._written = start
-        self._started = start
+        self._written = 0
+        self._started = 0
 
     def __call__(self, data: bytes | memoryview) -> None:
         write_all(self._fd, data)
@@ -71,7 +70,7 @@ class NewVersion:
         self.path = _unique_temp_path(root)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            self._writer = start_file(EarlyWriteback(self.fd), recipients)
+            self._writer = start_file(_EarlyWriteback(self.fd), recipients)
         except BaseException:  # a full disk fails the header: leave no empty temp behind
             self.discard()
             raise

@@ -41,8 +41,13 @@ def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
     return wrapper
 
 
+def shown(path: str | None) -> str:
+    """How the log names a file: its plaintext path, or what it is once unlinked."""
+    return path or "(unlinked file)"
+
+
 class NamedFileError(AgeError):
     """An age failure tagged with the plaintext path it happened on, for the log."""
 
     def __init__(self, path: str | None, exc: AgeError) -> None:
-        super().__init__(f"{path or '(unlinked file)'}: {exc}")
+        super().__init__(f"{shown(path)}: {exc}")

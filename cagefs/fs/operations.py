@@ -19,7 +19,7 @@ from cagefs.fs import directio
 from cagefs.fs.attrs import HeaderLengths, entry_attributes
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
-from cagefs.fs.errors import NamedFileError, fuse_errors
+from cagefs.fs.errors import NamedFileError, fuse_errors, shown
 from cagefs.fs.inodes import InodeTable, Kind, Node, check_name, join
 from cagefs.fs.publisher import Publisher
 from cagefs.store.layout import NAME_MAX, is_meta, plain_file_name
@@ -414,7 +414,8 @@ class Operations(pyfuse3.Operations):
                     await content.finalize()  # writes through mmap can arrive after flush
                 except (OSError, AgeError) as exc:
                     # Nobody is left to tell: the previous complete version stays in place.
-                    log.error("%s: changes lost, could not be saved: %s", handle.node.path, exc)
+                    name = shown(handle.node.path)
+                    log.error("%s: changes lost, could not be saved: %s", name, exc)
                     content.abandon_changes()
         self.table.drop_if_unused(handle.node)
 

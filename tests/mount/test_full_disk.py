@@ -68,4 +68,5 @@ def test_a_full_disk_fails_the_write_and_keeps_the_old_version(mounted: Daemon) 
     mounted.start()
     assert kept.read_bytes() == OLD
     assert sorted(p.name for p in mnt.iterdir()) == ["after.txt", "kept.bin"]
+    assert "None:" not in mounted.log_text(), "the log names a lost file by its path or as unlinked"
     mounted.assert_store_matches()

@@ -23,6 +23,7 @@ from cagefs.fs.operations import Operations
 from cagefs.fs.publisher import Publisher
 from cagefs.fs.strategies import Policy, Strategy
 from cagefs.store.layout import remove_stray_temps
+from cagefs.store.sealer import SealerPool
 
 if TYPE_CHECKING:
     from cagefs.store import Store
@@ -65,7 +66,8 @@ def serve(
     except RuntimeError as exc:
         raise CageError(f"cannot mount on {mountpoint}: {exc}") from None
     try:
-        trio.run(_main, operations, publisher, mountpoint, on_ready)
+        sealers = None if options.read_only else env.sealers  # nothing to seal on a ro mount
+        trio.run(_main, operations, publisher, mountpoint, on_ready, sealers)
     finally:
         pyfuse3.close(unmount=True)
         env.sealers.close()
@@ -84,12 +86,16 @@ def _fuse_options(options: MountOptions) -> set[str]:
 
 
 async def _main(
-    operations: Operations, publisher: Publisher, mountpoint: str, on_ready: Callable[[], None]
+    operations: Operations,
+    publisher: Publisher,
+    mountpoint: str,
+    on_ready: Callable[[], None],
+    sealers: SealerPool | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(publisher.run)
         nursery.start_soon(_stop_on_signals)
-        nursery.start_soon(_announce_ready, mountpoint, on_ready, operations.env)
+        nursery.start_soon(_announce_ready, mountpoint, on_ready, sealers)
         await pyfuse3.main()
         # The kernel side is gone (unmounted or terminated): save, then stop the helpers.
         await operations.save_everything()
@@ -104,13 +110,16 @@ async def _stop_on_signals() -> None:
             return
 
 
-async def _announce_ready(mountpoint: str, on_ready: Callable[[], None], env: Env) -> None:
+async def _announce_ready(
+    mountpoint: str, on_ready: Callable[[], None], sealers: SealerPool | None
+) -> None:
     """Once requests are being served: raise readahead, tell whoever waits for us, then start
-    a sealer process ahead of the first large file."""
+    a sealer process ahead of the first large file (unless nothing can be written)."""
     st = await trio.to_thread.run_sync(os.stat, mountpoint)
     _raise_read_ahead(st.st_dev)
     on_ready()
-    await trio.to_thread.run_sync(env.sealers.warm)
+    if sealers is not None:
+        await trio.to_thread.run_sync(sealers.warm)
 
 
 def _raise_read_ahead(dev: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Daemon
+from .helpers import Daemon, child_pids
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -37,6 +37,7 @@ def test_read_only_mount_serves_reads_and_refuses_writes(
         with pytest.raises(OSError) as caught:
             attempt()
         assert caught.value.errno == errno.EROFS
+    assert not child_pids(daemon.pid), "a read-only mount starts no sealer process"
     before = sorted(p.name for p in daemon.store.iterdir())
     daemon.stop_clean()
     assert sorted(p.name for p in daemon.store.iterdir()) == before

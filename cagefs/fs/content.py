@@ -25,13 +25,12 @@ from cagefs.age import CHUNK_SIZE, PayloadReader, open_file
 from cagefs.fs.cache import new_version_id
 from cagefs.fs.env import Env
 from cagefs.fs.staging import Overlay, ScratchBlocks
-from cagefs.fs.streaming import StreamWriter, write_out
+from cagefs.fs.streaming import INLINE_UNTIL, StreamWriter, write_out
 from cagefs.store.versions import NewVersion
 
 if TYPE_CHECKING:
     from cagefs.fs.inodes import Node
 
-_FINALIZE_IN_THREAD = 1024 * 1024  # larger files are sealed by a sealer process: wait off the loop
 # The kernel splits one large write(2) into concurrent requests and trio may run them in any
 # order, so a sequential writer's requests can arrive slightly shuffled. Up to this much is held
 # back to be put in order before a stream gives up and falls back to staging.
@@ -211,7 +210,7 @@ class FileContent:
             write = functools.partial(
                 write_out, self._new_version(), overlay.chunks(), self.env.sealers
             )
-            if self.size > _FINALIZE_IN_THREAD:
+            if self.size > INLINE_UNTIL:  # a sealer process seals the rest: wait off the loop
                 version = await trio.to_thread.run_sync(write)
             else:
                 version = write()

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from cagefs.store.sealer import SLOT_SIZE, SealerError, SealerPool, SealJob
 from cagefs.store.versions import NewVersion
 
-_INLINE_UNTIL = 1024 * 1024  # small files never pay for a thread or a sealer
+INLINE_UNTIL = 1024 * 1024  # small files never pay for a thread or a sealer
 BACKLOG_LIMIT = 16 * 1024 * 1024
 
 
@@ -39,7 +39,7 @@ class StreamWriter:
 
     def write(self, data: bytes) -> None:
         self._raise_error()
-        if self._thread is None and self.size + len(data) <= _INLINE_UNTIL:
+        if self._thread is None and self.size + len(data) <= INLINE_UNTIL:
             self.version.write(data)
         else:
             self._start()

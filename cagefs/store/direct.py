@@ -69,8 +69,6 @@ class DirectAppender:
                 self._wait()
                 rest = self._buffers[self._current][: self._fill]
                 _pwrite_all(self._fd, rest, self._offset)
-                self._offset += self._fill
-                self._fill = 0
         finally:
             self.abandon()
 

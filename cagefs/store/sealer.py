@@ -187,18 +187,21 @@ class SealJob:
 
 def _slot_groups(buffers: Sequence[Buffer]) -> list[list[memoryview]]:
     """Consecutive runs of `buffers` that fit a slot each, cutting any larger than a slot."""
-    groups: list[list[memoryview]] = [[]]
+    groups: list[list[memoryview]] = []
+    group: list[memoryview] = []
     room = SLOT_SIZE
     for buffer in buffers:
         view = memoryview(buffer).cast("B")
         while view:
+            piece, view = view[:room], view[room:]
+            group.append(piece)
+            room -= len(piece)
             if not room:
-                groups.append([])
-                room = SLOT_SIZE
-            groups[-1].append(view[:room])
-            room -= len(groups[-1][-1])
-            view = view[len(groups[-1][-1]) :]
-    return [group for group in groups if group]
+                groups.append(group)
+                group, room = [], SLOT_SIZE
+    if group:
+        groups.append(group)
+    return groups
 
 
 class SealerPool:

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -43,6 +44,17 @@ _LAST = b"\x01"
 _NOT_LAST = b"\x00"
 
 Buffer = bytes | bytearray | memoryview
+Sink = Callable[[Buffer], object]
+
+
+class LendingSink(Protocol):
+    """A sink that lends the buffer each batch is sealed into, which saves copying every byte
+    from the writer's buffer to the sink's: `lend(n)` returns a writable view of n bytes, and
+    the sink's next call is passed that very view, filled."""
+
+    def __call__(self, data: Buffer) -> object: ...
+
+    def lend(self, size: int) -> memoryview: ...
 
 
 def chunk_count(plaintext_size: int) -> int:
@@ -210,18 +222,15 @@ def _slices(buffer: Buffer, size: int, step: int) -> list[memoryview]:
     return [view[i : min(i + step, size)] for i in range(0, size, step)]
 
 
-def _sealed_batch(
-    cipher: ChunkCipher, first: int, chunks: list[memoryview], final: bool, out: bytearray
-) -> memoryview:
-    """`chunks` sealed back to back into the start of `out` (reused batch after batch: a fresh
-    zero-filled buffer per batch cost 10-15 % of the writer's throughput)."""
-    view = memoryview(out)[: sum(len(c) for c in chunks) + TAG_SIZE * len(chunks)]
+def _seal_batch(
+    cipher: ChunkCipher, first: int, chunks: list[memoryview], final: bool, out: memoryview
+) -> None:
+    """Seal `chunks` back to back into `out`, which is exactly their sealed size."""
     outs, at = [], 0
     for chunk in chunks:
-        outs.append(view[at : at + len(chunk) + TAG_SIZE])
+        outs.append(out[at : at + len(chunk) + TAG_SIZE])
         at += len(chunk) + TAG_SIZE
     cipher.seal_many(first, chunks, outs, final)
-    return view
 
 
 def _opened_batch(
@@ -258,17 +267,18 @@ class PayloadWriter:
     `BATCH_CHUNKS`-chunk buffer so that they are still sealed in parallel batches; whole chunks
     of a large write are sealed straight from the caller's buffer and only its tail (at most one
     chunk) is copied. Memory stays constant: that buffer plus one sealed batch.
-    Each sink call gets up to BATCH_CHUNKS sealed chunks in a buffer that the next call reuses:
-    the sink must write or copy it before returning, never keep it.
+    Each sink call gets up to BATCH_CHUNKS sealed chunks in a buffer that the next call reuses
+    (a fresh zero-filled buffer per batch cost 10-15 % of the throughput): the sink must write
+    or copy it before returning, never keep it. A `LendingSink` lends that buffer instead.
     """
 
-    def __init__(self, sink: Callable[[Buffer], object], file_key: bytes) -> None:
+    def __init__(self, sink: Sink | LendingSink, file_key: bytes) -> None:
         nonce = os.urandom(NONCE_SIZE)
         self._start(sink, ChunkCipher.for_payload(file_key, nonce))
         sink(nonce)
 
     @classmethod
-    def resume(cls, sink: Callable[[Buffer], object], state: PayloadState) -> "PayloadWriter":
+    def resume(cls, sink: Sink | LendingSink, state: PayloadState) -> "PayloadWriter":
         """Go on with a payload another writer handed over (`hand_over`), appending to `sink`."""
         writer = cls.__new__(cls)
         writer._start(sink, ChunkCipher(state.payload_key))
@@ -277,11 +287,12 @@ class PayloadWriter:
         writer.write(state.pending)
         return writer
 
-    def _start(self, sink: Callable[[Buffer], object], cipher: ChunkCipher) -> None:
+    def _start(self, sink: Sink | LendingSink, cipher: ChunkCipher) -> None:
         self._cipher = cipher
         self._sink = sink
+        self._lend: Callable[[int], memoryview] = getattr(sink, "lend", self._own_buffer)
         self._pending = bytearray(BATCH_CHUNKS * CHUNK_SIZE)
-        self._sealed = bytearray(BATCH_CHUNKS * CHUNK_CT_SIZE)
+        self._sealed: memoryview | None = None
         self._fill = 0
         self._index = 0
         self.plaintext_written = 0
@@ -339,8 +350,16 @@ class PayloadWriter:
         return view[take:]
 
     def _emit(self, chunks: list[memoryview], final: bool) -> None:
-        self._sink(_sealed_batch(self._cipher, self._index, chunks, final, self._sealed))
+        out = self._lend(sum(len(c) for c in chunks) + TAG_SIZE * len(chunks))
+        _seal_batch(self._cipher, self._index, chunks, final, out)
+        self._sink(out)
         self._index += len(chunks)
+
+    def _own_buffer(self, size: int) -> memoryview:
+        """The lending of a sink that lends nothing: one batch buffer, reused."""
+        if self._sealed is None:
+            self._sealed = memoryview(bytearray(BATCH_CHUNKS * CHUNK_CT_SIZE))
+        return self._sealed[:size]
 
 
 class PayloadReader:

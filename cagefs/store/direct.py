@@ -5,12 +5,15 @@ caching its ciphertext in the kernel only costs: a copy into the page cache, the
 With O_DIRECT the disk reads the data straight from the appender's buffers.
 
 O_DIRECT needs offsets, lengths and memory aligned to the device's block size; `ALIGN` (4096)
-suits 512-byte and 4 KiB devices alike. A payload continues at an arbitrary offset (after the
-header and the daemon's first MiB), so the bytes up to the next aligned offset, and the tail
-left at the end, go through the ordinary descriptor; everything between goes direct, from
-page-aligned buffers, `FLUSH` bytes at a time, on a writer thread so that sealing goes on while
-the disk works. Where O_DIRECT is refused (a filesystem without it), every byte takes the
-ordinary path: slower, never wrong.
+suits 512-byte and 4 KiB devices alike. Each of the appender's two page-aligned buffers stands
+for an aligned stretch of the file; when one holds `FLUSH` bytes, a writer thread writes its
+aligned part direct while sealing goes on into the other. A payload continues at an arbitrary
+offset (after the header and the daemon's first MiB), so the first buffer starts with a few
+bytes that are already in the file: they are skipped, and the rest of their block, like the
+tail left at the end, goes through the ordinary descriptor. The appender lends its buffers to
+the `PayloadWriter` (a `LendingSink`), which seals straight into them: no copy of the output.
+Where O_DIRECT is refused (a filesystem without it), every byte takes the ordinary path:
+slower, never wrong.
 """
 
 import errno
@@ -33,30 +36,44 @@ class DirectAppender:
 
     def __init__(self, fd: int, start: int, buffers: list[memoryview]) -> None:
         self._fd = fd
-        self._offset = start  # file offset of the first byte not yet written or buffered
-        self._fill = 0
         self._direct = _open_direct(fd)
         self._refused = False  # O_DIRECT writes failed with EINVAL: write the ordinary way
         self._buffers = buffers
         self._current = 0
+        self._lead = start % ALIGN  # bytes of the current buffer's first block already written
+        self._base = start - self._lead  # the file offset of the current buffer's first byte
+        self._fill = self._lead
+        self._lent: memoryview | None = None
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
 
+    def lend(self, size: int) -> memoryview:
+        """Room for the next `size` bytes, to be filled and then passed to this appender."""
+        at = self._fill if self._direct is not None else 0  # the ordinary way writes at once
+        if at + size > CAPACITY:  # more than a buffer holds: the caller's bytes are copied in
+            self._lent = None
+            return memoryview(bytearray(size))
+        self._lent = self._buffers[self._current][at : at + size]
+        return self._lent
+
     def __call__(self, data: bytes | memoryview) -> None:
+        lent, self._lent = data is self._lent, None
         view = memoryview(data).cast("B")
         if self._direct is None:
-            _pwrite_all(self._fd, view, self._offset)
-            self._offset += len(view)
+            _pwrite_all(self._fd, view, self._base + self._fill)
+            self._fill += len(view)
             return
-        head = min(len(view), -self._offset % ALIGN)  # non-zero only before the first flush
-        if head:  # up to the first aligned offset: the ordinary way
-            _pwrite_all(self._fd, view[:head], self._offset)
-            self._offset += head
-            view = view[head:]
+        if lent:
+            self._fill += len(view)
+        else:
+            self._copy_in(view)
+        if self._fill >= FLUSH:
+            self._flush()
+
+    def _copy_in(self, view: memoryview) -> None:
         while view:
-            buffer = self._buffers[self._current]
             take = min(len(view), CAPACITY - self._fill)
-            buffer[self._fill : self._fill + take] = view[:take]
+            self._buffers[self._current][self._fill : self._fill + take] = view[:take]
             self._fill += take
             view = view[take:]
             if self._fill >= FLUSH:
@@ -67,8 +84,8 @@ class DirectAppender:
         try:
             if self._direct is not None:
                 self._wait()
-                rest = self._buffers[self._current][: self._fill]
-                _pwrite_all(self._fd, rest, self._offset)
+                rest = self._buffers[self._current][self._lead : self._fill]
+                _pwrite_all(self._fd, rest, self._base + self._lead)
         finally:
             self.abandon()
 
@@ -86,14 +103,18 @@ class DirectAppender:
         self._wait()
         buffer = self._buffers[self._current]
         size = self._fill - self._fill % ALIGN
+        if self._lead:  # the rest of a block the file already has part of: the ordinary way
+            _pwrite_all(self._fd, buffer[self._lead : ALIGN], self._base + self._lead)
+        skip = ALIGN if self._lead else 0
+        self._writer = threading.Thread(
+            target=self._write_direct, args=(buffer[skip:size], self._base + skip), daemon=True
+        )
+        self._writer.start()
         rest = self._fill - size
         self._current = 1 - self._current
         self._buffers[self._current][:rest] = buffer[size : self._fill]
-        self._writer = threading.Thread(
-            target=self._write_direct, args=(buffer[:size], self._offset), daemon=True
-        )
-        self._writer.start()
-        self._offset += size
+        self._base += size
+        self._lead = 0
         self._fill = rest
 
     def _write_direct(self, data: memoryview, offset: int) -> None:

@@ -389,6 +389,17 @@ class PayloadReader:
             raise PayloadError("payload is truncated (file shrank while reading)")
         return self._cipher.open(index, ciphertext, last)
 
+    def prefetch(self, offset: int, length: int) -> None:
+        """Have the kernel start reading the ciphertext of plaintext [offset, offset+length)
+        from disk, and return at once: a later read of that range then finds it cached."""
+        first = offset // CHUNK_SIZE
+        stop = min(-(-(offset + length) // CHUNK_SIZE), self._n_chunks)
+        if first < stop:
+            start = self._base + first * CHUNK_CT_SIZE
+            os.posix_fadvise(
+                self._fd, start, (stop - first) * CHUNK_CT_SIZE, os.POSIX_FADV_WILLNEED
+            )
+
     def read(self, offset: int, length: int) -> bytes:
         """Up to `length` bytes at `offset`; short only at end of file."""
         buffer = bytearray(max(0, min(length, self.size - offset)))

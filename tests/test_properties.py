@@ -113,8 +113,20 @@ def test_writer_reader_round_trip(length: int, pieces: list[int], data, tmp_path
         assert reader.size == length
         offset = data.draw(st.integers(0, length + 10), label="offset")
         size = data.draw(st.integers(0, length + 10), label="size")
-        reader.prefetch(offset, size)  # any range, past the end or empty too: only a hint
         assert reader.read(offset, size) == plaintext[offset : offset + size]
+
+        start, stop = reader.ciphertext_span(offset, size)
+        asked: list[tuple[int, int]] = []
+
+        def pread(n: int, at: int) -> bytes:
+            asked.append((at, at + n))
+            return os.pread(fd, n, at)
+
+        out = bytearray(max(0, min(size, length - offset)))
+        assert reader.readinto(offset, out, pread) == len(out)
+        assert out == plaintext[offset : offset + size]
+        assert all(start <= lo and hi <= stop for lo, hi in asked)  # a read-ahead's span suffices
+        assert (start < stop) == bool(asked)
     finally:
         os.close(fd)
 

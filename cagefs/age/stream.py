@@ -20,6 +20,7 @@ Speed (measured with bench/crypto.py on a 2-core machine):
   batch, the stream decryptor 2 MiB of ciphertext plus one opened batch.
 """
 
+import functools
 import itertools
 import os
 import threading
@@ -45,6 +46,7 @@ _NOT_LAST = b"\x00"
 
 Buffer = bytes | bytearray | memoryview
 Sink = Callable[[Buffer], object]
+Pread = Callable[[int, int], Buffer]
 
 
 class LendingSink(Protocol):
@@ -389,24 +391,28 @@ class PayloadReader:
             raise PayloadError("payload is truncated (file shrank while reading)")
         return self._cipher.open(index, ciphertext, last)
 
-    def prefetch(self, offset: int, length: int) -> None:
-        """Have the kernel start reading the ciphertext of plaintext [offset, offset+length)
-        from disk, and return at once: a later read of that range then finds it cached."""
-        first = offset // CHUNK_SIZE
-        stop = min(-(-(offset + length) // CHUNK_SIZE), self._n_chunks)
-        if first < stop:
-            start = self._base + first * CHUNK_CT_SIZE
-            os.posix_fadvise(
-                self._fd, start, (stop - first) * CHUNK_CT_SIZE, os.POSIX_FADV_WILLNEED
-            )
+    def ciphertext_span(self, offset: int, length: int) -> tuple[int, int]:
+        """The file range [start, stop) that a read of plaintext [offset, offset+length) reads;
+        empty (stop <= start) past the end."""
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return self._base, self._base
+        first, stop = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1
+        sealed_end = min(stop * CHUNK_CT_SIZE, self.size + TAG_SIZE * stop)
+        return self._base + first * CHUNK_CT_SIZE, self._base + sealed_end
 
     def read(self, offset: int, length: int) -> bytes:
         """Up to `length` bytes at `offset`; short only at end of file."""
         buffer = bytearray(max(0, min(length, self.size - offset)))
         return bytes(memoryview(buffer)[: self.readinto(offset, buffer)])
 
-    def readinto(self, offset: int, buffer: Buffer) -> int:
-        """Fill `buffer` with plaintext from `offset`; returns the count, short only at the end."""
+    def readinto(self, offset: int, buffer: Buffer, pread: Pread | None = None) -> int:
+        """Fill `buffer` with plaintext from `offset`; returns the count, short only at the end.
+
+        `pread(size, offset)` reads the ciphertext (os.pread on the descriptor by default; a
+        read-ahead passes its own); what it returns need only stay valid until its next call.
+        """
+        pread = pread or functools.partial(os.pread, self._fd)
         out = memoryview(buffer).cast("B")
         end = min(offset + len(out), self.size)
         if offset >= end:
@@ -416,7 +422,7 @@ class PayloadReader:
         first = offset // CHUNK_SIZE
         for start in range(first, (end - 1) // CHUNK_SIZE + 1, BATCH_CHUNKS):
             stop = min(start + BATCH_CHUNKS, (end - 1) // CHUNK_SIZE + 1)
-            self._read_batch(start, stop, offset, end, out)
+            self._read_batch(start, stop, offset, end, out, pread)
         return end - offset
 
     def _check_empty(self) -> None:
@@ -425,14 +431,16 @@ class PayloadReader:
         self.read_chunk(0)
         self._empty_checked = True  # only ever set after success: a race merely checks twice
 
-    def _read_batch(self, start: int, stop: int, offset: int, end: int, out: memoryview) -> None:
+    def _read_batch(
+        self, start: int, stop: int, offset: int, end: int, out: memoryview, pread: Pread
+    ) -> None:
         """Decrypt chunks [start, stop) and place the part of [offset, end) they hold in `out`.
 
         Chunks wholly inside the range open straight into `out`; a chunk cut by the range
         (at most the first and the last) opens into a scratch buffer and is copied.
         """
         want = min(stop * CHUNK_CT_SIZE, self.size + TAG_SIZE * stop) - start * CHUNK_CT_SIZE
-        ciphertext = os.pread(self._fd, want, self._base + start * CHUNK_CT_SIZE)
+        ciphertext = pread(want, self._base + start * CHUNK_CT_SIZE)
         if len(ciphertext) != want:
             raise PayloadError("payload is truncated (file shrank while reading)")
         chunks = _slices(ciphertext, want, CHUNK_CT_SIZE)

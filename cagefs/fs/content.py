@@ -16,7 +16,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -26,6 +26,7 @@ from cagefs.fs.cache import new_version_id
 from cagefs.fs.env import Env
 from cagefs.fs.staging import Overlay, ScratchBlocks
 from cagefs.fs.streaming import INLINE_UNTIL, StreamWriter, write_out
+from cagefs.store.direct import ReadAhead
 from cagefs.store.versions import NewVersion
 
 if TYPE_CHECKING:
@@ -71,8 +72,13 @@ class Version:
     reader: PayloadReader
     id: int
     read_end: int = 0  # where the last large read ended: the next one there is sequential
+    ahead: ReadAhead = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ahead = ReadAhead(self.fd)
 
     def close(self) -> None:
+        self.ahead.close()
         os.close(self.fd)
 
 
@@ -237,13 +243,17 @@ class FileContent:
 
     def _read_large(self, version: Version, offset: int, length: int) -> bytearray:
         """Sequential readers ask for readahead-sized blocks: decrypt straight into the reply
-        (batched, in parallel) and keep the chunk cache for small reads. The handler decrypts
-        one block at a time, so the disk is asked for the next blocks ahead: a cold 1 GiB
-        `dd` read 17 % faster (median of 8, alternating mounts)."""
+        (batched, in parallel), with the next blocks' ciphertext read ahead (`ReadAhead`), and
+        keep the chunk cache for small reads."""
         buffer = bytearray(min(length, self.size - offset))
+        version.reader.readinto(offset, buffer, version.ahead.pread)
         if offset == version.read_end:
-            version.reader.prefetch(offset + len(buffer), _READ_AHEAD_BLOCKS * len(buffer))
-        version.reader.readinto(offset, buffer)
+            size = len(buffer)
+            spans = [
+                version.reader.ciphertext_span(offset + size * ahead, size)
+                for ahead in range(1, _READ_AHEAD_BLOCKS + 1)
+            ]
+            version.ahead.schedule([(start, stop) for start, stop in spans if start < stop])
         version.read_end = offset + len(buffer)
         return buffer
 

@@ -1,29 +1,41 @@
-"""Appending ciphertext with O_DIRECT: a sealer's output skips the page cache.
+"""O_DIRECT I/O on backing files: ciphertext that skips the page cache, both ways.
 
-A new version is written once and read back, if at all, through the daemon's chunk cache, so
-caching its ciphertext in the kernel only costs: a copy into the page cache, then writeback.
-With O_DIRECT the disk reads the data straight from the appender's buffers.
+Writing (`DirectAppender`): a new version is written once and read back, if at all, through
+the daemon's chunk cache, so caching its ciphertext in the kernel only costs: a copy into the
+page cache, then writeback. With O_DIRECT the disk reads the data straight from the
+appender's buffers.
 
-O_DIRECT needs offsets, lengths and memory aligned to the device's block size; `ALIGN` (4096)
-suits 512-byte and 4 KiB devices alike. Each of the appender's two page-aligned buffers stands
+Each of the appender's two page-aligned buffers stands
 for an aligned stretch of the file; when one holds `FLUSH` bytes, a writer thread writes its
 aligned part direct while sealing goes on into the other. A payload continues at an arbitrary
 offset (after the header and the daemon's first MiB), so the first buffer starts with a few
 bytes that are already in the file: they are skipped, and the rest of their block, like the
 tail left at the end, goes through the ordinary descriptor. The appender lends its buffers to
 the `PayloadWriter` (a `LendingSink`), which seals straight into them: no copy of the output.
-Where O_DIRECT is refused (a filesystem without it), every byte takes the ordinary path:
-slower, never wrong.
+
+Reading (`ReadAhead`): a sequential reader's next blocks of ciphertext are read on I/O threads
+straight into page-aligned buffers while the daemon decrypts the current one. Through the page
+cache, a cold 1 GiB `dd` spent 16 % of all CPU copying ciphertext out of it, and the disk was
+waited for one block at a time (a third of the machine idle).
+
+O_DIRECT needs offsets, lengths and memory aligned to the device's block size; `ALIGN` suits
+512-byte and 4 KiB devices alike. Where O_DIRECT is refused (a filesystem without it), every
+byte takes the ordinary path: slower, never wrong.
 """
 
 import errno
 import mmap
 import os
 import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 ALIGN = 4096
 FLUSH = 4 * 1024 * 1024
 CAPACITY = FLUSH + 4 * 1024 * 1024  # larger writes are simply taken in several goes
+READ_BLOCK_MAX = 1024 * 1024 + 64 * 1024  # a 1 MiB read's ciphertext, aligned, fits
+_READ_THREADS = 2
 
 
 def new_buffers() -> list[memoryview]:
@@ -36,7 +48,7 @@ class DirectAppender:
 
     def __init__(self, fd: int, start: int, buffers: list[memoryview]) -> None:
         self._fd = fd
-        self._direct = _open_direct(fd)
+        self._direct = _open_direct(fd, os.O_WRONLY)
         self._refused = False  # O_DIRECT writes failed with EINVAL: write the ordinary way
         self._buffers = buffers
         self._current = 0
@@ -143,10 +155,120 @@ class DirectAppender:
             raise self._error
 
 
-def _open_direct(fd: int) -> int | None:
+@dataclass
+class _Block:
+    start: int  # aligned file offset of the buffer's first byte
+    stop: int  # end of the span that was asked for
+    buffer: memoryview
+    read: Future[int]  # bytes read into the buffer
+
+    def holds(self, size: int, offset: int) -> bool:
+        return self.start <= offset and offset + size <= self.stop
+
+
+class ReadAhead:
+    """Serves `pread` for a `PayloadReader` from blocks read ahead with O_DIRECT.
+
+    `schedule` names the file spans a sequential reader will want next; each is read on an I/O
+    thread into a buffer of its own. A `pread` that one of them holds waits for it and returns
+    a view of the buffer, valid until the next call; anything else is an ordinary pread. A
+    block that failed or came short (a file truncated behind our back) is read the ordinary
+    way, so errors are the ordinary ones. Where O_DIRECT is refused, `schedule` only asks the
+    kernel to read the spans into the page cache (posix_fadvise).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._direct: int | None = None
+        self._opened = False
+        self._ahead: list[_Block] = []
+        self._spare: list[memoryview] = []
+
+    def schedule(self, spans: Sequence[tuple[int, int]]) -> None:
+        """Read these [start, stop) spans ahead, dropping blocks read for any other."""
+        wanted = [span for span in spans if span[1] - span[0] <= READ_BLOCK_MAX - 2 * ALIGN]
+        for block in [b for b in self._ahead if (b.start, b.stop) not in self._keys(wanted)]:
+            self._drop(block)
+        direct = self._direct_fd()
+        had = {(b.start, b.stop) for b in self._ahead}
+        for start, stop in wanted:
+            aligned = start - start % ALIGN
+            if (aligned, stop) in had:
+                continue
+            if direct is None:
+                os.posix_fadvise(self._fd, start, stop - start, os.POSIX_FADV_WILLNEED)
+                continue
+            size = -(-(stop - aligned) // ALIGN) * ALIGN
+            buffer = self._spare.pop() if self._spare else memoryview(mmap.mmap(-1, READ_BLOCK_MAX))
+            read = _readers().submit(os.preadv, direct, [buffer[:size]], aligned)
+            self._ahead.append(_Block(aligned, stop, buffer, read))
+        self._ahead.sort(key=lambda b: b.start)
+
+    def pread(self, size: int, offset: int) -> bytes | memoryview:
+        for block in self._ahead:
+            if block.holds(size, offset):
+                if _completed(block.read) >= offset + size - block.start:
+                    return block.buffer[offset - block.start : offset - block.start + size]
+                self._give_up()  # refused, failed or short: the ordinary way from now on
+                break
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        """Wait for reads still going, and let go of the buffers and the O_DIRECT descriptor."""
+        for block in list(self._ahead):
+            self._drop(block)
+        self._spare.clear()
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+
+    def _give_up(self) -> None:
+        self.close()
+        self._opened = True  # never reopened: schedule falls back to posix_fadvise
+
+    @staticmethod
+    def _keys(spans: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
+        return {(start - start % ALIGN, stop) for start, stop in spans}
+
+    def _drop(self, block: _Block) -> None:
+        if not block.read.cancel():
+            block.read.exception()  # wait: the thread may still be writing into the buffer
+        self._ahead.remove(block)
+        self._spare.append(block.buffer)
+
+    def _direct_fd(self) -> int | None:
+        """Opened on first use: most files are never read sequentially in large blocks."""
+        if not self._opened:
+            self._opened = True
+            self._direct = _open_direct(self._fd, os.O_RDONLY)
+        return self._direct
+
+
+def _completed(read: Future[int]) -> int:
+    """How many bytes a block's read brought in (waiting for it); -1 if it failed."""
+    try:
+        return read.result()
+    except OSError:
+        return -1
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _readers() -> ThreadPoolExecutor:
+    """The I/O threads of every ReadAhead, started on first use (after the daemon forked)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="cagefs-readahead")
+        return _pool
+
+
+def _open_direct(fd: int, access: int) -> int | None:
     """A second, O_DIRECT descriptor on the file behind `fd`; None where it is refused."""
     try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        return os.open(f"/proc/self/fd/{fd}", access | os.O_DIRECT | os.O_CLOEXEC)
     except OSError:
         return None
 

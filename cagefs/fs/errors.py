@@ -5,10 +5,11 @@ wrapped: OSError keeps its errno, authentication failures become EIO with a log 
 file (I6), and anything unexpected is logged with its traceback and answered with EIO.
 """
 
+import contextlib
 import errno
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import ParamSpec, TypeVar
 
 import pyfuse3
@@ -16,6 +17,11 @@ import pyfuse3
 from cagefs.age import AgeError
 
 log = logging.getLogger("cagefs")
+LOGGED_ERRNOS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EIO,
+)  # worth a line in the log, not just an errno
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -28,7 +34,7 @@ def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
         except pyfuse3.FUSEError:
             raise
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            if exc.errno in LOGGED_ERRNOS:
                 log.error("%s: %s", handler.__name__, exc.strerror)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except AgeError as exc:
@@ -51,3 +57,18 @@ class NamedFileError(AgeError):
 
     def __init__(self, path: str | None, exc: AgeError) -> None:
         super().__init__(f"{shown(path)}: {exc}")
+
+
+@contextlib.contextmanager
+def about(path: str | None) -> Iterator[None]:
+    """Errors raised inside name the file they happened to, so that the log line does (I6):
+    an AgeError becomes a NamedFileError, a logged OSError (a full disk) gets the path before
+    its text. The errno stays what it was."""
+    try:
+        yield
+    except AgeError as exc:
+        raise NamedFileError(path, exc) from None
+    except OSError as exc:
+        if exc.errno not in LOGGED_ERRNOS:
+            raise
+        raise OSError(exc.errno, f"{shown(path)}: {exc.strerror or exc}") from None

@@ -19,7 +19,7 @@ from cagefs.fs import directio
 from cagefs.fs.attrs import HeaderLengths, entry_attributes
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
-from cagefs.fs.errors import NamedFileError, fuse_errors, shown
+from cagefs.fs.errors import about, fuse_errors, shown
 from cagefs.fs.inodes import InodeTable, Kind, Node, check_name, join
 from cagefs.fs.publisher import Publisher
 from cagefs.store.layout import NAME_MAX, is_meta, plain_file_name
@@ -186,10 +186,8 @@ class Operations(pyfuse3.Operations):
             path = self.table.backing_of(node)
             if path is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            try:
+            with about(node.path):
                 content = FileContent.open_existing(self.env, path)
-            except AgeError as exc:
-                raise NamedFileError(node.path, exc) from None
             self.table.attach(node, content)
         return node.content
 
@@ -369,21 +367,17 @@ class Operations(pyfuse3.Operations):
         handle = self._handles[fh]
         async with handle.content.lock:
             handle.content.kernel_cached = True
-            try:
+            with about(handle.node.path):
                 return handle.content.read(off, size)
-            except AgeError as exc:
-                raise NamedFileError(handle.node.path, exc) from None
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
         content = handle.content
         async with content.lock:
-            await content.wait_writable()
-            try:
+            with about(handle.node.path):
+                await content.wait_writable()
                 content.write(off, buf)
-            except AgeError as exc:
-                raise NamedFileError(handle.node.path, exc) from None
             stale = handle.direct and content.kernel_cached
             content.kernel_cached = not handle.direct
         if stale:
@@ -399,9 +393,10 @@ class Operations(pyfuse3.Operations):
         """
         handle = self._handles[fh]
         async with handle.content.lock:
-            handle.content.check_stream()
-            if handle.content.handles == 1:
-                await handle.content.seal_staged()
+            with about(handle.node.path):
+                handle.content.check_stream()
+                if handle.content.handles == 1:
+                    await handle.content.seal_staged()
 
     @fuse_errors
     async def release(self, fh: int) -> None:
@@ -423,8 +418,9 @@ class Operations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handles[fh]
         async with handle.content.lock:
-            await handle.content.finalize()
-            await self.publisher.publish_now(handle.node)
+            with about(handle.node.path):
+                await handle.content.finalize()
+                await self.publisher.publish_now(handle.node)
 
     # --- names: unlink, rename, links -----------------------------------------------------
 

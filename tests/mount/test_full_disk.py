@@ -56,6 +56,7 @@ def test_a_full_disk_fails_the_write_and_keeps_the_old_version(mounted: Daemon) 
     exc = write_too_much(kept, os.O_WRONLY | os.O_TRUNC)
     assert exc.errno == errno.ENOSPC, exc
     assert kept.read_bytes() == OLD, "a failed replacement lost the previous version"
+    assert "kept.bin: No space left on device" in mounted.log_text(), "the log names the file"
 
     exc = write_too_much(mnt / "new.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     assert exc.errno == errno.ENOSPC, exc

@@ -4,7 +4,6 @@ The daemon only ever exits after every unsaved change has been sealed and publis
 it was stopped by `fusermount3 -u`, `cagefs umount`, SIGTERM or SIGINT.
 """
 
-import ctypes
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ import pyfuse3
 import trio
 
 from cagefs.errors import CageError
+from cagefs.fs import heap
 from cagefs.fs.cache import ChunkCache
 from cagefs.fs.env import Env
 from cagefs.fs.inodes import InodeTable
@@ -50,7 +50,7 @@ def serve(
     removed = remove_stray_temps(store.root)
     if removed:
         log.info("removed %d unpublished temp version(s) left by a crash", removed)
-    _tune_malloc()
+    heap.tune()
     env = Env(
         root=store.root,
         identities=store.identities,
@@ -130,14 +130,3 @@ def _raise_read_ahead(dev: int) -> None:
             f.write(str(READ_AHEAD_KB))
     except OSError as exc:
         log.debug("could not raise readahead (%s)", exc.strerror)
-
-
-def _tune_malloc() -> None:
-    """Keep glibc from mmap'ing and unmapping a fresh buffer for every 1 MiB FUSE write."""
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(m_mmap_threshold, 16 * 1024 * 1024)
-        libc.mallopt(m_trim_threshold, 64 * 1024 * 1024)
-    except OSError:
-        pass

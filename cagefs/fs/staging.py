@@ -15,9 +15,11 @@ from typing import Protocol
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from cagefs.age import CHUNK_SIZE
+from cagefs.fs import heap
 from cagefs.store.layout import tmp_dir
 
 _ZEROS = bytes(CHUNK_SIZE)
+GIVE_BACK_FROM = 64 * 1024 * 1024  # freeing this much staged RAM returns it to the system
 
 
 class BlockStore(Protocol):
@@ -48,7 +50,10 @@ class MemoryBlocks:
         yield from list(self._blocks.items())
 
     def close(self) -> None:
+        held = len(self._blocks) * CHUNK_SIZE
         self._blocks.clear()
+        if held >= GIVE_BACK_FROM:
+            heap.give_back()
 
 
 class ScratchBlocks:

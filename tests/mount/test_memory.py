@@ -83,3 +83,19 @@ def test_rss_flat_while_writing_and_reading_4gib(
     )
     daemon.stop_clean()
     assert_all_zero_backing(daemon.store / "big.age", daemon.identity)
+
+
+def test_ram_staged_file_is_given_back_once_saved(daemons: Callable[..., Daemon]) -> None:
+    """The memory strategy holds a file in RAM while it is open, by design; once it is saved
+    and closed, the daemon returns that memory to the system (glibc keeps it otherwise)."""
+    daemon = daemons("memory")
+    daemon.start()
+    run("dd", "if=/dev/zero", f"of={daemon.mnt}/warmup", "bs=1M", "count=8", "status=none")
+    baseline = rss(daemon.pid)
+    run("dd", "if=/dev/zero", f"of={daemon.mnt}/staged", "bs=1M", "count=512", "status=none")
+    deadline = time.monotonic() + 10
+    while rss(daemon.pid) - baseline >= LIMIT and time.monotonic() < deadline:
+        time.sleep(0.1)  # the trim runs on a thread of its own
+    growth = rss(daemon.pid) - baseline
+    assert growth < LIMIT, f"RSS still {growth >> 20} MiB above the baseline after saving"
+    assert (daemon.mnt / "staged").stat().st_size == 512 << 20

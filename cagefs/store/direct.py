@@ -5,13 +5,13 @@ the daemon's chunk cache, so caching its ciphertext in the kernel only costs: a 
 page cache, then writeback. With O_DIRECT the disk reads the data straight from the
 appender's buffers.
 
-Each of the appender's two page-aligned buffers stands
-for an aligned stretch of the file; when one holds `FLUSH` bytes, a writer thread writes its
-aligned part direct while sealing goes on into the other. A payload continues at an arbitrary
-offset (after the header and the daemon's first MiB), so the first buffer starts with a few
-bytes that are already in the file: they are skipped, and the rest of their block, like the
-tail left at the end, goes through the ordinary descriptor. The appender lends its buffers to
-the `PayloadWriter` (a `LendingSink`), which seals straight into them: no copy of the output.
+Each of the appender's two page-aligned buffers stands for an aligned stretch of the file;
+when one holds `FLUSH` bytes, a writer thread writes its aligned part direct while sealing goes
+on into the other. A payload continues at an arbitrary offset (after the header and the
+daemon's first MiB), so the first buffer starts with a few bytes that are already in the file:
+they are skipped, and the rest of their block, like the tail left at the end, goes through the
+ordinary descriptor. The appender lends its buffers to the `PayloadWriter` (a `LendingSink`),
+which seals straight into them: no copy of the output.
 
 Reading (`ReadAhead`): a sequential reader's next blocks of ciphertext are read on I/O threads
 straight into page-aligned buffers while the daemon decrypts the current one. Through the page
@@ -186,23 +186,22 @@ class ReadAhead:
 
     def schedule(self, spans: Sequence[tuple[int, int]]) -> None:
         """Read these [start, stop) spans ahead, dropping blocks read for any other."""
-        wanted = [span for span in spans if span[1] - span[0] <= READ_BLOCK_MAX - 2 * ALIGN]
-        for block in [b for b in self._ahead if (b.start, b.stop) not in self._keys(wanted)]:
+        wanted = {
+            (start - start % ALIGN, stop)
+            for start, stop in spans
+            if stop - start <= READ_BLOCK_MAX - 2 * ALIGN
+        }
+        for block in [b for b in self._ahead if (b.start, b.stop) not in wanted]:
             self._drop(block)
         direct = self._direct_fd()
-        had = {(b.start, b.stop) for b in self._ahead}
-        for start, stop in wanted:
-            aligned = start - start % ALIGN
-            if (aligned, stop) in had:
-                continue
+        for start, stop in sorted(wanted - {(b.start, b.stop) for b in self._ahead}):
             if direct is None:
                 os.posix_fadvise(self._fd, start, stop - start, os.POSIX_FADV_WILLNEED)
                 continue
-            size = -(-(stop - aligned) // ALIGN) * ALIGN
+            size = -(-(stop - start) // ALIGN) * ALIGN
             buffer = self._spare.pop() if self._spare else memoryview(mmap.mmap(-1, READ_BLOCK_MAX))
-            read = _readers().submit(os.preadv, direct, [buffer[:size]], aligned)
-            self._ahead.append(_Block(aligned, stop, buffer, read))
-        self._ahead.sort(key=lambda b: b.start)
+            read = _readers().submit(os.preadv, direct, [buffer[:size]], start)
+            self._ahead.append(_Block(start, stop, buffer, read))
 
     def pread(self, size: int, offset: int) -> bytes | memoryview:
         for block in self._ahead:
@@ -225,10 +224,6 @@ class ReadAhead:
     def _give_up(self) -> None:
         self.close()
         self._opened = True  # never reopened: schedule falls back to posix_fadvise
-
-    @staticmethod
-    def _keys(spans: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
-        return {(start - start % ALIGN, stop) for start, stop in spans}
 
     def _drop(self, block: _Block) -> None:
         if not block.read.cancel():

@@ -1,16 +1,16 @@
 """Whole age files: header plus payload, for writing, random-access reading and streaming."""
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from cagefs.age.header import Header, encode_header, read_header
 from cagefs.age.recipients import Identity, Recipient, new_file_key, unwrap_file_key, wrap_file_key
-from cagefs.age.stream import Buffer, PayloadReader, PayloadWriter, decrypt_payload_stream
+from cagefs.age.stream import PayloadReader, PayloadWriter, Sink, decrypt_payload_stream
 
 
-def start_file(sink: Callable[[Buffer], object], recipients: Sequence[Recipient]) -> PayloadWriter:
+def start_file(sink: Sink, recipients: Sequence[Recipient]) -> PayloadWriter:
     """Write a fresh header (new file key) to `sink` and return the writer for the payload.
 
     `sink` must write or copy what it is given before returning: buffers are reused.
@@ -63,9 +63,7 @@ def open_file(fd: int, identities: Sequence[Identity]) -> OpenedFile:
     return OpenedFile(header, PayloadReader(fd, header.length, file_key))
 
 
-def decrypt_stream(
-    source: BinaryIO, sink: Callable[[Buffer], object], identities: Sequence[Identity]
-) -> None:
+def decrypt_stream(source: BinaryIO, sink: Sink, identities: Sequence[Identity]) -> None:
     """Decrypt a forward-only stream (a pipe or stdin) into `sink` in constant memory.
 
     `sink` must write or copy what it is given before returning: buffers are reused.

@@ -15,20 +15,19 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 from cagefs.age.armor import ArmorWriter, is_armored, unarmor
 from cagefs.age.file import decrypt_stream, open_file, start_file
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import ScryptRecipient
+from cagefs.age.stream import Buffer, Sink
 from cagefs.cli.keyargs import load_identities, load_recipients, passphrase_identity
 from cagefs.errors import CageError
 from cagefs.secrets import get_passphrase, prompt_passphrase
 
 BLOCK = 4 << 20  # two engine batches: few system calls, still a small fixed amount of memory
-Buffer = bytes | bytearray | memoryview
-Sink = Callable[[Buffer], object]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -131,8 +131,9 @@ def read_sequentially(reader: PayloadReader, ahead: ReadAhead, block: int, depth
     for offset in range(0, reader.size, block):
         buffer = bytearray(min(block, reader.size - offset))
         reader.readinto(offset, buffer, ahead.pread)
-        spans = [reader.ciphertext_span(offset + block * k, block) for k in range(1, depth + 1)]
-        ahead.schedule([(start, stop) for start, stop in spans if start < stop])
+        ahead.schedule(
+            [reader.ciphertext_span(offset + block * k, block) for k in range(1, depth + 1)]
+        )
         out += buffer
     return bytes(out)
 

@@ -247,14 +247,15 @@ class FileContent:
         keep the chunk cache for small reads."""
         buffer = bytearray(min(length, self.size - offset))
         version.reader.readinto(offset, buffer, version.ahead.pread)
+        size = len(buffer)
         if offset == version.read_end:
-            size = len(buffer)
-            spans = [
-                version.reader.ciphertext_span(offset + size * ahead, size)
-                for ahead in range(1, _READ_AHEAD_BLOCKS + 1)
-            ]
-            version.ahead.schedule([(start, stop) for start, stop in spans if start < stop])
-        version.read_end = offset + len(buffer)
+            version.ahead.schedule(
+                [
+                    version.reader.ciphertext_span(offset + size * ahead, size)
+                    for ahead in range(1, _READ_AHEAD_BLOCKS + 1)
+                ]
+            )
+        version.read_end = offset + size
         return buffer
 
     def _read_cached(self, version: Version, offset: int, length: int) -> bytes:

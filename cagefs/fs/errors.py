@@ -17,11 +17,8 @@ import pyfuse3
 from cagefs.age import AgeError
 
 log = logging.getLogger("cagefs")
-LOGGED_ERRNOS = (
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EIO,
-)  # worth a line in the log, not just an errno
+# Errors worth a line in the log, not just an errno for the caller.
+LOGGED_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 P = ParamSpec("P")
 T = TypeVar("T")
 

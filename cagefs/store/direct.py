@@ -185,11 +185,12 @@ class ReadAhead:
         self._spare: list[memoryview] = []
 
     def schedule(self, spans: Sequence[tuple[int, int]]) -> None:
-        """Read these [start, stop) spans ahead, dropping blocks read for any other."""
+        """Read these [start, stop) spans ahead (empty ones, past the end, are skipped),
+        dropping blocks read for any other."""
         wanted = {
             (start - start % ALIGN, stop)
             for start, stop in spans
-            if stop - start <= READ_BLOCK_MAX - 2 * ALIGN
+            if 0 < stop - start <= READ_BLOCK_MAX - 2 * ALIGN
         }
         for block in [b for b in self._ahead if (b.start, b.stop) not in wanted]:
             self._drop(block)

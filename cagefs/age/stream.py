@@ -40,6 +40,8 @@ TAG_SIZE = 16
 CHUNK_CT_SIZE = CHUNK_SIZE + TAG_SIZE
 NONCE_SIZE = 16
 BATCH_CHUNKS = 32  # chunks sealed/opened per batch: 2 MiB, the unit of memory and of sink calls
+_PENDING_MAX = BATCH_CHUNKS * CHUNK_SIZE  # plaintext a writer collects before sealing
+_SEALED_MAX = BATCH_CHUNKS * CHUNK_CT_SIZE
 _PARALLEL_MIN_CHUNKS = 4
 _LAST = b"\x01"
 _NOT_LAST = b"\x00"
@@ -293,7 +295,7 @@ class PayloadWriter:
         self._cipher = cipher
         self._sink = sink
         self._lend: Callable[[int], memoryview] = getattr(sink, "lend", self._own_buffer)
-        self._pending = bytearray(BATCH_CHUNKS * CHUNK_SIZE)
+        self._pending = bytearray()  # grown as needed, up to _PENDING_MAX
         self._sealed: memoryview | None = None
         self._fill = 0
         self._index = 0
@@ -309,6 +311,7 @@ class PayloadWriter:
             raise ValueError("hand over of a closed payload")
         self.closed = True
         pending = bytes(self._pending[: self._fill])
+        self._let_go()
         return PayloadState(self._cipher.payload_key, self._index, pending, self.plaintext_written)
 
     def write(self, data: Buffer) -> int:
@@ -320,7 +323,7 @@ class PayloadWriter:
         view = self._top_up(view, -self._fill % CHUNK_SIZE)
         if not view:
             return size
-        if len(view) <= CHUNK_SIZE and self._fill < len(self._pending):
+        if len(view) <= CHUNK_SIZE and self._fill < _PENDING_MAX:
             self._top_up(view, len(view))
             return size
         # More data follows every pending chunk and every whole chunk of `view` but its last.
@@ -343,10 +346,19 @@ class PayloadWriter:
             self._emit(chunks, final=True)
             self._fill = 0
             self.closed = True
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """A finished writer may live on (a version waiting to be published holds it), and a
+        mount can have thousands of those: keep no buffers."""
+        self._pending = bytearray()
+        self._sealed = None
 
     def _top_up(self, view: memoryview, limit: int) -> memoryview:
         """Copy up to `limit` bytes of `view` into the pending buffer; return the rest."""
         take = min(limit, len(view))
+        if self._fill + take > len(self._pending):
+            self._grow_pending(self._fill + take)
         self._pending[self._fill : self._fill + take] = view[:take]
         self._fill += take
         return view[take:]
@@ -357,10 +369,17 @@ class PayloadWriter:
         self._sink(out)
         self._index += len(chunks)
 
+    def _grow_pending(self, need: int) -> None:
+        """Small files never get a whole batch buffer; growth is by a fresh buffer, because
+        views of the old one may still be alive (a bytearray cannot resize under them)."""
+        grown = bytearray(min(max(need, 2 * len(self._pending)), _PENDING_MAX))
+        grown[: self._fill] = self._pending[: self._fill]
+        self._pending = grown
+
     def _own_buffer(self, size: int) -> memoryview:
-        """The lending of a sink that lends nothing: one batch buffer, reused."""
-        if self._sealed is None:
-            self._sealed = memoryview(bytearray(BATCH_CHUNKS * CHUNK_CT_SIZE))
+        """The lending of a sink that lends nothing: one buffer, reused, as large as needed."""
+        if self._sealed is None or len(self._sealed) < size:
+            self._sealed = memoryview(bytearray(size if self._sealed is None else _SEALED_MAX))
         return self._sealed[:size]
 
 

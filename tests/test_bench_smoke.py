@@ -25,7 +25,7 @@ CAN_MOUNT = os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("
                 name,
                 marks=pytest.mark.skipif(not CAN_MOUNT, reason="needs root, /dev/fuse, gocryptfs"),
             )
-            for name in ("seq", "fuse_ceiling")
+            for name in ("seq", "replace", "fuse_ceiling")
         ),
     ],
 )

@@ -26,6 +26,7 @@ from cagefs.fs.cache import new_version_id
 from cagefs.fs.env import Env
 from cagefs.fs.staging import Overlay, ScratchBlocks
 from cagefs.fs.streaming import INLINE_UNTIL, StreamWriter, write_out
+from cagefs.store import reclaim
 from cagefs.store.direct import ReadAhead
 from cagefs.store.versions import NewVersion
 
@@ -78,8 +79,9 @@ class Version:
         self.ahead = ReadAhead(self.fd)
 
     def close(self) -> None:
+        """The descriptor may be the last reference to an unlinked or superseded version."""
         self.ahead.close()
-        os.close(self.fd)
+        reclaim.close_later(self.fd)
 
 
 class FileContent:

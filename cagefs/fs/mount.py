@@ -22,6 +22,7 @@ from cagefs.fs.inodes import InodeTable
 from cagefs.fs.operations import Operations
 from cagefs.fs.publisher import Publisher
 from cagefs.fs.strategies import Policy, Strategy
+from cagefs.store import reclaim
 from cagefs.store.layout import remove_stray_temps
 from cagefs.store.sealer import SealerPool
 
@@ -71,6 +72,7 @@ def serve(
     finally:
         pyfuse3.close(unmount=True)
         env.sealers.close()
+        reclaim.wait()
     log.info("unmounted %s", mountpoint)
 
 

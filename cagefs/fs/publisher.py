@@ -14,6 +14,7 @@ import trio
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
 from cagefs.fs.inodes import InodeTable, Node
+from cagefs.store import reclaim
 from cagefs.store.versions import NewVersion, fsync_dirs, syncfs
 
 log = logging.getLogger("cagefs")
@@ -25,6 +26,7 @@ class Publisher:
         self._table = table
         self._interval = interval
         self._lock = trio.Lock()
+        self._replaced: list[int | None] = []  # files renamed over, held until durable
 
     async def run(self) -> None:
         while True:
@@ -46,6 +48,7 @@ class Publisher:
             dests = [dest for c, v in batch if (dest := self._claim(c, v)) is not None]
             if dests:
                 await trio.to_thread.run_sync(fsync_dirs, dests)
+            self._let_go_of_replaced()
 
     async def publish_now(self, node: Node) -> None:
         """fsync(2): this file's sealed version becomes durable under its name before we return."""
@@ -58,6 +61,7 @@ class Publisher:
             dest = self._claim(content, version)
             if dest is not None:
                 await trio.to_thread.run_sync(fsync_dirs, [dest])
+            self._let_go_of_replaced()
 
     def _claim(self, content: FileContent, version: NewVersion) -> str | None:
         """Rename a durable version over its backing file; returns where it went.
@@ -74,11 +78,18 @@ class Publisher:
         if dest is None:
             content.discard_pending()
             return None
+        self._replaced.append(reclaim.hold(dest))
         os.rename(version.path, dest)
         content.published()
         self._table.unpublished.discard(node)
         self._table.drop_if_unused(node)
         return dest
+
+    def _let_go_of_replaced(self) -> None:
+        """The old versions are freed only now, so that freeing them (seconds for a large
+        file on some filesystems) is not part of the wait for the new ones to be durable."""
+        reclaim.close_later(*self._replaced)
+        self._replaced.clear()
 
     @staticmethod
     def _owner(content: FileContent) -> Node | None:

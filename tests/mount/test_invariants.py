@@ -1,6 +1,7 @@
 """Invariants not covered by a workload elsewhere: I2 (no nonce reuse, no in-place patching),
 and I8 while a publish races a request that waits for a file."""
 
+import contextlib
 import os
 import random
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 from cagefs.age import read_header_at
 from cagefs.age.stream import NONCE_SIZE
 
-from .helpers import Daemon
+from .helpers import Daemon, child_pids
 
 
 def backing_version(path: Path) -> tuple[bytes, bytes]:
@@ -67,3 +68,43 @@ def test_changes_made_while_a_publish_completes_are_kept(daemons) -> None:
             os.truncate(path, 3)
             assert path.stat().st_size == 3, f"round {round_}: a truncate by path was lost"
     daemon.assert_store_matches()
+
+
+def deleted_store_files_held(daemon: Daemon) -> list[str]:
+    """Files under the store that the daemon or its sealers still hold after their last name
+    went: each one's blocks are not yet given back."""
+    held = []
+    for pid in {daemon.pid, *child_pids(daemon.pid)}:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith(str(daemon.store)) and target.endswith(" (deleted)"):
+                    held.append(target)
+    return held
+
+
+def test_replaced_and_removed_files_are_given_back(mounted: Daemon) -> None:
+    """Old versions are freed by a background thread (store/reclaim.py), so that freeing a
+    large file never stalls the mount; this checks that each one really is let go."""
+    mnt = mounted.mnt
+    for name in ("a", "b", "c", "d", "e"):
+        (mnt / name).write_bytes(os.urandom(3 << 20))
+    for _ in range(2):  # overwritten and published at once: the old version is renamed over
+        with open(mnt / "a", "wb") as f:
+            f.write(os.urandom(3 << 20))
+            os.fsync(f.fileno())
+    with open(mnt / "b", "r+b") as f:  # edited in place, staged, then published
+        f.seek(1 << 20)
+        f.write(b"edit")
+        os.fsync(f.fileno())
+    (mnt / "c").unlink()
+    (mnt / "d").rename(mnt / "e")
+    with open(mnt / "d2", "wb") as f:  # removed while open and being written
+        f.write(os.urandom(2 << 20))
+        (mnt / "d2").unlink()
+        f.write(b"more")
+    deadline = time.monotonic() + 30
+    while (held := deleted_store_files_held(mounted)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not held, f"the daemon still holds removed files: {held}"
+    mounted.assert_store_matches()

@@ -32,12 +32,12 @@ from pathlib import Path
 from seq import (
     MB,
     MIB,
-    RESULTS_DIR,
     cagefs_mount,
     check,
     gocryptfs_mount,
     make_work,
     mounts_under,
+    parse_args,
     run,
     timed,
     unmount,
@@ -143,15 +143,7 @@ def targets(rows: dict[str, Row]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--quick", action="store_true", help="8 MiB, two rounds: a smoke test")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.size_mib, args.repeat = 8, 2
+    args = parse_args(argv, __doc__)
     command = shlex.join([".venv/bin/python", "bench/replace.py", *(argv or sys.argv[1:])])
     work = make_work(args.dir)
     rows = {

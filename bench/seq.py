@@ -348,8 +348,9 @@ def save(where: Path, text: str, rows: dict[str, Row], checks: list[dict], env: 
 # ---------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None, description: str = __doc__) -> argparse.Namespace:
+    """The options every mount benchmark takes (`replace.py` uses them too)."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="file size (dd count of 1M)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median counts)")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where scratch goes")

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev age gocryptfs
-              sqlite3 rsync git openssh-client procps)
+              sqlite3 rsync git openssh-client procps systemd)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

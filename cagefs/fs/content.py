@@ -223,7 +223,13 @@ class FileContent:
                 version = write()
             self.overlay = None
             self._adopt(version)
+            scratch = isinstance(overlay.blocks, ScratchBlocks)
             overlay.close()
+            if scratch:
+                # Freeing a large scratch file takes the filesystem seconds; left to the
+                # background, it slowed the reads that came next by a quarter. It is this
+                # write's cost, so this request (not the loop) waits for it.
+                await trio.to_thread.run_sync(reclaim.wait)
 
     def published(self) -> None:
         self.pending = None

@@ -10,6 +10,11 @@ So code that is about to drop a file's last name first takes a reference of its 
 an O_PATH descriptor, opened in microseconds), and such references, like the descriptors of
 files that may already be gone, are closed by one background thread (`close_later`). The
 namespace changes themselves stay where they were, on the loop, atomic as before.
+
+The freeing still costs the disk what it costs, now while other work goes on: a 1 GiB
+scratch file freed in the background slowed the cold read that followed it by a quarter. A
+request whose own work that freeing is can `wait` for it on a worker thread (the sealing of a
+file staged in a scratch file does).
 """
 
 import os

@@ -54,15 +54,32 @@ class Row:
     name: str
     writes: list[float] = field(default_factory=list)
     reads: list[float] = field(default_factory=list)
+    write_cpu: list[float] = field(default_factory=list)  # machine CPU-s per GiB written
+    read_cpu: list[float] = field(default_factory=list)
     note: str = ""
 
     @property
     def write(self) -> float | None:
-        return statistics.median(self.writes) if self.writes else None
+        return median(self.writes)
 
     @property
     def read(self) -> float | None:
-        return statistics.median(self.reads) if self.reads else None
+        return median(self.reads)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine has spent busy so far (every core, process and the kernel).
+
+    Per GiB moved, it is steadier than MB/s on a shared host whose speed comes and goes, and it
+    counts everything a target costs: dd, the kernel's FUSE work, a daemon and its helpers.
+    """
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- commands
@@ -94,20 +111,23 @@ def dd_write(path: Path, mib: int) -> float:
 
 
 def dd_read(path: Path) -> float:
-    """MB/s of reading `path` cold, after dropping every cache."""
-    size = path.stat().st_size
-    drop_caches()
-    return size / MB / timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"])
+    """MB/s of reading `path` (cold once the caller has dropped every cache)."""
+    return path.stat().st_size / MB / timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"])
 
 
 def measure_dir(row: Row, directory: Path, mib: int) -> None:
     """Write then cold-read a fresh file in `directory`, once."""
     big = directory / "big"
     big.unlink(missing_ok=True)
+    busy = busy_seconds()
     row.writes.append(dd_write(big, mib))
+    row.write_cpu.append((busy_seconds() - busy) * 1024 / mib)
     if big.stat().st_size != mib * MIB:
         raise RuntimeError(f"{big}: wrote {big.stat().st_size} bytes, not {mib * MIB}")
+    drop_caches()
+    busy = busy_seconds()
     row.reads.append(dd_read(big))
+    row.read_cpu.append((busy_seconds() - busy) * 1024 / mib)
     big.unlink()
 
 
@@ -247,7 +267,7 @@ def bench_age(row: Row, work: Work, args: argparse.Namespace) -> None:
     decrypt = ["age", "-d", "-i", str(work.identity), "-o", "/dev/null", str(out)]
     size = args.size_mib * MIB
     try:
-        start = time.perf_counter()
+        busy, start = busy_seconds(), time.perf_counter()
         run(encrypt)
         fd = os.open(out, os.O_RDONLY)
         try:
@@ -255,8 +275,11 @@ def bench_age(row: Row, work: Work, args: argparse.Namespace) -> None:
         finally:
             os.close(fd)
         row.writes.append(size / MB / (time.perf_counter() - start))
+        row.write_cpu.append((busy_seconds() - busy) * 1024 / args.size_mib)
         drop_caches()
+        busy = busy_seconds()
         row.reads.append(size / MB / timed(decrypt))
+        row.read_cpu.append((busy_seconds() - busy) * 1024 / args.size_mib)
     finally:
         src.unlink(missing_ok=True)
         out.unlink(missing_ok=True)
@@ -308,7 +331,8 @@ def report(rows: dict[str, Row], checks: list[dict], command: str, env: dict) ->
         f" {env['kernel']}, load {env['load_before'][0]:.1f} before / {env['load_after'][0]:.1f}"
         f" after; cagefs readahead {env.get('cagefs_read_ahead_kb')} KiB; MB = 10^6 bytes",
         "",
-        f"{'':38} {'write MB/s':>10} {'read MB/s':>10} {'w/gocfs':>8} {'r/gocfs':>8}",
+        f"{'':38} {'write MB/s':>10} {'read MB/s':>10} {'w/gocfs':>8} {'r/gocfs':>8}"
+        f" {'CPU-s/GiB w':>11} {'r':>5}",
     ]
     gocryptfs = rows["gocryptfs"]
     for row in rows.values():
@@ -316,7 +340,8 @@ def report(rows: dict[str, Row], checks: list[dict], command: str, env: dict) ->
         lines.append(
             f"{row.name:38} {fmt(row.write, '10.0f')} {fmt(row.read, '10.0f')}"
             f" {fmt(ratio(row.write, gocryptfs.write), '7.2f')}x"
-            f" {fmt(ratio(row.read, gocryptfs.read), '7.2f')}x{note}"
+            f" {fmt(ratio(row.read, gocryptfs.read), '7.2f')}x"
+            f" {fmt(median(row.write_cpu), '11.2f')} {fmt(median(row.read_cpu), '5.2f')}{note}"
         )
     lines += ["", "targets:"]
     for c in checks:
@@ -334,7 +359,13 @@ def save(where: Path, text: str, rows: dict[str, Row], checks: list[dict], env: 
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "environment": env,
         "rows": {
-            key: {**asdict(row), "write_median": row.write, "read_median": row.read}
+            key: {
+                **asdict(row),
+                "write_median": row.write,
+                "read_median": row.read,
+                "write_cpu_median": median(row.write_cpu),
+                "read_cpu_median": median(row.read_cpu),
+            }
             for key, row in rows.items()
         },
         "targets": checks,

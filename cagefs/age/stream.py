@@ -23,9 +23,8 @@ Speed (measured with bench/crypto.py on a 2-core machine):
 import functools
 import itertools
 import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from cagefs.age.errors import HeaderError, PayloadError
 from cagefs.age.header import hkdf_sha256
+from cagefs.pools import LazyPool
 
 CHUNK_SIZE = 64 * 1024
 TAG_SIZE = 16
@@ -94,9 +94,6 @@ def plaintext_size(payload_bytes: int) -> int:
 # ---------------------------------------------------------------- parallel batches
 
 _threads = os.cpu_count() or 1
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
-_pool_lock = threading.Lock()
 
 
 def crypto_threads() -> int:
@@ -110,14 +107,7 @@ def set_crypto_threads(count: int) -> None:
     _threads = max(1, count)
 
 
-def _helpers() -> ThreadPoolExecutor:
-    """The shared pool of helper threads, recreated in a forked child (threads do not fork)."""
-    global _pool, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(max_workers=max(1, _threads - 1), thread_name_prefix="age")
-            _pool_pid = os.getpid()
-        return _pool
+_helpers = LazyPool("age", lambda: max(1, _threads - 1))  # the caller is the other thread
 
 
 def _spread(count: int, job: Callable[[int], None]) -> None:

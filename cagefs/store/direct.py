@@ -28,8 +28,10 @@ import mmap
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
+
+from cagefs.pools import LazyPool
 
 ALIGN = 4096
 FLUSH = 4 * 1024 * 1024
@@ -248,17 +250,7 @@ def _completed(read: Future[int]) -> int:
         return -1
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _readers() -> ThreadPoolExecutor:
-    """The I/O threads of every ReadAhead, started on first use (after the daemon forked)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="cagefs-readahead")
-        return _pool
+_readers = LazyPool("cagefs-readahead", lambda: _READ_THREADS)  # every ReadAhead's I/O threads
 
 
 def _open_direct(fd: int, access: int) -> int | None:

@@ -18,12 +18,11 @@ file staged in a scratch file does).
 """
 
 import os
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
-_pool_lock = threading.Lock()
+from cagefs.pools import LazyPool
+
+_closer = LazyPool("cagefs-reclaim", lambda: 1)  # one thread: closes happen in order
 _last: Future[None] | None = None
 
 
@@ -65,13 +64,3 @@ def wait() -> None:
     """Return once every descriptor handed to `close_later` so far is closed."""
     if _last is not None:
         _last.exception()
-
-
-def _closer() -> ThreadPoolExecutor:
-    """One thread, so closes happen in order; recreated in a forked child."""
-    global _pool, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(1, thread_name_prefix="cagefs-reclaim")
-            _pool_pid = os.getpid()
-        return _pool

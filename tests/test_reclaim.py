@@ -1,5 +1,5 @@
 """store/reclaim: a file whose last name goes is kept alive by the hold, and freed only by the
-background close, so that the freeing never happens inside the namespace change."""
+background close, so that the freeing never happens inside the rename."""
 
 import fcntl
 import os
@@ -39,53 +39,28 @@ def test_a_held_file_outlives_its_name_until_the_hold_is_closed(tmp_path: Path) 
     assert not is_open(held)
 
 
-def test_rename_replaces_the_target_and_lets_go_of_it_later(tmp_path: Path) -> None:
+def test_a_rename_over_a_held_file_leaks_nothing(tmp_path: Path) -> None:
+    """What the publisher does: hold the target, rename over it, let go in the background."""
     old, new = tmp_path / "name", tmp_path / "new-version"
     write(old, 4096)
     new.write_bytes(b"new")
     before = open_fds()
-    reclaim.rename(str(new), str(old))
+    held = reclaim.hold(str(old))
+    os.rename(new, old)
+    reclaim.close_later(held)
     assert old.read_bytes() == b"new" and not new.exists()
     reclaim.wait()
     assert open_fds() == before
 
 
-def test_unlink_removes_the_name(tmp_path: Path) -> None:
-    path = tmp_path / "gone"
-    write(path, 4096)
-    before = open_fds()
-    reclaim.unlink(str(path))
-    assert not path.exists()
-    reclaim.wait()
-    assert open_fds() == before
-
-
 def test_nothing_to_hold_is_not_an_error(tmp_path: Path) -> None:
-    """A rename onto a new name replaces nothing; a symlink is held as itself, not followed."""
+    """A first publish replaces nothing; a symlink is held as itself, not followed."""
     assert reclaim.hold(str(tmp_path / "missing")) is None
     reclaim.close_later(None)
-    source, target = tmp_path / "a", tmp_path / "b"
-    source.write_bytes(b"a")
-    reclaim.rename(str(source), str(target))
-    assert target.read_bytes() == b"a"
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "missing")
     held = reclaim.hold(str(link))
     assert held is not None
     reclaim.close_later(held)
     reclaim.wait()
-
-
-def test_failed_namespace_changes_still_let_go(tmp_path: Path) -> None:
-    target = tmp_path / "target"
-    write(target, 4096)
-    before = open_fds()
-    try:
-        reclaim.rename(str(tmp_path / "no-such-source"), str(target))
-    except FileNotFoundError:
-        pass
-    else:
-        raise AssertionError("rename of a missing source succeeded")
-    reclaim.wait()
-    assert open_fds() == before
-    assert target.exists()
+    assert not is_open(held)

@@ -26,7 +26,6 @@ from cagefs.fs.cache import new_version_id
 from cagefs.fs.env import Env
 from cagefs.fs.staging import Overlay, ScratchBlocks
 from cagefs.fs.streaming import INLINE_UNTIL, StreamWriter, write_out
-from cagefs.store import reclaim
 from cagefs.store.direct import ReadAhead
 from cagefs.store.versions import NewVersion
 
@@ -79,9 +78,8 @@ class Version:
         self.ahead = ReadAhead(self.fd)
 
     def close(self) -> None:
-        """The descriptor may be the last reference to an unlinked or superseded version."""
         self.ahead.close()
-        reclaim.close_later(self.fd)
+        os.close(self.fd)
 
 
 class FileContent:
@@ -223,13 +221,12 @@ class FileContent:
                 version = write()
             self.overlay = None
             self._adopt(version)
-            scratch = isinstance(overlay.blocks, ScratchBlocks)
-            overlay.close()
-            if scratch:
-                # Freeing a large scratch file takes the filesystem seconds; left to the
-                # background, it slowed the reads that came next by a quarter. It is this
-                # write's cost, so this request (not the loop) waits for it.
-                await trio.to_thread.run_sync(reclaim.wait)
+            if isinstance(overlay.blocks, ScratchBlocks):
+                # Closing frees the scratch file, seconds for a large one on some filesystems:
+                # this request waits for it, the loop does not.
+                await trio.to_thread.run_sync(overlay.close)
+            else:
+                overlay.close()
 
     def published(self) -> None:
         self.pending = None

@@ -22,7 +22,6 @@ from cagefs.fs.env import Env
 from cagefs.fs.errors import about, fuse_errors, shown
 from cagefs.fs.inodes import InodeTable, Kind, Node, check_name, join
 from cagefs.fs.publisher import Publisher
-from cagefs.store import reclaim
 from cagefs.store.layout import NAME_MAX, is_meta, plain_file_name
 from cagefs.store.versions import fsync_dir
 
@@ -433,7 +432,7 @@ class Operations(pyfuse3.Operations):
         if node in self.table.unpublished:
             self._remove_shadowed(node)
         else:
-            reclaim.unlink(self.table.backing_of(node))
+            os.unlink(self.table.backing_of(node))
         self.table.detach(node)
 
     @fuse_errors
@@ -489,18 +488,18 @@ class Operations(pyfuse3.Operations):
         if replaced is not None and replaced not in self.table.unpublished:
             replaced_backing = self.table.backing_of(replaced)
             if replaced_backing != new_backing:
-                reclaim.unlink(replaced_backing)  # a symlink replaced by a file, or the reverse
+                os.unlink(replaced_backing)  # a symlink replaced by a file, or the reverse
         if source in self.table.unpublished:
             # Not on disk yet: its version will be published under the new name. A file it
             # replaces stays on disk until then, as the old version a crash may leave.
             self._remove_shadowed(source)
             return
-        reclaim.rename(self.table.backing_of(source), new_backing)
+        os.rename(self.table.backing_of(source), new_backing)
 
     def _remove_shadowed(self, node: Node) -> None:
         """An unpublished file leaves its name: drop the older file it had replaced there."""
         with contextlib.suppress(FileNotFoundError):
-            reclaim.unlink(self.table.backing_of(node))
+            os.unlink(self.table.backing_of(node))
 
     @fuse_errors
     async def symlink(

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from cagefs.age import CHUNK_SIZE
 from cagefs.fs import heap
-from cagefs.store import reclaim
 from cagefs.store.layout import tmp_dir
 
 _ZEROS = bytes(CHUNK_SIZE)
@@ -96,7 +95,7 @@ class ScratchBlocks:
             yield index, block
 
     def close(self) -> None:
-        reclaim.close_later(self._fd)  # the last reference to the scratch file: freed there
+        os.close(self._fd)
 
 
 class Overlay:

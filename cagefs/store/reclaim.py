@@ -1,20 +1,16 @@
-"""Letting go of replaced and deleted files away from the event loop.
+"""Letting go of the versions a publish replaces, away from the event loop and the fsync.
 
-The call that drops the last reference to a file (rename(2) over it, unlink(2), or the last
-close(2)) frees its blocks there and then. On this machine's ext4, mounted with `discard`,
-that took 1.1-1.4 s for a 1 GiB file. Done on the event loop, every request of the mount
-waited for it; done inside a publish, an application's fsync of a rewritten file took twice
-as long as writing it.
+The call that drops the last reference to a file frees its blocks there and then. On this
+machine's ext4, mounted with `discard`, `rename(2)` over a 1 GiB file took 1.1-1.4 s. The
+publisher renamed on the event loop, so every request of the mount waited, and an application's
+fsync of a rewritten file took twice as long as writing it.
 
-So code that is about to drop a file's last name first takes a reference of its own (`hold`:
-an O_PATH descriptor, opened in microseconds), and such references, like the descriptors of
-files that may already be gone, are closed by one background thread (`close_later`). The
-namespace changes themselves stay where they were, on the loop, atomic as before.
-
-The freeing still costs the disk what it costs, now while other work goes on: a 1 GiB
-scratch file freed in the background slowed the cold read that followed it by a quarter. A
-request whose own work that freeing is can `wait` for it on a worker thread (the sealing of a
-file staged in a scratch file does).
+So the publisher first takes a reference of its own to the file it is about to replace (`hold`:
+an O_PATH descriptor, opened in microseconds), renames as before, and once the new version's
+directory is durable hands the reference to one background thread (`close_later`), where the
+freeing happens. Only replaced versions go this way: an old version's space was never going
+to be free before its replacement is published. Space a caller expects back when its call
+returns (unlink, a rename over a file, a failed write) is freed in that call, as before.
 """
 
 import os
@@ -40,24 +36,6 @@ def close_later(*fds: int | None) -> None:
     for fd in fds:
         if fd is not None:
             _last = _closer().submit(os.close, fd)
-
-
-def unlink(path: str) -> None:
-    """unlink(2), leaving the freeing of the file's blocks to the background thread."""
-    held = hold(path)
-    try:
-        os.unlink(path)
-    finally:
-        close_later(held)
-
-
-def rename(source: str, target: str) -> None:
-    """rename(2), leaving the freeing of a file it replaces to the background thread."""
-    held = hold(target)
-    try:
-        os.rename(source, target)
-    finally:
-        close_later(held)
 
 
 def wait() -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from cagefs.age import PayloadReader, PayloadState, Recipient, open_file, start_file
 from cagefs.age.recipients import Identity
-from cagefs.store import reclaim
 from cagefs.store.layout import TEMP_PREFIX, tmp_dir
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -96,9 +95,9 @@ class NewVersion:
             os.unlink(self.path)
 
     def discard(self) -> None:
-        """Forget an unpublished version entirely: temp file and descriptor."""
+        """Forget an unpublished version entirely: descriptor and temp file."""
+        os.close(self.fd)
         self.remove()
-        reclaim.close_later(self.fd)
 
 
 def _unique_temp_path(root: Path) -> str:

@@ -84,8 +84,9 @@ def deleted_store_files_held(daemon: Daemon) -> list[str]:
 
 
 def test_replaced_and_removed_files_are_given_back(mounted: Daemon) -> None:
-    """Old versions are freed by a background thread (store/reclaim.py), so that freeing a
-    large file never stalls the mount; this checks that each one really is let go."""
+    """Replaced versions are freed by a background thread (store/reclaim.py), so that freeing
+    a large file never stalls the mount; this checks that each one really is let go, and that
+    nothing else removed is held either."""
     mnt = mounted.mnt
     for name in ("a", "b", "c", "d", "e"):
         (mnt / name).write_bytes(os.urandom(3 << 20))

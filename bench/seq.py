@@ -82,6 +82,14 @@ def busy_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+@contextlib.contextmanager
+def cpu_per_gib(into: list[float], mib: int) -> Iterator[None]:
+    """Append to `into` the machine's CPU seconds per GiB spent moving `mib` MiB in the block."""
+    busy = busy_seconds()
+    yield
+    into.append((busy_seconds() - busy) * 1024 / mib)
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -119,15 +127,13 @@ def measure_dir(row: Row, directory: Path, mib: int) -> None:
     """Write then cold-read a fresh file in `directory`, once."""
     big = directory / "big"
     big.unlink(missing_ok=True)
-    busy = busy_seconds()
-    row.writes.append(dd_write(big, mib))
-    row.write_cpu.append((busy_seconds() - busy) * 1024 / mib)
+    with cpu_per_gib(row.write_cpu, mib):
+        row.writes.append(dd_write(big, mib))
     if big.stat().st_size != mib * MIB:
         raise RuntimeError(f"{big}: wrote {big.stat().st_size} bytes, not {mib * MIB}")
     drop_caches()
-    busy = busy_seconds()
-    row.reads.append(dd_read(big))
-    row.read_cpu.append((busy_seconds() - busy) * 1024 / mib)
+    with cpu_per_gib(row.read_cpu, mib):
+        row.reads.append(dd_read(big))
     big.unlink()
 
 
@@ -267,19 +273,18 @@ def bench_age(row: Row, work: Work, args: argparse.Namespace) -> None:
     decrypt = ["age", "-d", "-i", str(work.identity), "-o", "/dev/null", str(out)]
     size = args.size_mib * MIB
     try:
-        busy, start = busy_seconds(), time.perf_counter()
-        run(encrypt)
-        fd = os.open(out, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        row.writes.append(size / MB / (time.perf_counter() - start))
-        row.write_cpu.append((busy_seconds() - busy) * 1024 / args.size_mib)
+        with cpu_per_gib(row.write_cpu, args.size_mib):
+            start = time.perf_counter()
+            run(encrypt)
+            fd = os.open(out, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            row.writes.append(size / MB / (time.perf_counter() - start))
         drop_caches()
-        busy = busy_seconds()
-        row.reads.append(size / MB / timed(decrypt))
-        row.read_cpu.append((busy_seconds() - busy) * 1024 / args.size_mib)
+        with cpu_per_gib(row.read_cpu, args.size_mib):
+            row.reads.append(size / MB / timed(decrypt))
     finally:
         src.unlink(missing_ok=True)
         out.unlink(missing_ok=True)

@@ -3,8 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev age gocryptfs
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev patch age gocryptfs
               sqlite3 rsync git openssh-client procps systemd)
+# pyfuse3, built from its source with scripts/patches/pyfuse3-borrowed-write-buffers.patch:
+# write() is lent libfuse's buffer instead of a copy (cagefs works on a stock pyfuse3 too).
+PYFUSE3=pyfuse3-3.5.0
+PYFUSE3_SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -21,5 +25,18 @@ if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+
+patched() { .venv/bin/python -c 'import pyfuse3; pyfuse3.BORROWED_WRITE_BUFFERS' 2>/dev/null; }
+if ! patched; then
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    .venv/bin/python -m pip download -q --no-deps --no-binary :all: "${PYFUSE3/-/==}" -d "$build" \
+        2>&1 | grep -v '^WARNING: Location' || true
+    echo "$PYFUSE3_SHA256  $build/$PYFUSE3.tar.gz" | sha256sum --check --quiet
+    tar xzf "$build/$PYFUSE3.tar.gz" -C "$build"
+    patch --quiet -d "$build/$PYFUSE3" -p1 < scripts/patches/pyfuse3-borrowed-write-buffers.patch
+    .venv/bin/python -m pip install -q --no-deps --force-reinstall "$build/$PYFUSE3" 2>&1 | grep -v '^WARNING: Location' || true
+    patched || { echo "install.sh: the patched pyfuse3 did not install" >&2; exit 1; }
+fi
 .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c 'import cagefs, pyfuse3, trio, pyrage' # fail loudly if the install did not work

@@ -68,9 +68,9 @@ def test_a_handed_over_payload_decrypts(
     for size in [1, 100, 64 * 1024, SLOT_SIZE + 7, 3 * SLOT_SIZE, 4096] * 1000:
         if at >= len(data):
             break
-        job.write([data[at : at + size]])
+        job.write(data[at : at + size])
         at += size
-    job.write([data[at:]])
+    job.write(data[at:])
     assert job.finish() == len(data)
     pool.give_back(sealer)
     assert decrypt_with_age(version.path, keyfile) == data
@@ -87,7 +87,7 @@ def test_a_sealer_is_reused_job_after_job(root: Path, keyfile: KeyFile, pool: Se
         sealer = first if n == 0 else pool.take()
         assert sealer is first, "the idle sealer should be taken again"
         job = SealJob(sealer, version.fd, version.hand_over())
-        job.write([data[10:]])
+        job.write(data[10:])
         job.finish()
         pool.give_back(sealer)
         assert decrypt_with_age(version.path, keyfile) == data
@@ -103,7 +103,7 @@ def test_a_killed_sealer_is_an_error_not_a_hang(root: Path, keyfile: KeyFile) ->
         sealer.process.wait(10)
         with pytest.raises(SealerError) as caught:
             for _ in range(RING_SLOTS + 1):  # until a slot's acknowledgement is awaited
-                job.write([b"y" * SLOT_SIZE])
+                job.write(b"y" * SLOT_SIZE)
             job.finish()
         assert caught.value.errno == 5
         assert "sealer process" in str(caught.value)
@@ -119,7 +119,7 @@ def test_a_sealer_exits_when_the_daemon_goes_away(root: Path, keyfile: KeyFile) 
     sealer = Sealer()
     version = new_version(root, keyfile, b"x" * 100)
     job = SealJob(sealer, version.fd, version.hand_over())
-    job.write([b"y" * MIB])
+    job.write(b"y" * MIB)
     sealer.sock.close()
     assert not still_running({sealer.process.pid}, 10.0)
     sealer.process.wait()
@@ -141,7 +141,7 @@ def test_a_full_disk_comes_back_as_enospc(tmp_path: Path, keyfile: KeyFile) -> N
             job = SealJob(sealer, version.fd, version.hand_over())
             with pytest.raises(SealerError) as caught:
                 for _ in range(40):  # more than the ring holds: some sends find the sealer gone
-                    job.write([b"y" * (MIB // 2)])
+                    job.write(b"y" * (MIB // 2))
                 job.finish()
         finally:
             version.discard()

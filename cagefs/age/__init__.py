@@ -21,6 +21,7 @@ from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import ScryptIdentity, ScryptRecipient
 from cagefs.age.stream import (
     CHUNK_SIZE,
+    Buffer,
     PayloadReader,
     PayloadState,
     PayloadWriter,
@@ -32,6 +33,7 @@ __all__ = [
     "CHUNK_SIZE",
     "AgeError",
     "ArmorError",
+    "Buffer",
     "HMACError",
     "HeaderError",
     "Identity",

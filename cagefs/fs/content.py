@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from cagefs.age import CHUNK_SIZE, PayloadReader, open_file
+from cagefs.age import CHUNK_SIZE, Buffer, PayloadReader, open_file
 from cagefs.fs.cache import new_version_id
 from cagefs.fs.env import Env
 from cagefs.fs.staging import Overlay, ScratchBlocks
@@ -139,7 +139,7 @@ class FileContent:
 
         return self._read_cached(self.current, offset, length)
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: Buffer) -> None:
         self._touch()
         if self.stream and offset == self.stream.size:
             self._supersede_early(offset + len(data))
@@ -184,10 +184,12 @@ class FileContent:
         self.attrs.st_gid = self.attrs.st_gid if gid is None else gid
         self._restamp()
 
-    async def wait_writable(self) -> None:
-        """Backpressure: a stream far behind the writer holds the next write back."""
-        if self.stream is not None and self.stream.congested:
-            await trio.to_thread.run_sync(self.stream.wait_uncongested)
+    async def wait_writable(self, size: int) -> None:
+        """Before `write` of `size` bytes: a stream gets ready to take it, and the held-back
+        writes it may release, without blocking the loop (backpressure: a sealer that is
+        behind holds the next write back)."""
+        if self.stream is not None:
+            await self.stream.make_room(size + self._early_bytes)
 
     def check_stream(self) -> None:
         """close(2) learns of a failure (a full disk) while the data was being written."""

@@ -36,14 +36,13 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from cagefs.age import PayloadState
-from cagefs.age.stream import Buffer
+from cagefs.age import Buffer, PayloadState
 
 log = logging.getLogger("cagefs")
 
 SLOT_SIZE = 1024 * 1024
 RING_SLOTS = 16
-MAX_SEALERS = 4  # beyond this many files streaming at once, a stream seals in its own thread
+MAX_SEALERS = 4  # beyond this many files streaming at once, a stream seals on its own
 _MAX_IDLE = 1
 _STOP_TIMEOUT = 5.0
 _START_TIMEOUT = 30.0
@@ -122,29 +121,64 @@ class Sealer:
 
 
 class SealJob:
-    """The rest of one payload, sealed by a sealer process into the temp file `fd`."""
+    """The rest of one payload, sealed by a sealer process into the temp file `fd`.
+
+    Plaintext is copied into the open slot of the ring; a full slot goes to the sealer at
+    once, a partly filled one when `send` is called (close(2), sealing). Nothing keeps a
+    reference to the caller's buffer, which may be borrowed (pyfuse3's own receive buffer).
+    """
 
     def __init__(self, sealer: Sealer, fd: int, state: PayloadState) -> None:
         self.sealer = sealer
         self._free = list(range(RING_SLOTS))
+        self._slot: int | None = None  # the slot being filled
+        self._fill = 0
         written_before = state.written - len(state.pending)
         start = JOB.pack(b"J", state.payload_key, state.next_chunk, written_before)
         self._send(start, fds=[fd])
-        if state.pending:
-            self.write([state.pending])
+        self.write(state.pending)
 
-    def write(self, buffers: Sequence[Buffer]) -> None:
-        """Pass plaintext on, in order; waits (without the GIL) while every slot is in use."""
-        for group in _slot_groups(buffers):
-            slot = self._free_slot()
-            start = at = slot * SLOT_SIZE
-            for piece in group:
-                self.sealer.slots[at : at + len(piece)] = piece
-                at += len(piece)
-            self._send(DATA.pack(b"D", slot, at - start))
+    def fileno(self) -> int:
+        """Readable when the sealer has something to say (an ACK, a failure, its exit)."""
+        return self.sealer.sock.fileno()
+
+    def room(self) -> int:
+        """How many bytes `write` takes without waiting for the sealer."""
+        left_in_slot = SLOT_SIZE - self._fill if self._slot is not None else 0
+        return len(self._free) * SLOT_SIZE + left_in_slot
+
+    def write(self, data: Buffer) -> None:
+        """Pass plaintext on, in order; waits (without the GIL) only for more than `room()`."""
+        view = memoryview(data).cast("B")
+        while view:
+            if self._slot is None:
+                self._slot, self._fill = self._free_slot(), 0
+            take = min(SLOT_SIZE - self._fill, len(view))
+            at = self._slot * SLOT_SIZE + self._fill
+            self.sealer.slots[at : at + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == SLOT_SIZE:
+                self.send()
+
+    def send(self) -> None:
+        """Hand the slot being filled to the sealer, full or not."""
+        if self._slot is not None and self._fill:
+            self._send(DATA.pack(b"D", self._slot, self._fill))
+            self._slot = None
+
+    def collect(self) -> None:
+        """Take in what the sealer has said so far, without waiting: freed slots, or its
+        failure (raised)."""
+        while True:
+            try:
+                self._receive(socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
 
     def finish(self) -> int:
         """Seal the final chunk; returns the payload's plaintext size once it is all written."""
+        self.send()
         self._send(END)
         while True:
             message = self._receive()
@@ -192,38 +226,15 @@ class SealJob:
         except OSError as exc:
             # A sealer that failed (a full disk) reports why and exits: that report, still
             # queued on the socket, is the error to raise, not the broken pipe it left.
-            while True:
-                try:
-                    self._receive(socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    break
+            self.collect()
             raise SealerError(errno.EIO, f"sealer process lost ({exc.strerror})") from None
-
-
-def _slot_groups(buffers: Sequence[Buffer]) -> list[list[memoryview]]:
-    """Consecutive runs of `buffers` that fit a slot each, cutting any larger than a slot."""
-    groups: list[list[memoryview]] = []
-    group: list[memoryview] = []
-    room = SLOT_SIZE
-    for buffer in buffers:
-        view = memoryview(buffer).cast("B")
-        while view:
-            piece, view = view[:room], view[room:]
-            group.append(piece)
-            room -= len(piece)
-            if not room:
-                groups.append(group)
-                group, room = [], SLOT_SIZE
-    if group:
-        groups.append(group)
-    return groups
 
 
 class SealerPool:
     """Sealer processes for the whole mount: reused job after job, at most `MAX_SEALERS`.
 
     `take` returns None when no sealer can be had (the limit is reached, or starting one
-    failed); the caller then seals in its own thread, slower but just as correct.
+    failed); the caller then seals on its own thread, slower but just as correct.
     """
 
     def __init__(self, limit: int = MAX_SEALERS) -> None:

@@ -78,6 +78,40 @@ def test_a_handed_over_payload_decrypts(
     version.discard()
 
 
+def test_room_is_what_a_write_takes_without_waiting(
+    root: Path, keyfile: KeyFile, pool: SealerPool
+) -> None:
+    """The event loop asks `room()` before it writes, so a write within it must never wait for
+    the sealer: here the sealer is stopped, and such writes still return. A partly filled slot
+    reaches the sealer only when sent, and what was sent all comes out in the file."""
+    data = os.urandom(RING_SLOTS * SLOT_SIZE + 3 * SLOT_SIZE // 2)
+    version = new_version(root, keyfile, b"")
+    sealer = pool.take()
+    assert sealer is not None
+    job = SealJob(sealer, version.fd, version.hand_over())
+    assert job.room() == RING_SLOTS * SLOT_SIZE
+    sealer.process.send_signal(signal.SIGSTOP)
+    try:
+        at = 0
+        for size in (10, SLOT_SIZE - 10, 3 * SLOT_SIZE + 5, 100):
+            job.write(data[at : at + size])
+            at += size
+            assert job.room() == RING_SLOTS * SLOT_SIZE - at
+        job.write(data[at : at + job.room()])
+        at = RING_SLOTS * SLOT_SIZE
+        assert job.room() == 0
+        job.collect()  # nothing to take in yet: returns at once
+        assert job.room() == 0
+    finally:
+        sealer.process.send_signal(signal.SIGCONT)
+    job.write(data[at:])  # waits for slots to come back
+    job.send()
+    assert job.finish() == len(data)
+    pool.give_back(sealer)
+    assert decrypt_with_age(version.path, keyfile) == data
+    version.discard()
+
+
 def test_a_sealer_is_reused_job_after_job(root: Path, keyfile: KeyFile, pool: SealerPool) -> None:
     first = pool.take()
     assert first is not None

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from cagefs.store.sealer import MAX_SEALERS
+
 from .helpers import (
     CHUNK,
     SUFFIX,
@@ -27,6 +29,8 @@ from .helpers import (
     sh,
     tree,
 )
+
+MIB = 1 << 20
 
 
 @pytest.fixture
@@ -99,6 +103,33 @@ def test_dd_with_block_sizes_that_change(mounted: Daemon, plain: Path) -> None:
         run("dd", f"of={root}/mixed", "bs=1000", f"seek={7 << 20}", "oflag=seek_bytes",
             "conv=notrunc", "status=none", input=data[7 << 20 :])  # fmt: skip
     assert (mounted.mnt / "mixed").read_bytes() == data == (plain / "mixed").read_bytes()
+    mounted.assert_store_matches()
+
+
+def test_more_files_streamed_at_once_than_there_are_sealers(mounted: Daemon, plain: Path) -> None:
+    """`dd`s side by side, one file each: past `MAX_SEALERS` a stream seals on the event loop,
+    and every request's data arrives in one of pyfuse3's buffers, reused by the next request:
+    whatever kept a buffer past its request would show here as another file's bytes."""
+    count, size = MAX_SEALERS + 2, 5 * MIB + 4321
+    data = [random.Random(n).randbytes(size) for n in range(count)]
+    for root in both(mounted, plain):
+        writers = [
+            subprocess.Popen(
+                ["dd", f"of={root}/f{n}", "bs=1M", "iflag=fullblock", "status=none"],
+                stdin=subprocess.PIPE,
+            )
+            for n in range(count)
+        ]
+        for offset in range(0, size, MIB):  # a MiB to each in turn: all of them stream at once
+            for writer, contents in zip(writers, data, strict=True):
+                assert writer.stdin is not None
+                writer.stdin.write(contents[offset : offset + MIB])
+        for writer in writers:
+            assert writer.stdin is not None
+            writer.stdin.close()
+        assert [writer.wait(600) for writer in writers] == [0] * count
+    for n in range(count):
+        assert (mounted.mnt / f"f{n}").read_bytes() == data[n] == (plain / f"f{n}").read_bytes()
     mounted.assert_store_matches()
 
 

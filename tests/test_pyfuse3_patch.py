@@ -1,0 +1,139 @@
+"""The pyfuse3 that scripts/install.sh builds (scripts/patches/pyfuse3-borrowed-write-buffers
+.patch): a filesystem that sets `borrow_write_buffers` is lent each write's data as a read-only
+view, released once its write() returns; one that does not gets bytes, as from stock pyfuse3.
+
+A one-file pyfuse3 filesystem runs in its own process, keeps what it is written, and reports
+at unmount what each write() was given."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyfuse3
+import pytest
+
+from cagefs.fs.operations import Operations
+
+MIB = 1 << 20
+
+SERVER = textwrap.dedent(
+    """
+    import errno, hashlib, json, stat, sys
+    import pyfuse3, trio
+
+    mountpoint, report, borrow = sys.argv[1], sys.argv[2], sys.argv[3] == "borrow"
+
+    class Keeper(pyfuse3.Operations):
+        borrow_write_buffers = borrow
+
+        def __init__(self):
+            super().__init__()
+            self.data = bytearray()
+            self.kinds = set()
+            self.writable = False
+            self.earlier = None
+            self.earlier_released = []
+
+        def attrs(self, ino):
+            entry = pyfuse3.EntryAttributes()
+            entry.st_ino = ino
+            entry.st_mode = stat.S_IFDIR | 0o755 if ino == 1 else stat.S_IFREG | 0o644
+            entry.st_size = 0 if ino == 1 else len(self.data)
+            return entry
+
+        async def getattr(self, inode, ctx=None):
+            return self.attrs(inode)
+
+        async def lookup(self, parent, name, ctx):
+            if name != b"f":
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self.attrs(2)
+
+        async def open(self, inode, flags, ctx):
+            return pyfuse3.FileInfo(fh=2)
+
+        async def write(self, fh, off, buf):
+            if self.earlier is not None:
+                try:
+                    self.earlier[:1].tobytes()
+                    self.earlier_released.append(False)
+                except ValueError:
+                    self.earlier_released.append(True)
+            self.kinds.add(type(buf).__name__)
+            if isinstance(buf, memoryview):
+                self.writable = self.writable or not buf.readonly
+                self.earlier = buf  # kept on purpose: it must be released after this returns
+            self.data[off : off + len(buf)] = buf
+            return len(buf)
+
+    keeper = Keeper()
+    pyfuse3.init(keeper, mountpoint, set(pyfuse3.default_options))
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close()
+        with open(report, "w") as f:
+            json.dump({
+                "kinds": sorted(keeper.kinds),
+                "writable": keeper.writable,
+                "earlier_released": keeper.earlier_released,
+                "sha256": hashlib.sha256(keeper.data).hexdigest(),
+            }, f)
+    """
+)
+
+
+def serve_and_write(tmp_path: Path, borrow: bool, data: bytes) -> dict:
+    """Mount the one-file filesystem, write `data` into it with dd, unmount; its report."""
+    mnt, report, script = tmp_path / "mnt", tmp_path / "report.json", tmp_path / "keeper.py"
+    mnt.mkdir()
+    script.write_text(SERVER)
+    mode = "borrow" if borrow else "copy"
+    server = subprocess.Popen([sys.executable, str(script), str(mnt), str(report), mode])
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            assert server.poll() is None, "the test filesystem exited"
+            assert time.monotonic() < deadline, "the test filesystem did not mount"
+            time.sleep(0.05)
+        subprocess.run(
+            ["dd", f"of={mnt}/f", "bs=1M", "conv=notrunc", "iflag=fullblock", "status=none"],
+            input=data,
+            check=True,
+            timeout=60,
+        )
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
+    assert server.returncode == 0
+    return json.loads(report.read_text())
+
+
+def test_the_installed_pyfuse3_is_the_patched_one() -> None:
+    assert getattr(pyfuse3, "BORROWED_WRITE_BUFFERS", False), (
+        "scripts/install.sh did not build the patched pyfuse3: every write costs a copy more"
+    )
+    assert Operations.borrow_write_buffers
+
+
+@pytest.mark.parametrize("borrow", [True, False], ids=["borrowed", "copied"])
+def test_write_is_lent_a_read_only_view_only_when_asked(tmp_path: Path, borrow: bool) -> None:
+    data = os.urandom(3 * MIB + 12345)
+    report = serve_and_write(tmp_path, borrow, data)
+    assert report["sha256"] == hashlib.sha256(data).hexdigest()
+    if borrow:
+        assert report["kinds"] == ["memoryview"]
+        assert not report["writable"]
+        assert report["earlier_released"] and all(report["earlier_released"])
+    else:
+        assert report["kinds"] == ["bytes"]

@@ -9,8 +9,12 @@ So the publisher first takes a reference of its own to the file it is about to r
 an O_PATH descriptor, opened in microseconds), renames as before, and once the new version's
 directory is durable hands the reference to one background thread (`close_later`), where the
 freeing happens. Only replaced versions go this way: an old version's space was never going
-to be free before its replacement is published. Space a caller expects back when its call
-returns (unlink, a rename over a file, a failed write) is freed in that call, as before.
+to be free before its replacement is published.
+
+Space a caller expects back when its call returns (unlink, a rename over a file) is freed in
+that call, but not on the event loop either: the request takes a `Held` reference to a large
+file before removing its name, then waits on a worker thread for `Held.free`, while the loop
+serves other requests. (A failed version is small, or already on a worker thread.)
 """
 
 import os
@@ -18,6 +22,7 @@ from concurrent.futures import Future
 
 from cagefs.pools import LazyPool
 
+LARGE = 16 * 1024 * 1024  # freeing a smaller file takes a few milliseconds at most
 _closer = LazyPool("cagefs-reclaim", lambda: 1)  # one thread: closes happen in order
 _last: Future[None] | None = None
 
@@ -42,3 +47,30 @@ def wait() -> None:
     """Return once every descriptor handed to `close_later` so far is closed."""
     if _last is not None:
         _last.exception()
+
+
+class Held:
+    """References to large files about to lose their last name, so that they are freed at
+    `free`, on a thread of the caller's choosing, and not by the unlink or rename."""
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._fds)
+
+    def take(self, path: str) -> None:
+        """Hold the file at `path` if it is large (nothing happens if there is none)."""
+        fd = hold(path)
+        if fd is None:
+            return
+        if os.fstat(fd).st_blocks * 512 < LARGE:
+            os.close(fd)
+        else:
+            self._fds.append(fd)
+
+    def free(self) -> None:
+        """Let go of every reference: a file whose name is gone is freed, maybe for seconds."""
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)

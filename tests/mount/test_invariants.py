@@ -9,8 +9,9 @@ from pathlib import Path
 
 from cagefs.age import read_header_at
 from cagefs.age.stream import NONCE_SIZE
+from cagefs.store.reclaim import LARGE
 
-from .helpers import Daemon, child_pids
+from .helpers import SUFFIX, Daemon, child_pids
 
 
 def backing_version(path: Path) -> tuple[bytes, bytes]:
@@ -84,12 +85,17 @@ def deleted_store_files_held(daemon: Daemon) -> list[str]:
 
 
 def test_replaced_and_removed_files_are_given_back(mounted: Daemon) -> None:
-    """Replaced versions are freed by a background thread (store/reclaim.py), so that freeing
-    a large file never stalls the mount; this checks that each one really is let go, and that
-    nothing else removed is held either."""
+    """Replaced versions are freed by a background thread, and large files that `rm` or `mv`
+    removes by a worker thread that the request waits for (store/reclaim.py), so that freeing
+    a large file never stalls the mount; this checks that each one really is let go, the
+    removed ones before the call returns, and that nothing else removed is held either."""
     mnt = mounted.mnt
-    for name in ("a", "b", "c", "d", "e"):
+    for name in ("a", "b"):
         (mnt / name).write_bytes(os.urandom(3 << 20))
+    for name in ("c", "d", "e"):  # published, and large enough to be held while names go
+        with open(mnt / name, "wb") as f:
+            f.write(os.urandom(LARGE + (1 << 20)))
+            os.fsync(f.fileno())
     for _ in range(2):  # overwritten and published at once: the old version is renamed over
         with open(mnt / "a", "wb") as f:
             f.write(os.urandom(3 << 20))
@@ -100,6 +106,8 @@ def test_replaced_and_removed_files_are_given_back(mounted: Daemon) -> None:
         os.fsync(f.fileno())
     (mnt / "c").unlink()
     (mnt / "d").rename(mnt / "e")
+    removed = [f"{mounted.store}/{name}{SUFFIX} (deleted)" for name in ("c", "e")]
+    assert not set(removed) & set(deleted_store_files_held(mounted)), "freed only later"
     with open(mnt / "d2", "wb") as f:  # removed while open and being written
         f.write(os.urandom(2 << 20))
         (mnt / "d2").unlink()

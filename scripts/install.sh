@@ -35,8 +35,9 @@ if ! patched; then
     echo "$PYFUSE3_SHA256  $build/$PYFUSE3.tar.gz" | sha256sum --check --quiet
     tar xzf "$build/$PYFUSE3.tar.gz" -C "$build"
     patch --quiet -d "$build/$PYFUSE3" -p1 < scripts/patches/pyfuse3-borrowed-write-buffers.patch
-    .venv/bin/python -m pip install -q --no-deps --force-reinstall "$build/$PYFUSE3" 2>&1 | grep -v '^WARNING: Location' || true
-    patched || { echo "install.sh: the patched pyfuse3 did not install" >&2; exit 1; }
+    .venv/bin/python -m pip install -q --no-deps --force-reinstall "$build/$PYFUSE3" \
+        2>&1 | grep -v '^WARNING: Location' || true
 fi
 .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c 'import cagefs, pyfuse3, trio, pyrage' # fail loudly if the install did not work
+patched || { echo "install.sh: the patched pyfuse3 did not install" >&2; exit 1; }

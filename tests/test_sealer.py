@@ -14,7 +14,7 @@ from conftest import KeyFile
 from mount.helpers import still_running
 
 from cagefs.age import CHUNK_SIZE, parse_recipient
-from cagefs.fs.streaming import write_out
+from cagefs.fs.streaming import INLINE_UNTIL, StreamWriter, write_out
 from cagefs.store import sealer as sealer_module
 from cagefs.store.layout import create_meta_dirs
 from cagefs.store.sealer import RING_SLOTS, SLOT_SIZE, Sealer, SealerError, SealerPool, SealJob
@@ -184,6 +184,28 @@ def test_a_full_disk_comes_back_as_enospc(tmp_path: Path, keyfile: KeyFile) -> N
     finally:
         sealer.stop()
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_stream_whose_sealer_is_dead_fails_every_later_write(
+    root: Path, keyfile: KeyFile, pool: SealerPool
+) -> None:
+    """The payload was handed over, so no later write can go anywhere: each one gets the same
+    error (the kernel turns it into EIO) rather than a confusing second failure."""
+    dead = pool.take()
+    assert dead is not None
+    dead.process.send_signal(signal.SIGKILL)
+    dead.process.wait(10)
+    pool.give_back(dead)  # idle: the next stream takes it
+    stream = StreamWriter(NewVersion(root, [parse_recipient(keyfile.recipient)]), pool)
+    stream.write(b"x" * INLINE_UNTIL)
+    errors = []
+    for _ in range(2):
+        with pytest.raises(SealerError) as caught:
+            stream.write(b"y" * MIB)
+        errors.append(caught.value)
+    assert errors[0] is errors[1]
+    assert errors[0].errno == 5
+    stream.discard()
 
 
 def test_no_secret_reaches_the_sealer_command_line(pool: SealerPool) -> None:

@@ -24,7 +24,7 @@ from typing import ParamSpec, TypeVar
 import trio
 
 from cagefs.age import Buffer
-from cagefs.store.sealer import SealerError, SealerPool, SealJob
+from cagefs.store.sealer import RING_SIZE, SealerError, SealerPool, SealJob
 from cagefs.store.versions import NewVersion
 
 INLINE_UNTIL = 1024 * 1024  # small files never pay for a sealer
@@ -45,8 +45,9 @@ class StreamWriter:
         """Make sure a `write` of `size` bytes will not wait, letting other requests run."""
         self._raise_error()
         if self._needs_job(size):
-            await trio.to_thread.run_sync(self._open_job)
+            await trio.to_thread.run_sync(self._guarded, self._open_job)
         job = self._job
+        size = min(size, RING_SIZE)  # more than the ring holds: `write` waits for the rest
         if job is None or job.room() >= size:
             return
         self._guarded(job.collect)  # acknowledgements already there cost no wait
@@ -59,7 +60,7 @@ class StreamWriter:
         before this returns."""
         self._raise_error()
         if self._needs_job(len(data)):
-            self._open_job()
+            self._guarded(self._open_job)
         if self._job is not None:
             self._guarded(self._job.write, data)
         else:

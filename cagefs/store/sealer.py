@@ -42,6 +42,7 @@ log = logging.getLogger("cagefs")
 
 SLOT_SIZE = 1024 * 1024
 RING_SLOTS = 16
+RING_SIZE = RING_SLOTS * SLOT_SIZE  # the most plaintext a stream has in flight (I7)
 MAX_SEALERS = 4  # beyond this many files streaming at once, a stream seals on its own
 _MAX_IDLE = 1
 _STOP_TIMEOUT = 5.0
@@ -67,8 +68,8 @@ class Sealer:
     def __init__(self) -> None:
         self.ring = os.memfd_create("cagefs-ring")
         try:
-            os.ftruncate(self.ring, RING_SLOTS * SLOT_SIZE)
-            self.slots = memoryview(mmap.mmap(self.ring, RING_SLOTS * SLOT_SIZE))
+            os.ftruncate(self.ring, RING_SIZE)
+            self.slots = memoryview(mmap.mmap(self.ring, RING_SIZE))
         except BaseException:
             os.close(self.ring)
             raise

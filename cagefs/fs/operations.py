@@ -435,12 +435,13 @@ class Operations(pyfuse3.Operations):
         node = self._lookup_node(self.table.get(parent_inode), os.fsdecode(name))
         if node.kind is Kind.DIR:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        backing = self.table.backing_of(node)
         async with _freed_off_the_loop() as held:
-            held.take(self.table.backing_of(node))
+            held.take(backing)
             if node in self.table.unpublished:
                 self._remove_shadowed(node)
             else:
-                os.unlink(self.table.backing_of(node))
+                os.unlink(backing)
             self.table.detach(node)
 
     @fuse_errors
@@ -581,4 +582,4 @@ async def _freed_off_the_loop() -> AsyncIterator[reclaim.Held]:
             try:
                 await trio.to_thread.run_sync(held.free)
             finally:
-                held.free()  # only if the thread never ran (a cancelled request)
+                held.free()  # a no-op, unless the request was cancelled before the thread ran

@@ -500,15 +500,16 @@ class Operations(pyfuse3.Operations):
         new_backing = self.table.backing(new_path, source.kind)
         if replaced is not None and replaced not in self.table.unpublished:
             replaced_backing = self.table.backing_of(replaced)
-            held.take(replaced_backing)
-            if replaced_backing != new_backing:
-                os.unlink(replaced_backing)  # a symlink replaced by a file, or the reverse
+            if replaced_backing != new_backing:  # a symlink replaced by a file, or the reverse
+                held.take(replaced_backing)
+                os.unlink(replaced_backing)
         if source in self.table.unpublished:
             # Not on disk yet: its version will be published under the new name. A file it
             # replaces stays on disk until then, as the old version a crash may leave.
             held.take(self.table.backing_of(source))
             self._remove_shadowed(source)
             return
+        held.take(new_backing)  # whatever the rename replaces, shadowed by a new file or not
         os.rename(self.table.backing_of(source), new_backing)
 
     def _remove_shadowed(self, node: Node) -> None:

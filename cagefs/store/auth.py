@@ -120,6 +120,14 @@ class AuthKey:
         }
 
 
+def proof_under(key: AuthKey | None, header: Header, file_key: bytes, kind: Kind) -> Proof:
+    """A header's proof; without a key (an old store) only "untagged" can be true of it."""
+    if key is not None:
+        return key.proof(header, file_key, kind)
+    tagged = any(s.type == STANZA_TYPE for s in header.stanzas)
+    return Proof.OTHER_KEY if tagged else Proof.MISSING
+
+
 def untagged_key_error() -> CageError:
     return CageError("this store has no authentication key yet: run `cagefs verify --upgrade`")
 
@@ -159,11 +167,7 @@ class FileAuth:
 
     def check(self, header: Header, file_key: bytes) -> None:
         """age.open_file's `check` hook: refuse a backing file the store did not write."""
-        if self.key is not None:
-            proof = self.key.proof(header, file_key, Kind.FILE)
-        else:  # nothing can be checked: only the untagged files of an old store are expected
-            tagged = any(s.type == STANZA_TYPE for s in header.stanzas)
-            proof = Proof.OTHER_KEY if tagged else Proof.MISSING
+        proof = proof_under(self.key, header, file_key, Kind.FILE)
         if proof is Proof.VALID or (proof is Proof.MISSING and self.accept_untagged):
             return
         raise UntrustedFileError(f"refused: {proof.value}")

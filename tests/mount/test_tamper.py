@@ -123,6 +123,9 @@ def test_planted_file_is_eio_with_a_log_line_and_the_rest_is_served(
     assert len(refusals) == 1, log[-2000:]
     assert "untagged" in refusals[0]
     assert "attacker" not in log
+    (daemon.mnt / "forged").unlink()  # what the user does about it: remove, then write anew
+    (daemon.mnt / "forged").write_bytes(b"mine\n")
+    assert (daemon.mnt / "forged").read_bytes() == b"mine\n"
 
 
 @pytest.mark.parametrize("how", ["removed", "altered", "copied from another file"])

@@ -128,10 +128,6 @@ def proof_under(key: AuthKey | None, header: Header, file_key: bytes, kind: Kind
     return Proof.OTHER_KEY if tagged else Proof.MISSING
 
 
-def untagged_key_error() -> CageError:
-    return CageError("this store has no authentication key yet: run `cagefs verify --upgrade`")
-
-
 def check_accept_untagged(read_only: bool, accept_untagged: bool) -> None:
     """Untagged files are served only read-only: writing one would give it a genuine proof."""
     if accept_untagged and not read_only:
@@ -161,8 +157,8 @@ class FileAuth:
 
     def tag(self, file_key: bytes, stanzas: Sequence[Stanza]) -> list[Stanza]:
         """age.start_file's `extra` hook: the proof for a new backing file."""
-        if self.key is None:
-            raise untagged_key_error()
+        if self.key is None:  # a read-only mount of an old store never writes
+            raise CageError("this store has no authentication key: run `cagefs verify --upgrade`")
         return [self.key.tag(file_key, stanzas, Kind.FILE)]
 
     def check(self, header: Header, file_key: bytes) -> None:

@@ -16,9 +16,12 @@ from mount.helpers import still_running
 from cagefs.age import CHUNK_SIZE, parse_recipient
 from cagefs.fs.streaming import INLINE_UNTIL, StreamWriter, write_out
 from cagefs.store import sealer as sealer_module
+from cagefs.store.auth import AuthKey, FileAuth
 from cagefs.store.layout import create_meta_dirs
 from cagefs.store.sealer import RING_SLOTS, SLOT_SIZE, Sealer, SealerError, SealerPool, SealJob
 from cagefs.store.versions import NewVersion
+
+AUTH = FileAuth(AuthKey.generate())
 
 MIB = 1 << 20
 
@@ -44,7 +47,7 @@ def decrypt_with_age(path: str, keyfile: KeyFile) -> bytes:
 
 
 def new_version(root: Path, keyfile: KeyFile, head: bytes) -> NewVersion:
-    version = NewVersion(root, [parse_recipient(keyfile.recipient)])
+    version = NewVersion(root, [parse_recipient(keyfile.recipient)], AUTH)
     version.write(head)
     return version
 
@@ -196,7 +199,7 @@ def test_a_stream_whose_sealer_is_dead_fails_every_later_write(
     dead.process.send_signal(signal.SIGKILL)
     dead.process.wait(10)
     pool.give_back(dead)  # idle: the next stream takes it
-    stream = StreamWriter(NewVersion(root, [parse_recipient(keyfile.recipient)]), pool)
+    stream = StreamWriter(NewVersion(root, [parse_recipient(keyfile.recipient)], AUTH), pool)
     stream.write(b"x" * INLINE_UNTIL)
     errors = []
     for _ in range(2):
@@ -249,7 +252,8 @@ def test_write_out_seals_a_whole_version(root: Path, keyfile: KeyFile, limit: in
     try:
         data = os.urandom(5 * MIB + 3)
         chunks = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
-        version = write_out(NewVersion(root, [parse_recipient(keyfile.recipient)]), chunks, pool)
+        version = NewVersion(root, [parse_recipient(keyfile.recipient)], AUTH)
+        version = write_out(version, chunks, pool)
         assert decrypt_with_age(version.path, keyfile) == data
         version.discard()
     finally:

@@ -1,23 +1,42 @@
 """Whole age files: header plus payload, for writing, random-access reading and streaming."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from cagefs.age.header import Header, encode_header, read_header
+from cagefs.age.errors import AgeError
+from cagefs.age.header import Header, Stanza, encode_header, read_header
 from cagefs.age.recipients import Identity, Recipient, new_file_key, unwrap_file_key, wrap_file_key
 from cagefs.age.stream import PayloadReader, PayloadWriter, Sink, decrypt_payload_stream
 
+# Stanzas an application adds after the recipients' ones, computed from the new file key and
+# those stanzas (e.g. a proof under a key of its own). age readers skip types they do not know.
+ExtraStanzas = Callable[[bytes, Sequence[Stanza]], Sequence[Stanza]]
+# A check of a header whose file key was just unwrapped and authenticated: raises to refuse it.
+HeaderCheck = Callable[[Header, bytes], None]
 
-def start_file(sink: Sink, recipients: Sequence[Recipient]) -> PayloadWriter:
+
+def start_file(
+    sink: Sink, recipients: Sequence[Recipient], extra: ExtraStanzas | None = None
+) -> PayloadWriter:
     """Write a fresh header (new file key) to `sink` and return the writer for the payload.
 
     `sink` must write or copy what it is given before returning: buffers are reused.
     """
     file_key = new_file_key()
-    sink(encode_header(wrap_file_key(file_key, recipients), file_key))
+    stanzas = wrap_file_key(file_key, recipients)
+    if extra is not None:
+        stanzas += check_extra_allowed(stanzas, extra(file_key, stanzas))
+    sink(encode_header(stanzas, file_key))
     return PayloadWriter(sink, file_key)
+
+
+def check_extra_allowed(stanzas: Sequence[Stanza], extra: Sequence[Stanza]) -> Sequence[Stanza]:
+    """An scrypt stanza must be alone in its header (age spec): age refuses anything beside it."""
+    if extra and any(s.type == "scrypt" for s in stanzas):
+        raise AgeError("a passphrase-encrypted file cannot carry extra stanzas")
+    return extra
 
 
 @dataclass
@@ -57,9 +76,14 @@ def read_header_at(fd: int) -> Header:
     return read_header(_FdStream(fd))  # type: ignore[arg-type]
 
 
-def open_file(fd: int, identities: Sequence[Identity]) -> OpenedFile:
+def open_file(
+    fd: int, identities: Sequence[Identity], check: HeaderCheck | None = None
+) -> OpenedFile:
+    """Open an age file for random access; `check` may refuse it once its key is known."""
     header = read_header_at(fd)
     file_key = unwrap_file_key(header, identities)
+    if check is not None:
+        check(header, file_key)
     return OpenedFile(header, PayloadReader(fd, header.length, file_key))
 
 

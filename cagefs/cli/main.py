@@ -5,10 +5,10 @@ import sys
 from collections.abc import Sequence
 
 from cagefs.age.errors import AgeError
-from cagefs.cli import crypt, init, keygen, mount, umount
+from cagefs.cli import crypt, init, keygen, mount, umount, verify
 from cagefs.errors import CageError
 
-VERBS = [keygen, init, crypt, mount, umount]
+VERBS = [keygen, init, crypt, mount, umount, verify]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,6 +66,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--publish-interval", type=float, metavar="S", help="seconds between grouped publishes"
     )
+    parser.add_argument(
+        "--accept-untagged",
+        action="store_true",
+        help="with -o ro: also serve files without the store's proof of origin (a migration)",
+    )
     parser.add_argument("--log", metavar="FILE", help="log here instead of syslog")
     parser.add_argument("--debug", action="store_true", help="log every request")
     parser.set_defaults(run=run)
@@ -84,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
     from cagefs.cli.daemon import run_in_background, setup_logging
     from cagefs.cli.keyargs import load_identities
     from cagefs.store import open_store
+    from cagefs.store.auth import check_accept_untagged, check_can_mount
 
     read_only, allow_other = parse_mount_options(args.options)
+    check_accept_untagged(read_only, args.accept_untagged)
     strategy = check_strategy("--strategy", args.strategy)
     env_strategy = check_strategy(STRATEGY_ENV, os.environ.get(STRATEGY_ENV))
     mountpoint = check_mountpoint(args.mountpoint, args.store)
@@ -94,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     # With -i, --passfile unlocks those files; without, the store's own identity.age.
     identities = load_identities(args.identity, args.passfile)
     store = open_store(args.store, identities, args.passfile)
+    check_can_mount(args.store, store.auth, args.accept_untagged)
     from cagefs.fs.mount import MountOptions  # loaded only once there is something to serve
 
     options = MountOptions(
@@ -104,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         cache_mib=_either(args.cache_mib, store.config.chunk_cache_mib),
         publish_interval=_either(args.publish_interval, store.config.publish_interval),
         debug=args.debug,
+        accept_untagged=args.accept_untagged,
     )
     setup_logging(args.log, args.foreground, args.debug)
 

@@ -104,7 +104,7 @@ class FileContent:
     def open_existing(cls, env: Env, backing: str) -> "FileContent":
         fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            opened = open_file(fd, env.identities)
+            opened = open_file(fd, env.identities, env.auth.check)  # tamper evidence
             attrs = Attributes.of(os.fstat(fd))
         except BaseException:
             os.close(fd)
@@ -326,7 +326,7 @@ class FileContent:
         return self.overlay
 
     def _new_version(self) -> NewVersion:
-        return NewVersion(self.env.root, self.env.recipients)
+        return NewVersion(self.env.root, self.env.recipients, self.env.auth)
 
     def _seal_stream(self) -> None:
         stream = self.stream

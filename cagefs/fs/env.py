@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from cagefs.age import Identity, Recipient
 from cagefs.fs.cache import ChunkCache
 from cagefs.fs.strategies import Policy
+from cagefs.store.auth import FileAuth
 from cagefs.store.sealer import SealerPool
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ class Env:
     root: Path
     identities: Sequence[Identity]
     recipients: Sequence[Recipient]
+    auth: FileAuth
     policy: Policy
     cache: ChunkCache
     sealers: SealerPool = field(default_factory=SealerPool)

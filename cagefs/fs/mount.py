@@ -23,6 +23,7 @@ from cagefs.fs.operations import Operations
 from cagefs.fs.publisher import Publisher
 from cagefs.fs.strategies import Policy, Strategy
 from cagefs.store import reclaim
+from cagefs.store.auth import FileAuth
 from cagefs.store.layout import remove_stray_temps
 from cagefs.store.sealer import SealerPool
 
@@ -42,6 +43,7 @@ class MountOptions:
     cache_mib: int = 64
     publish_interval: float = 1.0
     debug: bool = False
+    accept_untagged: bool = False  # serve files without a proof of origin (read-only mounts)
 
 
 def serve(
@@ -56,6 +58,7 @@ def serve(
         root=store.root,
         identities=store.identities,
         recipients=store.recipients,
+        auth=FileAuth(store.auth, options.accept_untagged),
         policy=Policy(Strategy(options.strategy), options.memory_threshold, store.root),
         cache=ChunkCache(options.cache_mib * 1024 * 1024),
     )

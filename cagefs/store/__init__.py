@@ -11,8 +11,16 @@ from cagefs.age.scrypt import DEFAULT_LOG_N
 from cagefs.age.x25519 import X25519Identity
 from cagefs.errors import CageError
 from cagefs.secrets import AskPassphrase, get_passphrase, prompt_passphrase
+from cagefs.store.auth import AuthKey
 from cagefs.store.config import StoreConfig
-from cagefs.store.keyring import check_canary, save_identity, unlock_identity, write_canary
+from cagefs.store.keyring import (
+    check_canary,
+    load_auth_key,
+    save_auth_key,
+    save_identity,
+    unlock_identity,
+    write_canary,
+)
 from cagefs.store.layout import CONFIG_FILE, IDENTITY_FILE, META_DIR, create_meta_dirs
 from cagefs.store.versions import fsync_dir
 
@@ -23,6 +31,7 @@ class Store:
     config: StoreConfig
     identities: list[Identity]
     recipients: list[Recipient]
+    auth: AuthKey | None  # None: a store made before tamper evidence (`cagefs verify --upgrade`)
 
 
 def is_store(root: Path) -> bool:
@@ -39,8 +48,9 @@ def init_store(
     """Create a store encrypted to `recipients` plus the recipients of its identities.
 
     Without `identities`, a fresh X25519 identity is generated and kept in identity.age under
-    `passphrase`; with them, the secret stays wherever the user keeps it. config.toml is written
-    last, so a store that is half made is never taken for ours.
+    `passphrase`; with them, the secret stays wherever the user keeps it. A fresh
+    authentication key goes to auth.age, and tags the canary. config.toml is written last, so a
+    store that is half made is never taken for ours.
     """
     check_can_init(root)
     if identities is None:
@@ -56,10 +66,12 @@ def init_store(
     create_meta_dirs(root)
     if passphrase is not None:
         save_identity(root, identity_file_text(generated), passphrase, log_n)
-    write_canary(root, all_recipients)
+    auth = AuthKey.generate()
+    save_auth_key(root, auth, all_recipients)
+    write_canary(root, all_recipients, auth)
     config.save(root)
     fsync_dir(str(root))
-    return Store(root, config, list(identities), [parse_recipient(text) for text in texts])
+    return Store(root, config, list(identities), [parse_recipient(text) for text in texts], auth)
 
 
 def check_can_init(root: Path) -> None:
@@ -81,7 +93,8 @@ def open_store(
     """Open a store and prove the key fits (canary), or raise one clear CageError.
 
     With `identities` (from -i files), those are used; without, the store's own identity.age is
-    unlocked with the passphrase from `passfile` or `ask_passphrase`.
+    unlocked with the passphrase from `passfile` or `ask_passphrase`. The authentication key is
+    loaded too (None for a store made before tamper evidence: the caller decides).
     """
     if not root.exists():
         raise CageError(f"{root}: no such store")
@@ -91,7 +104,7 @@ def open_store(
     recipients = [parse_recipient(text) for text in config.recipients]
     keys = list(identities) or _unlock(root, passfile, ask_passphrase)
     check_canary(root, keys)
-    return Store(root, config, keys, recipients)
+    return Store(root, config, keys, recipients, load_auth_key(root, keys))
 
 
 def _unlock(root: Path, passfile: str | None, ask: AskPassphrase) -> list[Identity]:

@@ -1,9 +1,11 @@
-"""The store's keys: its passphrase-protected identity and the canary that proves a key fits.
+"""The store's keys: its passphrase-protected identity, its authentication key, and the canary.
 
 `.cagefs/identity.age` is an identity file encrypted to a passphrase (scrypt), used when init
-generated the store's key. `.cagefs/canary.age` is a fixed text encrypted to every store
-recipient: a mount decrypts it first, so a wrong key is refused at once with one line (I9)
-instead of failing file by file later.
+generated the store's key. `.cagefs/auth.age` holds the authentication key that tags every file
+the store writes (store/auth.py), encrypted to every store recipient. `.cagefs/canary.age` is a
+fixed text encrypted to every store recipient and tagged: a mount decrypts it first, so a wrong
+key is refused at once with one line (I9) instead of failing file by file later, and an
+auth.age that does not belong to the store is refused too.
 """
 
 import os
@@ -11,34 +13,45 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cagefs.age.errors import AgeError, NoIdentityMatchError
-from cagefs.age.file import open_file, start_file
+from cagefs.age.file import ExtraStanzas, HeaderCheck, open_file, start_file
 from cagefs.age.keys import load_identity_file
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import DEFAULT_LOG_N, ScryptRecipient
 from cagefs.errors import CageError
 from cagefs.secrets import WrongPassphraseError, decrypt_identity_file
 from cagefs.store.atomic import replace_atomically
-from cagefs.store.layout import CANARY_FILE, IDENTITY_FILE
+from cagefs.store.auth import AuthKey, Kind, Proof
+from cagefs.store.layout import AUTH_FILE, CANARY_FILE, IDENTITY_FILE
 
 CANARY_TEXT = b"cagefs canary v1: the key that reads this file reads this store.\n"
 
 
 def write_age_file(
-    root: Path, relative: str, plaintext: bytes, recipients: Sequence[Recipient]
+    root: Path,
+    relative: str,
+    plaintext: bytes,
+    recipients: Sequence[Recipient],
+    extra: ExtraStanzas | None = None,
 ) -> None:
     with replace_atomically(root, relative) as f:
-        writer = start_file(f.write, recipients)
+        writer = start_file(f.write, recipients, extra)
         writer.write(plaintext)
         writer.close()
 
 
-def read_age_file(path: Path, identities: Sequence[Identity]) -> bytes:
+def read_age_file(
+    path: Path, identities: Sequence[Identity], check: HeaderCheck | None = None
+) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
-        opened = open_file(fd, identities)
+        opened = open_file(fd, identities, check)
         return opened.reader.read(0, opened.size)
     finally:
         os.close(fd)
+
+
+def tagger(auth: AuthKey, kind: Kind) -> ExtraStanzas:
+    return lambda file_key, stanzas: [auth.tag(file_key, stanzas, kind)]
 
 
 def save_identity(
@@ -64,8 +77,44 @@ def unlock_identity(root: Path, passphrase: bytes) -> list[Identity]:
         raise CageError(f"damaged store identity: {exc}") from None
 
 
-def write_canary(root: Path, recipients: Sequence[Recipient]) -> None:
-    write_age_file(root, CANARY_FILE, CANARY_TEXT, recipients)
+def write_canary(root: Path, recipients: Sequence[Recipient], auth: AuthKey) -> None:
+    write_age_file(root, CANARY_FILE, CANARY_TEXT, recipients, tagger(auth, Kind.CANARY))
+
+
+def canary_proof(root: Path, identities: Sequence[Identity], auth: AuthKey) -> Proof:
+    proofs: list[Proof] = []
+    read_age_file(
+        root / CANARY_FILE, identities, lambda h, k: proofs.append(auth.proof(h, k, Kind.CANARY))
+    )
+    return proofs[0]
+
+
+def save_auth_key(root: Path, auth: AuthKey, recipients: Sequence[Recipient]) -> None:
+    """auth.age: the key encrypted to every recipient, so each identity can write the store."""
+    write_age_file(root, AUTH_FILE, auth.text(), recipients)
+
+
+def load_auth_key(root: Path, identities: Sequence[Identity]) -> AuthKey | None:
+    """The store's authentication key; None for a store made before tamper evidence.
+
+    The canary (already read with these identities) must carry a valid proof under it, else
+    auth.age was replaced or damaged and nothing would be checked against the right key. An
+    untagged canary is accepted: a store upgrade tags it right after writing auth.age.
+    """
+    if not (root / AUTH_FILE).exists():
+        return None
+    try:
+        text = read_age_file(root / AUTH_FILE, identities)
+        auth = AuthKey.from_text(text)
+    except (AgeError, CageError) as exc:
+        raise CageError(f"{root / AUTH_FILE} is damaged: {exc}") from None
+    proof = canary_proof(root, identities, auth)
+    if proof not in (Proof.VALID, Proof.MISSING):
+        raise CageError(
+            f"{root / AUTH_FILE} does not belong to this store, the canary under it is "
+            f"{proof.value.split(' (')[0]}: auth.age was replaced or damaged"
+        )
+    return auth
 
 
 def check_canary(root: Path, identities: Sequence[Identity]) -> None:

@@ -14,6 +14,7 @@ TMP_DIR = f"{META_DIR}/tmp"
 CONFIG_FILE = f"{META_DIR}/config.toml"
 IDENTITY_FILE = f"{META_DIR}/identity.age"
 CANARY_FILE = f"{META_DIR}/canary.age"
+AUTH_FILE = f"{META_DIR}/auth.age"
 NAME_MAX = 255 - len(SUFFIX)
 TEMP_PREFIX = "v-"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cagefs.age import PayloadReader, PayloadState, Recipient, open_file, start_file
 from cagefs.age.recipients import Identity
+from cagefs.store.auth import FileAuth
 from cagefs.store.layout import TEMP_PREFIX, tmp_dir
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,13 +65,16 @@ class _EarlyWriteback:
 
 
 class NewVersion:
-    """A version being written to a temp file; sealed once complete, then published or dropped."""
+    """A version being written to a temp file; sealed once complete, then published or dropped.
 
-    def __init__(self, root: Path, recipients: Sequence[Recipient]) -> None:
+    Its header carries the store's proof of origin (`auth`), so the mount will accept it.
+    """
+
+    def __init__(self, root: Path, recipients: Sequence[Recipient], auth: FileAuth) -> None:
         self.path = _unique_temp_path(root)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            self._writer = start_file(_EarlyWriteback(self.fd), recipients)
+            self._writer = start_file(_EarlyWriteback(self.fd), recipients, auth.tag)
         except BaseException:  # a full disk fails the header: leave no empty temp behind
             self.discard()
             raise

@@ -1,7 +1,8 @@
 """I6 and I9: damaged or foreign data in the store, and every way a mount must be refused.
 
-Backing files here are made by the Go `age` CLI, so these tests also show that cagefs serves
-stock age files it did not write.
+Backing files here are made by the Go `age` CLI and then given the store's proof of origin, as
+`cagefs verify --upgrade` does (tests/mount/test_tamper.py shows that untagged ones are refused),
+so these tests also show that cagefs serves stock age files it did not encrypt.
 """
 
 import errno
@@ -13,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from cagefs.age.keys import parse_identity_file
+from cagefs.store import open_store
+from cagefs.store.verify import TAGGED, check_file
+
 from .helpers import CHUNK, CHUNK_CT, Daemon, DaemonExited, cagefs, is_mounted, one_line, read_all
 
 DATA = random.Random(5).randbytes(4 * CHUNK + 1000)  # five chunks, the last one short
@@ -23,6 +28,8 @@ def age_encrypt(data: bytes, out: Path, identity: Path) -> None:
         ["age-keygen", "-y", str(identity)], capture_output=True, check=True, text=True
     ).stdout.strip()
     subprocess.run(["age", "-e", "-r", recipient, "-o", str(out)], input=data, check=True)
+    store = open_store(out.parent, parse_identity_file(identity.read_text(), str(identity)))
+    assert check_file(store, out.name, store.auth, upgrade=True) == TAGGED
 
 
 def payload_start(path: Path) -> int:

@@ -57,7 +57,7 @@ def test_hybrid_store(tmp_path: Path, mount_store: Callable[..., Daemon]) -> Non
     assert (daemon.mnt / "doc.bin").read_bytes() == DATA
     daemon.stop_clean()
     backing = daemon.store / "doc.bin.age"
-    assert stanza_types(backing) == ["mlkem768x25519"]
+    assert stanza_types(backing) == ["mlkem768x25519", "cagefs-auth"]
     assert cagefs_decrypt(backing, "-i", key) == DATA
     daemon.start()
     assert (daemon.mnt / "doc.bin").read_bytes() == DATA
@@ -79,7 +79,7 @@ def test_mixed_ssh_and_age_store(tmp_path: Path, mount_store: Callable[..., Daem
     (daemon.mnt / "shared.bin").write_bytes(DATA)
     daemon.stop_clean()
     backing = daemon.store / "shared.bin.age"
-    assert stanza_types(backing) == ["ssh-rsa", "ssh-ed25519", "X25519"]
+    assert stanza_types(backing) == ["ssh-rsa", "ssh-ed25519", "X25519", "cagefs-auth"]
     assert run("age", "-d", "-i", rsa, backing) == DATA
     assert run("age", "-d", "-i", age_key, backing) == DATA
     assert cagefs_decrypt(backing, "-i", ed, "--passfile", passfile) == DATA

@@ -9,21 +9,25 @@ import argparse
 import logging
 import os
 import re
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from cagefs.cli.mounts import is_mount_point
+from cagefs.cli.mounts import is_mount_point, wait_for_exit
 from cagefs.errors import CageError
 
 if TYPE_CHECKING:  # the rest is loaded by `run`: other verbs should not pay for it at start-up
     from cagefs.fs.mount import MountOptions
     from cagefs.store import Store
+    from cagefs.store.lock import StoreLock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STRATEGY_ENV = "CAGEFS_STRATEGY"
 MOUNT_OPTIONS = ("ro", "allow_other", "default_permissions")
+SAVING_PATIENCE = 60.0
 _SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
 
 
@@ -83,37 +87,75 @@ def parse_size(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.daemon import run_in_background, setup_logging
     from cagefs.cli.keyargs import load_identities
-    from cagefs.store import open_store
+    from cagefs.store import check_store, open_store
 
     read_only, allow_other = parse_mount_options(args.options)
     strategy = check_strategy("--strategy", args.strategy)
     env_strategy = check_strategy(STRATEGY_ENV, os.environ.get(STRATEGY_ENV))
-    mountpoint = check_mountpoint(args.mountpoint, args.store)
     if not os.path.exists("/dev/fuse"):
         raise CageError("/dev/fuse is missing: load the fuse module (or pass the device in)")
-    # With -i, --passfile unlocks those files; without, the store's own identity.age.
-    identities = load_identities(args.identity, args.passfile)
-    store = open_store(args.store, identities, args.passfile)
-    from cagefs.fs.mount import MountOptions  # loaded only once there is something to serve
+    check_store(args.store)
+    # Before anything reads a secret or touches the store: a store in use is refused at once,
+    # naming who uses it (also when that is a mount on this same mount point).
+    lock = lock_for_mount(args.store, os.path.realpath(args.mountpoint))
+    try:
+        mountpoint = check_mountpoint(args.mountpoint, args.store)
+        # With -i, --passfile unlocks those files; without, the store's own identity.age.
+        identities = load_identities(args.identity, args.passfile)
+        store = open_store(args.store, identities, args.passfile)
+        from cagefs.fs.mount import MountOptions  # loaded only once there is something to serve
 
-    options = MountOptions(
-        strategy=strategy or env_strategy or store.config.strategy,
-        read_only=read_only,
-        allow_other=allow_other,
-        memory_threshold=_either(args.memory_threshold, store.config.memory_threshold),
-        cache_mib=_either(args.cache_mib, store.config.chunk_cache_mib),
-        publish_interval=_either(args.publish_interval, store.config.publish_interval),
-        debug=args.debug,
-    )
-    setup_logging(args.log, args.foreground, args.debug)
+        options = MountOptions(
+            strategy=strategy or env_strategy or store.config.strategy,
+            read_only=read_only,
+            allow_other=allow_other,
+            memory_threshold=_either(args.memory_threshold, store.config.memory_threshold),
+            cache_mib=_either(args.cache_mib, store.config.chunk_cache_mib),
+            publish_interval=_either(args.publish_interval, store.config.publish_interval),
+            debug=args.debug,
+        )
+        setup_logging(args.log, args.foreground, args.debug)
+    except BaseException:
+        lock.release()
+        raise
 
     def work(report_ready: Callable[[], None]) -> None:
-        serve_until_unmounted(store, mountpoint, options, report_ready)
+        serve_until_unmounted(store, lock, mountpoint, options, report_ready)
 
     if args.foreground:
-        work(lambda: None)
+        with lock:
+            work(lambda: None)
         return 0
+    # The daemon shares the lock through the fork and keeps it until it exits; this process
+    # only exits (unlocking here would unlock the daemon's lock too).
     return run_in_background(work)
+
+
+def lock_for_mount(root: Path, mountpoint: str) -> "StoreLock":
+    """The store's lock. A daemon whose mount is gone (`umount`, `fusermount3 -u`) may still
+    be publishing what it was given: wait for it to exit, up to SAVING_PATIENCE seconds. A
+    store still mounted anywhere is refused at once."""
+    from cagefs.store.lock import StoreBusy, lock_store
+
+    deadline: float | None = None
+    while True:
+        try:
+            return lock_store(root, mountpoint)
+        except StoreBusy as busy:
+            held_on = busy.mountpoint
+            if held_on is None or busy.pid is None or is_mount_point(held_on):
+                raise
+            if deadline is None:
+                deadline = time.monotonic() + SAVING_PATIENCE
+                print(
+                    f"cagefs mount: waiting for pid {busy.pid} to finish saving {root} "
+                    f"(unmounted from {held_on})...",
+                    file=sys.stderr,
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreBusy(root, held_on, busy.pid, saving=True) from None
+            wait_for_exit(busy.pid, min(left, 1.0))
 
 
 def _either(given: T | None, configured: T) -> T:
@@ -156,7 +198,11 @@ def check_mountpoint(path: str, store_root: Path) -> str:
 
 
 def serve_until_unmounted(
-    store: "Store", mountpoint: str, options: "MountOptions", report_ready: Callable[[], None]
+    store: "Store",
+    lock: "StoreLock",
+    mountpoint: str,
+    options: "MountOptions",
+    report_ready: Callable[[], None],
 ) -> None:
     from cagefs.cli.mounts import forget_daemon, record_daemon
     from cagefs.cli.sdnotify import notify
@@ -169,6 +215,6 @@ def serve_until_unmounted(
         report_ready()
 
     try:
-        serve(store, mountpoint, options, on_ready)
+        serve(store, lock, mountpoint, options, on_ready)
     finally:
         forget_daemon(mountpoint)

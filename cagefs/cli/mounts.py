@@ -8,6 +8,7 @@ after the mount point so that umount can find and wait for it.
 import contextlib
 import hashlib
 import os
+import select
 from pathlib import Path
 
 
@@ -63,3 +64,17 @@ def daemon_pidfd(mountpoint: str) -> int | None:
         os.close(pidfd)
         return None
     return pidfd
+
+
+def wait_for_exit(pid: int, timeout: float | None) -> bool:
+    """Wait until process `pid` has exited, at most `timeout` seconds (None: no limit)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+    finally:
+        os.close(pidfd)

@@ -14,6 +14,7 @@ from cagefs.secrets import AskPassphrase, get_passphrase, prompt_passphrase
 from cagefs.store.config import StoreConfig
 from cagefs.store.keyring import check_canary, save_identity, unlock_identity, write_canary
 from cagefs.store.layout import CONFIG_FILE, IDENTITY_FILE, META_DIR, create_meta_dirs
+from cagefs.store.lock import lock_store
 from cagefs.store.versions import fsync_dir
 
 
@@ -54,11 +55,13 @@ def init_store(
     config.validate(root / CONFIG_FILE)
     root.mkdir(parents=True, exist_ok=True)
     create_meta_dirs(root)
-    if passphrase is not None:
-        save_identity(root, identity_file_text(generated), passphrase, log_n)
-    write_canary(root, all_recipients)
-    config.save(root)
-    fsync_dir(str(root))
+    with lock_store(root, "init"):
+        check_can_init(root)  # again, under the lock: another init may have finished meanwhile
+        if passphrase is not None:
+            save_identity(root, identity_file_text(generated), passphrase, log_n)
+        write_canary(root, all_recipients)
+        config.save(root)
+        fsync_dir(str(root))
     return Store(root, config, list(identities), [parse_recipient(text) for text in texts])
 
 
@@ -83,15 +86,20 @@ def open_store(
     With `identities` (from -i files), those are used; without, the store's own identity.age is
     unlocked with the passphrase from `passfile` or `ask_passphrase`.
     """
-    if not root.exists():
-        raise CageError(f"{root}: no such store")
-    if not is_store(root):
-        raise CageError(f"{root} is not a cagefs store (no {CONFIG_FILE})")
+    check_store(root)
     config = StoreConfig.load(root)
     recipients = [parse_recipient(text) for text in config.recipients]
     keys = list(identities) or _unlock(root, passfile, ask_passphrase)
     check_canary(root, keys)
     return Store(root, config, keys, recipients)
+
+
+def check_store(root: Path) -> None:
+    """Refuse a path that is not a store, before anything is asked or locked."""
+    if not root.exists():
+        raise CageError(f"{root}: no such store")
+    if not is_store(root):
+        raise CageError(f"{root} is not a cagefs store (no {CONFIG_FILE})")
 
 
 def _unlock(root: Path, passfile: str | None, ask: AskPassphrase) -> list[Identity]:

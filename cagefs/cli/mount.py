@@ -6,6 +6,7 @@ usable; with -f it stays in front until unmounted.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from cagefs.cli.mounts import is_mount_point, wait_for_exit
+from cagefs.cli.mounts import is_mount_point, mount_path, wait_for_exit
 from cagefs.errors import CageError
 
 if TYPE_CHECKING:  # the rest is loaded by `run`: other verbs should not pay for it at start-up
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     check_store(args.store)
     # Before anything reads a secret or touches the store: a store in use is refused at once,
     # naming who uses it (also when that is a mount on this same mount point).
-    lock = lock_for_mount(args.store, os.path.realpath(args.mountpoint))
+    lock = lock_for_mount(args.store, mount_path(args.mountpoint))
     try:
         mountpoint = check_mountpoint(args.mountpoint, args.store)
         # With -i, --passfile unlocks those files; without, the store's own identity.age.
@@ -155,7 +156,12 @@ def lock_for_mount(root: Path, mountpoint: str) -> "StoreLock":
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StoreBusy(root, held_on, busy.pid, saving=True) from None
-            wait_for_exit(busy.pid, min(left, 1.0))
+            with contextlib.suppress(ProcessLookupError):  # else it has just exited
+                pidfd = os.pidfd_open(busy.pid)
+                try:
+                    wait_for_exit(pidfd, min(left, 1.0))
+                finally:
+                    os.close(pidfd)
 
 
 def _either(given: T | None, configured: T) -> T:
@@ -190,7 +196,7 @@ def check_mountpoint(path: str, store_root: Path) -> str:
         raise CageError(f"{path}: mount point is not a directory")
     if os.listdir(path):
         raise CageError(f"{path}: mount point is not empty")
-    real = os.path.realpath(path)
+    real = mount_path(path)
     store = os.path.realpath(store_root)
     if os.path.commonpath([real, store]) == store:
         raise CageError(f"{path}: mount point is inside the store {store_root}")

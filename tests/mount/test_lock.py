@@ -154,3 +154,33 @@ def test_init_of_a_store_being_initialised_is_refused(tmp_path: Path, identity: 
     line = one_line(proc.stderr)
     assert line == f"cagefs init: {root} is in use: `cagefs init` running by pid {os.getpid()}"
     assert cagefs("init", root, "--identity", identity).returncode == 0
+
+
+def test_cagefs_umount_returns_only_once_the_daemon_has_saved_and_exited(
+    daemons: Callable[..., Daemon],
+) -> None:
+    daemon = daemons("stream", options=KEEP_TEMPS)
+    daemon.start()
+    (daemon.mnt / "last.txt").write_text("saved before umount returns\n")
+    assert temps(daemon.store)
+    os.kill(daemon.pid, signal.SIGSTOP)  # as if it were busy saving large files
+    try:
+        umount = subprocess.Popen(
+            [sys.executable, "-m", "cagefs", "umount", daemon.mnt],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert umount.stderr is not None
+        assert umount.stderr.readline() == (
+            "cagefs umount: waiting for pending writes to be published...\n"
+        )
+        assert umount.poll() is None
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    assert umount.wait(STOP_TIMEOUT) == 0
+    assert daemon.proc is not None and daemon.proc.poll() == 0, "umount returned first"
+    daemon.proc = None
+    assert not temps(daemon.store)
+    plain = decrypt_backing(daemon.store / "last.txt.age", daemon.identity)
+    assert plain == b"saved before umount returns\n"

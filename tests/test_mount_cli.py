@@ -7,8 +7,11 @@ Also the small pieces the mount command is built from: -o and size parsing, and 
 import argparse
 import contextlib
 import os
+import re
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -272,3 +275,61 @@ def test_background_reports_the_childs_one_line() -> None:
 def test_background_notices_a_child_that_dies_silently() -> None:
     with pytest.raises(CageError, match="ended before the mount was ready"):
         run_in_background(lambda ready: os._exit(3))
+
+
+@pytest.mark.skipif(os.path.exists("/dev/log"), reason="needs a host without syslog")
+def test_background_mount_without_syslog_logs_to_a_file(
+    store: Path, mnt: Path, passfile: Path
+) -> None:
+    """12.14: with no syslog socket every line used to be dropped."""
+    proc = cagefs("mount", store, mnt, "--passfile", passfile)
+    log_file = None
+    try:
+        assert proc.returncode == 0, proc.stderr
+        notice = "cagefs mount: no syslog here: the log is in "
+        assert proc.stderr.startswith(notice) and proc.stderr.count("\n") == 1, proc.stderr
+        log_file = Path(proc.stderr.removeprefix(notice).strip())
+        assert log_file.stat().st_mode & 0o077 == 0, "the log names files: private to root"
+        umount_cli(mnt)
+        text = log_file.read_text()
+        assert f"serving {store} at {mnt}" in text and f"unmounted {mnt}" in text, text
+    finally:
+        force_unmount(mnt)
+        if log_file:
+            log_file.unlink(missing_ok=True)
+
+
+def test_foreground_under_systemd_writes_journal_priorities(
+    tmp_path: Path, store: Path, mnt: Path, passfile: Path
+) -> None:
+    """12.14: `-f` with stderr connected to the journal ($JOURNAL_STREAM): `<N>` prefixes."""
+    (store / "damaged.txt.age").write_bytes(b"age-encryption.org/v1\n-> garbage\n")
+    stderr = tmp_path / "stderr"
+    with open(stderr, "wb") as out:
+        st = os.fstat(out.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "cagefs", "mount", "-f", store, mnt, "--passfile", passfile],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "serving" not in stderr.read_text() and daemon.poll() is None:
+            assert time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.05)
+        with pytest.raises(OSError):
+            (mnt / "damaged.txt").read_bytes()
+        umount_cli(mnt)
+        assert daemon.wait(60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        force_unmount(mnt)
+    lines = stderr.read_text().splitlines()
+    assert lines[0] == f"<6>serving {store} at {mnt} (strategy auto)", lines
+    assert any(line.startswith("<3>") and "damaged.txt" in line for line in lines), lines
+    assert all(re.match(r"<[0-7]>", line) for line in lines), lines

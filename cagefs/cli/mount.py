@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from cagefs.cli.mounts import is_mount_point, mount_path, wait_for_exit
+from cagefs.cli.mounts import fallback_log_file, is_mount_point, mount_path, wait_for_exit
 from cagefs.errors import CageError
 
 if TYPE_CHECKING:  # the rest is loaded by `run`: other verbs should not pay for it at start-up
@@ -71,7 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--publish-interval", type=float, metavar="S", help="seconds between grouped publishes"
     )
-    parser.add_argument("--log", metavar="FILE", help="log here instead of syslog")
+    parser.add_argument(
+        "--log", metavar="FILE", help="log to FILE (default: stderr with -f, else syslog)"
+    )
     parser.add_argument("--debug", action="store_true", help="log every request")
     parser.set_defaults(run=run)
 
@@ -115,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
             publish_interval=_either(args.publish_interval, store.config.publish_interval),
             debug=args.debug,
         )
-        setup_logging(args.log, args.foreground, args.debug)
+        fallback = setup_logging(
+            args.log, args.foreground, args.debug, fallback_log_file(mountpoint)
+        )
+        if fallback:
+            print(f"cagefs mount: no syslog here: the log is in {fallback}", file=sys.stderr)
     except BaseException:
         lock.release()
         raise

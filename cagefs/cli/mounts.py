@@ -54,9 +54,18 @@ def _runtime_dir() -> Path:
     return Path(base) / "cagefs"
 
 
-def _pid_file(mountpoint: str) -> Path:
+def _runtime_file(mountpoint: str, suffix: str) -> Path:
     digest = hashlib.sha256(mount_path(mountpoint).encode()).hexdigest()[:32]
-    return _runtime_dir() / f"{digest}.pid"
+    return _runtime_dir() / f"{digest}{suffix}"
+
+
+def _pid_file(mountpoint: str) -> Path:
+    return _runtime_file(mountpoint, ".pid")
+
+
+def fallback_log_file(mountpoint: str) -> Path:
+    """Where a background daemon logs when there is neither --log nor syslog."""
+    return _runtime_file(mountpoint, ".log")
 
 
 def record_daemon(mountpoint: str) -> None:

@@ -52,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--strategy",
+        type=setting("strategy", str, "a strategy"),
         metavar="NAME",
         help=f"write strategy: auto, stream, memory or tempfile (default: ${STRATEGY_ENV}, config)",
     )
@@ -63,13 +64,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--memory-threshold",
-        type=parse_size,
+        type=setting("memory_threshold", parse_size, "a size (e.g. 64M)"),
         metavar="SIZE",
         help="files up to SIZE are staged in RAM (e.g. 64M)",
     )
-    parser.add_argument("--cache-mib", type=int, metavar="N", help="decrypted chunk cache, MiB")
     parser.add_argument(
-        "--publish-interval", type=float, metavar="S", help="seconds between grouped publishes"
+        "--cache-mib",
+        type=setting("chunk_cache_mib", int, "a whole number"),
+        metavar="N",
+        help="decrypted chunk cache, MiB",
+    )
+    parser.add_argument(
+        "--publish-interval",
+        type=setting("publish_interval", float, "a number"),
+        metavar="S",
+        help="seconds between grouped publishes",
     )
     parser.add_argument(
         "--log", metavar="FILE", help="log to FILE (default: stderr with -f, else syslog)"
@@ -78,11 +87,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def setting(name: str, parse: Callable[[str], object], what: str) -> Callable[[str], object]:
+    """An argparse type for a setting that config.toml also has: the same check for both, so
+    the command line refuses exactly what the config refuses."""
+    from cagefs.store.config import setting_problem
+
+    def convert(text: str) -> object:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        problem = setting_problem(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+        return value
+
+    return convert
+
+
 def parse_size(text: str) -> int:
     """Bytes from `65536`, `64K`, `64M`, `1GiB`... (binary units)."""
     match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M)")
+        raise ValueError(f"not a size: {text!r}")
     number, unit = match.groups()
     return int(number) << (10 * " KMGT".index(unit.upper() or " "))
 
@@ -90,14 +117,19 @@ def parse_size(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.daemon import run_in_background, setup_logging
     from cagefs.cli.keyargs import load_identities
-    from cagefs.store import check_store, open_store
+    from cagefs.store import check_store, on_read_only_filesystem, open_store
 
     read_only, allow_other = parse_mount_options(args.options)
-    strategy = check_strategy("--strategy", args.strategy)
+    strategy = args.strategy
     env_strategy = check_strategy(STRATEGY_ENV, os.environ.get(STRATEGY_ENV))
     if not os.path.exists("/dev/fuse"):
         raise CageError("/dev/fuse is missing: load the fuse module (or pass the device in)")
     check_store(args.store)
+    if not read_only and on_read_only_filesystem(args.store):
+        # Served read-write, every edit would fail only when the file is saved, after close.
+        read_only = True
+        print(f"cagefs mount: {args.store} is on a read-only filesystem: mounting read-only",
+              file=sys.stderr)
     # Before anything reads a secret or touches the store: a store in use is refused at once,
     # naming who uses it (also when that is a mount on this same mount point).
     lock = lock_for_mount(args.store, mount_path(args.mountpoint))
@@ -115,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
             memory_threshold=_either(args.memory_threshold, store.config.memory_threshold),
             cache_mib=_either(args.cache_mib, store.config.chunk_cache_mib),
             publish_interval=_either(args.publish_interval, store.config.publish_interval),
-            debug=args.debug,
         )
         fallback = setup_logging(
             args.log, args.foreground, args.debug, fallback_log_file(mountpoint)
@@ -184,11 +215,12 @@ def parse_mount_options(values: list[str]) -> tuple[bool, bool]:
 
 
 def check_strategy(source: str, value: str | None) -> str | None:
-    """A strategy named on the command line or in the environment, if it is one we know."""
-    from cagefs.store.config import STRATEGIES
+    """A strategy named in the environment, if it is one we know."""
+    from cagefs.store.config import setting_problem
 
-    if value and value not in STRATEGIES:
-        raise CageError(f"{source}={value}: expected one of {', '.join(STRATEGIES)}")
+    problem = value and setting_problem("strategy", value)
+    if problem:
+        raise CageError(f"{source}={value}: {problem}")
     return value or None
 
 

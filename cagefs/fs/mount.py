@@ -42,7 +42,6 @@ class MountOptions:
     memory_threshold: int = 64 * 1024 * 1024
     cache_mib: int = 64
     publish_interval: float = 1.0
-    debug: bool = False
 
 
 def serve(
@@ -93,8 +92,6 @@ def _fuse_options(options: MountOptions) -> set[str]:
         fuse_options.add("ro")
     if options.allow_other:
         fuse_options.add("allow_other")
-    if options.debug:
-        fuse_options.add("debug")
     return fuse_options
 
 

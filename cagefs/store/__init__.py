@@ -102,6 +102,11 @@ def check_store(root: Path) -> None:
         raise CageError(f"{root} is not a cagefs store (no {CONFIG_FILE})")
 
 
+def on_read_only_filesystem(root: Path) -> bool:
+    """Whether nothing can be written under `root` (a read-only mount, or a read-only bind)."""
+    return bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+
+
 def _unlock(root: Path, passfile: str | None, ask: AskPassphrase) -> list[Identity]:
     if not (root / IDENTITY_FILE).is_file():
         raise CageError(f"store {root} keeps no identity of its own: give -i IDENTITY_FILE")

@@ -106,7 +106,8 @@ def test_wrong_passphrase(passfile: Path, tmp_path: Path) -> None:
     encrypted = ok("encrypt", "--passfile", str(passfile), stdin=b"secret")
     wrong = tmp_path / "wrong"
     wrong.write_text("not it\n")
-    assert "no identity matched" in fails("decrypt", "--passfile", str(wrong), stdin=encrypted)
+    message = fails("decrypt", "--passfile", str(wrong), stdin=encrypted)
+    assert message == "cagefs decrypt: wrong passphrase: it does not decrypt this file"
 
 
 @pytest.mark.parametrize("armor", [[], ["-a"]])

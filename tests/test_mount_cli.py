@@ -4,17 +4,20 @@ and a real background mount whose -i key is unlocked by --passfile.
 Also the small pieces the mount command is built from: -o and size parsing, and sd_notify.
 """
 
-import argparse
 import contextlib
+import errno
 import os
+import re
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import KeyFile, make_keyfile
-from mount.helpers import cagefs, force_unmount, umount_cli
+from mount.helpers import cagefs, force_unmount, one_line, umount_cli
 
 from cagefs.age.keys import parse_recipient
 from cagefs.cli.daemon import run_in_background
@@ -23,6 +26,7 @@ from cagefs.cli.mounts import is_mount_point
 from cagefs.cli.sdnotify import notify
 from cagefs.errors import CageError
 from cagefs.store import init_store
+from cagefs.store.lock import lock_store
 
 PASSPHRASE = "mount test passphrase"
 
@@ -43,10 +47,12 @@ def passfile(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def mnt(tmp_path: Path) -> Path:
+def mnt(tmp_path: Path) -> Iterator[Path]:
+    """A mount point; whatever a failing test mounted there is unmounted."""
     path = tmp_path / "mnt"
     path.mkdir()
-    return path
+    yield path
+    force_unmount(path)
 
 
 def refused(*args: object, env: dict[str, str] | None = None) -> str:
@@ -219,7 +225,7 @@ def test_parse_size(text: str, size: int) -> None:
 
 
 def test_parse_size_refuses_nonsense() -> None:
-    with pytest.raises(argparse.ArgumentTypeError):
+    with pytest.raises(ValueError):
         parse_size("lots")
 
 
@@ -272,3 +278,145 @@ def test_background_reports_the_childs_one_line() -> None:
 def test_background_notices_a_child_that_dies_silently() -> None:
     with pytest.raises(CageError, match="ended before the mount was ready"):
         run_in_background(lambda ready: os._exit(3))
+
+
+@pytest.mark.skipif(os.path.exists("/dev/log"), reason="needs a host without syslog")
+def test_background_mount_without_syslog_logs_to_a_file(
+    store: Path, mnt: Path, passfile: Path
+) -> None:
+    """12.14: with no syslog socket every line used to be dropped."""
+    proc = cagefs("mount", store, mnt, "--passfile", passfile)
+    log_file = None
+    try:
+        assert proc.returncode == 0, proc.stderr
+        notice = "cagefs mount: no syslog here: the log is in "
+        assert proc.stderr.startswith(notice) and proc.stderr.count("\n") == 1, proc.stderr
+        log_file = Path(proc.stderr.removeprefix(notice).strip())
+        assert log_file.stat().st_mode & 0o077 == 0, "the log names files: private to root"
+        umount_cli(mnt)
+        text = log_file.read_text()
+        assert f"serving {store} at {mnt}" in text and f"unmounted {mnt}" in text, text
+    finally:
+        force_unmount(mnt)
+        if log_file:
+            log_file.unlink(missing_ok=True)
+
+
+def test_foreground_under_systemd_writes_journal_priorities(
+    tmp_path: Path, store: Path, mnt: Path, passfile: Path
+) -> None:
+    """12.14: `-f` with stderr connected to the journal ($JOURNAL_STREAM): `<N>` prefixes."""
+    (store / "damaged.txt.age").write_bytes(b"age-encryption.org/v1\n-> garbage\n")
+    stderr = tmp_path / "stderr"
+    with open(stderr, "wb") as out:
+        st = os.fstat(out.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "cagefs", "mount", "-f", store, mnt, "--passfile", passfile],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "serving" not in stderr.read_text() and daemon.poll() is None:
+            assert time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.05)
+        with pytest.raises(OSError):
+            (mnt / "damaged.txt").read_bytes()
+        umount_cli(mnt)
+        assert daemon.wait(60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        force_unmount(mnt)
+    lines = stderr.read_text().splitlines()
+    assert lines[0] == f"<6>serving {store} at {mnt} (strategy auto)", lines
+    assert any(line.startswith("<3>") and "damaged.txt" in line for line in lines), lines
+    assert all(re.match(r"<[0-7]>", line) for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "problem"),
+    [
+        ("--publish-interval", "-1", "'-1' must be more than 0"),
+        ("--publish-interval", "0", "'0' must be more than 0"),
+        ("--publish-interval", "inf", "'inf' must be a number of seconds"),
+        ("--publish-interval", "1e9", "'1e9' must be more than 0 and at most 86400 seconds"),
+        ("--cache-mib", "-1", "'-1' must be a whole number of MiB"),
+        ("--cache-mib", "many", "'many' is not a whole number"),
+        ("--memory-threshold", "4096T", "'4096T' must be a whole number of bytes"),
+        ("--strategy", "fastest", "'fastest' must be one of auto, stream"),
+    ],
+)
+def test_settings_the_config_refuses_are_refused_on_the_command_line(
+    store: Path, mnt: Path, passfile: Path, flag: str, value: str, problem: str
+) -> None:
+    """12.15: the command line and config.toml share one check; a refusal is one line."""
+    proc = cagefs("mount", store, mnt, "--passfile", passfile, flag, value)
+    assert proc.returncode == 2
+    line = one_line(proc.stderr)
+    assert line.startswith(f"cagefs mount: argument {flag}: {problem}"), line
+    assert_nothing_mounted(mnt)
+
+
+@pytest.fixture
+def read_only_store(tmp_path: Path, store: Path) -> Iterator[Path]:
+    """The store seen through a read-only bind mount: nothing can be written under it."""
+    view = tmp_path / "ro-view"
+    view.mkdir()
+    subprocess.run(["mount", "--bind", store, view], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", view], check=True)
+        yield view
+    finally:
+        subprocess.run(["umount", view], check=True)
+
+
+def test_store_on_a_read_only_filesystem_is_mounted_read_only(
+    store: Path, read_only_store: Path, mnt: Path, passfile: Path
+) -> None:
+    """12.15: it used to mount read-write and lose every edit when the file was closed."""
+    with lock_store(store, "test"):  # written before the store became read-only
+        pass
+    first = subprocess.run(
+        [sys.executable, "-m", "cagefs", "mount", store, mnt, "--passfile", passfile],
+        capture_output=True, text=True, check=False
+    )
+    assert first.returncode == 0, first.stderr
+    (mnt / "kept.txt").write_text("written while writable\n")
+    umount_cli(mnt)
+    proc = cagefs("mount", read_only_store, mnt, "--passfile", passfile)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        notice = f"{read_only_store} is on a read-only filesystem: mounting read-only"
+        assert f"cagefs mount: {notice}\n" in proc.stderr
+        assert (mnt / "kept.txt").read_text() == "written while writable\n"
+        with pytest.raises(OSError) as caught:
+            (mnt / "kept.txt").write_text("an edit that would be lost")
+        assert caught.value.errno == errno.EROFS
+        umount_cli(mnt)
+    finally:
+        force_unmount(mnt)
+
+
+def test_debug_logs_every_request_but_no_data(
+    tmp_path: Path, store: Path, mnt: Path, passfile: Path
+) -> None:
+    """12.15: --debug said "log every request" but sent libfuse's output to /dev/null."""
+    log_file = tmp_path / "debug.log"
+    args = ("--passfile", passfile, "--debug", "--log", log_file)
+    assert cagefs("mount", store, mnt, *args).returncode == 0
+    try:
+        (mnt / "visible-name.txt").write_bytes(b"SECRET-CONTENT")
+        assert (mnt / "visible-name.txt").read_bytes() == b"SECRET-CONTENT"
+        umount_cli(mnt)
+    finally:
+        force_unmount(mnt)
+    text = log_file.read_text()
+    for request in ("lookup(", "create(", "write(", "release(", "open(", "read("):
+        assert f"DEBUG {request}" in text, f"no {request} request in the debug log"
+    assert "b'visible-name.txt'" in text
+    assert "SECRET-CONTENT" not in text and "<14 bytes>" in text

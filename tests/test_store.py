@@ -105,7 +105,7 @@ def test_generated_identity_is_kept_under_the_passphrase(tmp_path: Path) -> None
     assert identity_text.startswith(b"# created: ")
     assert b"AGE-SECRET-KEY-1" in identity_text
     meta = sorted(os.listdir(root / META_DIR))
-    assert meta == ["auth.age", "canary.age", "config.toml", "identity.age", "tmp"]
+    assert meta == ["auth.age", "canary.age", "config.toml", "identity.age", "lock", "tmp"]
     assert os.listdir(root / TMP_DIR) == []
     store = open_store(root, passfile=None, ask_passphrase=answer("correct horse"))
     assert [str(r) for r in store.recipients] == store.config.recipients

@@ -1,4 +1,8 @@
-"""Every conformance vector in ../shared/age-vectors/testdata, through the engine.
+"""Every conformance vector in tests/age-vectors/testdata, through the engine.
+
+The vectors are vendored (C2SP CCTV, see age-vectors/SOURCE.txt for the commit and licence), so
+the suite runs from a fresh clone. $CAGEFS_EXTRA_AGE_VECTORS may name more directories of
+vectors in the same format (colon-separated, e.g. a newer upstream checkout): they are run too.
 
 Each vector is decrypted twice: as a forward-only stream (`decrypt_stream`, what pipes use) and,
 for binary files, with the seekable reader on a real file (what the filesystem uses). Success
@@ -29,7 +33,8 @@ from cagefs.age.keys import IDENTITY_PARSERS, parse_identity
 from cagefs.age.recipients import Identity
 from cagefs.age.scrypt import ScryptIdentity
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "age-vectors" / "testdata"
+VECTORS = Path(__file__).resolve().parent / "age-vectors" / "testdata"
+EXTRA_VECTORS = [Path(p) for p in os.environ.get("CAGEFS_EXTRA_AGE_VECTORS", "").split(":") if p]
 HYBRID_PREFIX = "AGE-SECRET-KEY-PQ-1"
 FAILURES: dict[str, type[AgeError]] = {
     "no match": NoIdentityMatchError,
@@ -72,7 +77,12 @@ def load_vector(path: Path) -> Vector:
 
 
 def vector_paths() -> list[Path]:
-    return sorted(VECTORS.iterdir())
+    """The vendored vectors, then any extra ones not vendored under the same name."""
+    paths = sorted(VECTORS.iterdir())
+    names = {path.name for path in paths}
+    for directory in EXTRA_VECTORS:
+        paths += sorted(p for p in directory.iterdir() if p.is_file() and p.name not in names)
+    return paths
 
 
 def identities_for(vector: Vector) -> list[Identity]:

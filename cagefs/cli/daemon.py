@@ -10,35 +10,87 @@ import logging.handlers
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 from cagefs.errors import CageError
 
 log = logging.getLogger(__name__)
+SYSLOG_SOCKET = "/dev/log"
 Work = Callable[[Callable[[], None]], None]
 
 
-def setup_logging(log_file: str | None, foreground: bool, debug: bool) -> None:
-    """Log to the file if given, else stderr in front, else syslog (or nowhere without one).
+def setup_logging(
+    log_file: str | None, foreground: bool, debug: bool, fallback: Path
+) -> Path | None:
+    """Log to the file if given, else stderr in front (with journald priorities when stderr is
+    the journal), else syslog, else the `fallback` file: no line is ever dropped. Returns the
+    fallback file when it is used, so that the user can be told where the log went.
 
     Done before forking, so that a log file that cannot be opened is reported directly.
     """
     handler: logging.Handler
+    used_fallback = None
     if log_file:
         handler = logging.FileHandler(log_file)
+    elif foreground and _stderr_is_journal():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalFormatter())
     elif foreground:
         handler = logging.StreamHandler(sys.stderr)
-    elif os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler("/dev/log")
     else:
-        handler = logging.NullHandler()
-    fmt = "cagefs[%(process)d]: %(levelname)s %(message)s"
-    if not isinstance(handler, logging.handlers.SysLogHandler):
-        fmt = "%(asctime)s " + fmt
-    handler.setFormatter(logging.Formatter(fmt))
+        handler = _syslog() or _private_file(fallback)
+        used_fallback = None if isinstance(handler, logging.handlers.SysLogHandler) else fallback
+    if handler.formatter is None:
+        fmt = "cagefs[%(process)d]: %(levelname)s %(message)s"
+        if not isinstance(handler, logging.handlers.SysLogHandler):
+            fmt = "%(asctime)s " + fmt
+        handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    return used_fallback
+
+
+class JournalFormatter(logging.Formatter):
+    """sd-daemon(3) style: every line starts with `<N>`, its syslog priority, which journald
+    strips and records (the journal adds time, pid and name itself)."""
+
+    PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4))
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{self.priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+    def priority(self, level: int) -> int:
+        for at_least, priority in self.PRIORITIES:
+            if level >= at_least:
+                return priority
+        return 6 if level >= logging.INFO else 7
+
+
+def _stderr_is_journal() -> bool:
+    """systemd sets $JOURNAL_STREAM to the device:inode of the stream it connected."""
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+
+
+def _syslog() -> logging.Handler | None:
+    if not os.path.exists(SYSLOG_SOCKET):
+        return None
+    try:
+        return logging.handlers.SysLogHandler(SYSLOG_SOCKET)
+    except OSError:
+        return None
+
+
+def _private_file(path: Path) -> logging.Handler:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+    return logging.FileHandler(path)
 
 
 def run_in_background(work: Work) -> int:

@@ -17,7 +17,7 @@ from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import STANZA_TYPE as SCRYPT
 from cagefs.age.scrypt import ScryptIdentity
 from cagefs.errors import CageError
-from cagefs.secrets import Passphrase, identities_in_file, passphrase_from
+from cagefs.secrets import Passphrase, WrongPassphraseError, identities_in_file, passphrase_from
 
 
 def load_recipients(recipients: Sequence[str], recipient_files: Sequence[str]) -> list[Recipient]:
@@ -59,7 +59,10 @@ class _LazyScryptIdentity:
             return None
         if self._identity is None:
             self._identity = ScryptIdentity(self._passphrase("Enter passphrase: "))
-        return self._identity.unwrap(stanzas)
+        file_key = self._identity.unwrap(stanzas)
+        if file_key is None:  # a passphrase file has one stanza: no other identity can match
+            raise WrongPassphraseError("wrong passphrase: it does not decrypt this file")
+        return file_key
 
     def recipient(self) -> Recipient:
         raise CageError("a passphrase identity has no public recipient")

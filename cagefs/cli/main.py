@@ -3,6 +3,7 @@
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from cagefs.age.errors import AgeError
 from cagefs.cli import crypt, init, keygen, mount, umount, verify
@@ -11,8 +12,15 @@ from cagefs.errors import CageError
 VERBS = [keygen, init, crypt, mount, umount, verify]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other refusal (the verbs' parsers inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cagefs", description="A transparent filesystem that keeps every file as an age file."
     )
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")

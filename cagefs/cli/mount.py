@@ -6,24 +6,29 @@ usable; with -f it stays in front until unmounted.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import re
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from cagefs.cli.mounts import is_mount_point
+from cagefs.cli.mounts import fallback_log_file, is_mount_point, mount_path, wait_for_exit
 from cagefs.errors import CageError
 
 if TYPE_CHECKING:  # the rest is loaded by `run`: other verbs should not pay for it at start-up
     from cagefs.fs.mount import MountOptions
     from cagefs.store import Store
+    from cagefs.store.lock import StoreLock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STRATEGY_ENV = "CAGEFS_STRATEGY"
 MOUNT_OPTIONS = ("ro", "allow_other", "default_permissions")
+SAVING_PATIENCE = 60.0
 _SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
 
 
@@ -47,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--strategy",
+        type=setting("strategy", str, "a strategy"),
         metavar="NAME",
         help=f"write strategy: auto, stream, memory or tempfile (default: ${STRATEGY_ENV}, config)",
     )
@@ -58,29 +64,57 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--memory-threshold",
-        type=parse_size,
+        type=setting("memory_threshold", parse_size, "a size (e.g. 64M)"),
         metavar="SIZE",
         help="files up to SIZE are staged in RAM (e.g. 64M)",
     )
-    parser.add_argument("--cache-mib", type=int, metavar="N", help="decrypted chunk cache, MiB")
     parser.add_argument(
-        "--publish-interval", type=float, metavar="S", help="seconds between grouped publishes"
+        "--cache-mib",
+        type=setting("chunk_cache_mib", int, "a whole number"),
+        metavar="N",
+        help="decrypted chunk cache, MiB",
+    )
+    parser.add_argument(
+        "--publish-interval",
+        type=setting("publish_interval", float, "a number"),
+        metavar="S",
+        help="seconds between grouped publishes",
+    )
+    parser.add_argument(
+        "--log", metavar="FILE", help="log to FILE (default: stderr with -f, else syslog)"
     )
     parser.add_argument(
         "--accept-untagged",
         action="store_true",
         help="with -o ro: also serve files without the store's proof of origin (a migration)",
     )
-    parser.add_argument("--log", metavar="FILE", help="log here instead of syslog")
     parser.add_argument("--debug", action="store_true", help="log every request")
     parser.set_defaults(run=run)
+
+
+def setting(name: str, parse: Callable[[str], object], what: str) -> Callable[[str], object]:
+    """An argparse type for a setting that config.toml also has: the same check for both, so
+    the command line refuses exactly what the config refuses."""
+    from cagefs.store.config import setting_problem
+
+    def convert(text: str) -> object:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        problem = setting_problem(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+        return value
+
+    return convert
 
 
 def parse_size(text: str) -> int:
     """Bytes from `65536`, `64K`, `64M`, `1GiB`... (binary units)."""
     match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M)")
+        raise ValueError(f"not a size: {text!r}")
     number, unit = match.groups()
     return int(number) << (10 * " KMGT".index(unit.upper() or " "))
 
@@ -88,41 +122,92 @@ def parse_size(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.daemon import run_in_background, setup_logging
     from cagefs.cli.keyargs import load_identities
-    from cagefs.store import open_store
+    from cagefs.store import check_store, on_read_only_filesystem, open_store
     from cagefs.store.auth import check_accept_untagged, check_can_mount
 
     read_only, allow_other = parse_mount_options(args.options)
     check_accept_untagged(read_only, args.accept_untagged)
-    strategy = check_strategy("--strategy", args.strategy)
+    strategy = args.strategy
     env_strategy = check_strategy(STRATEGY_ENV, os.environ.get(STRATEGY_ENV))
-    mountpoint = check_mountpoint(args.mountpoint, args.store)
     if not os.path.exists("/dev/fuse"):
         raise CageError("/dev/fuse is missing: load the fuse module (or pass the device in)")
-    # With -i, --passfile unlocks those files; without, the store's own identity.age.
-    identities = load_identities(args.identity, args.passfile)
-    store = open_store(args.store, identities, args.passfile)
-    check_can_mount(args.store, store.auth, args.accept_untagged)
-    from cagefs.fs.mount import MountOptions  # loaded only once there is something to serve
+    check_store(args.store)
+    if not read_only and on_read_only_filesystem(args.store):
+        # Served read-write, every edit would fail only when the file is saved, after close.
+        read_only = True
+        print(f"cagefs mount: {args.store} is on a read-only filesystem: mounting read-only",
+              file=sys.stderr)
+    # Before anything reads a secret or touches the store: a store in use is refused at once,
+    # naming who uses it (also when that is a mount on this same mount point).
+    lock = lock_for_mount(args.store, mount_path(args.mountpoint))
+    try:
+        mountpoint = check_mountpoint(args.mountpoint, args.store)
+        # With -i, --passfile unlocks those files; without, the store's own identity.age.
+        identities = load_identities(args.identity, args.passfile)
+        store = open_store(args.store, identities, args.passfile)
+        check_can_mount(args.store, store.auth, args.accept_untagged)
+        from cagefs.fs.mount import MountOptions  # loaded only once there is something to serve
 
-    options = MountOptions(
-        strategy=strategy or env_strategy or store.config.strategy,
-        read_only=read_only,
-        allow_other=allow_other,
-        memory_threshold=_either(args.memory_threshold, store.config.memory_threshold),
-        cache_mib=_either(args.cache_mib, store.config.chunk_cache_mib),
-        publish_interval=_either(args.publish_interval, store.config.publish_interval),
-        debug=args.debug,
-        accept_untagged=args.accept_untagged,
-    )
-    setup_logging(args.log, args.foreground, args.debug)
+        options = MountOptions(
+            strategy=strategy or env_strategy or store.config.strategy,
+            read_only=read_only,
+            allow_other=allow_other,
+            memory_threshold=_either(args.memory_threshold, store.config.memory_threshold),
+            cache_mib=_either(args.cache_mib, store.config.chunk_cache_mib),
+            publish_interval=_either(args.publish_interval, store.config.publish_interval),
+            accept_untagged=args.accept_untagged,
+        )
+        fallback = setup_logging(
+            args.log, args.foreground, args.debug, fallback_log_file(mountpoint)
+        )
+        if fallback:
+            print(f"cagefs mount: no syslog here: the log is in {fallback}", file=sys.stderr)
+    except BaseException:
+        lock.release()
+        raise
 
     def work(report_ready: Callable[[], None]) -> None:
-        serve_until_unmounted(store, mountpoint, options, report_ready)
+        serve_until_unmounted(store, lock, mountpoint, options, report_ready)
 
     if args.foreground:
-        work(lambda: None)
+        with lock:
+            work(lambda: None)
         return 0
+    # The daemon shares the lock through the fork and keeps it until it exits; this process
+    # only exits (unlocking here would unlock the daemon's lock too).
     return run_in_background(work)
+
+
+def lock_for_mount(root: Path, mountpoint: str) -> "StoreLock":
+    """The store's lock. A daemon whose mount is gone (`umount`, `fusermount3 -u`) may still
+    be publishing what it was given: wait for it to exit, up to SAVING_PATIENCE seconds. A
+    store still mounted anywhere is refused at once."""
+    from cagefs.store.lock import StoreBusy, lock_store
+
+    deadline: float | None = None
+    while True:
+        try:
+            return lock_store(root, mountpoint)
+        except StoreBusy as busy:
+            held_on = busy.mountpoint
+            if held_on is None or busy.pid is None or is_mount_point(held_on):
+                raise
+            if deadline is None:
+                deadline = time.monotonic() + SAVING_PATIENCE
+                print(
+                    f"cagefs mount: waiting for pid {busy.pid} to finish saving {root} "
+                    f"(unmounted from {held_on})...",
+                    file=sys.stderr,
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreBusy(root, held_on, busy.pid, saving=True) from None
+            with contextlib.suppress(ProcessLookupError):  # else it has just exited
+                pidfd = os.pidfd_open(busy.pid)
+                try:
+                    wait_for_exit(pidfd, min(left, 1.0))
+                finally:
+                    os.close(pidfd)
 
 
 def _either(given: T | None, configured: T) -> T:
@@ -139,11 +224,12 @@ def parse_mount_options(values: list[str]) -> tuple[bool, bool]:
 
 
 def check_strategy(source: str, value: str | None) -> str | None:
-    """A strategy named on the command line or in the environment, if it is one we know."""
-    from cagefs.store.config import STRATEGIES
+    """A strategy named in the environment, if it is one we know."""
+    from cagefs.store.config import setting_problem
 
-    if value and value not in STRATEGIES:
-        raise CageError(f"{source}={value}: expected one of {', '.join(STRATEGIES)}")
+    problem = value and setting_problem("strategy", value)
+    if problem:
+        raise CageError(f"{source}={value}: {problem}")
     return value or None
 
 
@@ -157,7 +243,7 @@ def check_mountpoint(path: str, store_root: Path) -> str:
         raise CageError(f"{path}: mount point is not a directory")
     if os.listdir(path):
         raise CageError(f"{path}: mount point is not empty")
-    real = os.path.realpath(path)
+    real = mount_path(path)
     store = os.path.realpath(store_root)
     if os.path.commonpath([real, store]) == store:
         raise CageError(f"{path}: mount point is inside the store {store_root}")
@@ -165,7 +251,11 @@ def check_mountpoint(path: str, store_root: Path) -> str:
 
 
 def serve_until_unmounted(
-    store: "Store", mountpoint: str, options: "MountOptions", report_ready: Callable[[], None]
+    store: "Store",
+    lock: "StoreLock",
+    mountpoint: str,
+    options: "MountOptions",
+    report_ready: Callable[[], None],
 ) -> None:
     from cagefs.cli.mounts import forget_daemon, record_daemon
     from cagefs.cli.sdnotify import notify
@@ -178,6 +268,6 @@ def serve_until_unmounted(
         report_ready()
 
     try:
-        serve(store, mountpoint, options, on_ready)
+        serve(store, lock, mountpoint, options, on_ready)
     finally:
         forget_daemon(mountpoint)

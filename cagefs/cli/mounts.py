@@ -8,14 +8,36 @@ after the mount point so that umount can find and wait for it.
 import contextlib
 import hashlib
 import os
+import select
 from pathlib import Path
+
+_MAX_SYMLINKS = 40
 
 
 def is_mount_point(path: str) -> bool:
-    """True also for a dead FUSE mount, which `os.path.ismount` cannot stat."""
-    real = os.path.realpath(path)
+    """True also for a dead or hung FUSE mount, which `os.path.ismount` cannot stat."""
+    real = mount_path(path)
     with open("/proc/self/mountinfo") as f:
         return any(_unescape(line.split()[4]) == real for line in f)
+
+
+def mount_path(path: str) -> str:
+    """The absolute path mountinfo shows for `path`, found without stat'ing `path` itself: that
+    asks the daemon of a mount there, which may be stopped or busy (umount must not hang on
+    it). Parents are resolved with realpath; the last component only with readlink, which the
+    kernel answers for a directory without asking anyone."""
+    absolute = os.path.abspath(path)
+    for _ in range(_MAX_SYMLINKS):
+        parent, name = os.path.split(absolute)
+        if not name:
+            return absolute
+        resolved = os.path.join(os.path.realpath(parent), name)
+        try:
+            target = os.readlink(resolved)
+        except OSError:
+            return resolved
+        absolute = os.path.normpath(os.path.join(os.path.realpath(parent), target))
+    return absolute
 
 
 def _unescape(field: str) -> str:
@@ -32,9 +54,18 @@ def _runtime_dir() -> Path:
     return Path(base) / "cagefs"
 
 
+def _runtime_file(mountpoint: str, suffix: str) -> Path:
+    digest = hashlib.sha256(mount_path(mountpoint).encode()).hexdigest()[:32]
+    return _runtime_dir() / f"{digest}{suffix}"
+
+
 def _pid_file(mountpoint: str) -> Path:
-    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:32]
-    return _runtime_dir() / f"{digest}.pid"
+    return _runtime_file(mountpoint, ".pid")
+
+
+def fallback_log_file(mountpoint: str) -> Path:
+    """Where a background daemon logs when there is neither --log nor syslog."""
+    return _runtime_file(mountpoint, ".log")
 
 
 def record_daemon(mountpoint: str) -> None:
@@ -63,3 +94,11 @@ def daemon_pidfd(mountpoint: str) -> int | None:
         os.close(pidfd)
         return None
     return pidfd
+
+
+def wait_for_exit(pidfd: int, timeout: float | None) -> bool:
+    """Wait until the process behind `pidfd` has exited, at most `timeout` seconds (None: no
+    limit); whether it has."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else int(timeout * 1000)))

@@ -6,14 +6,13 @@ shutdown script) kill the daemon while it still publishes the last closed files.
 
 import argparse
 import os
-import select
 import subprocess
 import sys
 
-from cagefs.cli.mounts import daemon_pidfd, is_mount_point
+from cagefs.cli.mounts import daemon_pidfd, is_mount_point, wait_for_exit
 from cagefs.errors import CageError
 
-_PATIENCE_MS = 2000
+_PATIENCE = 2.0  # seconds before saying why umount has not returned yet
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
     pidfd = daemon_pidfd(args.mountpoint)
     try:
         unmount(args.mountpoint)
-        if pidfd is not None:
-            wait_for_exit(pidfd)
+        if pidfd is not None and not wait_for_exit(pidfd, _PATIENCE):
+            print("cagefs umount: waiting for pending writes to be published...", file=sys.stderr)
+            wait_for_exit(pidfd, None)
     finally:
         if pidfd is not None:
             os.close(pidfd)
@@ -43,12 +43,3 @@ def unmount(mountpoint: str) -> None:
     if result.returncode != 0:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
         raise CageError(f"cannot unmount {mountpoint}: {reason.removeprefix('fusermount3: ')}")
-
-
-def wait_for_exit(pidfd: int) -> None:
-    """Block until the daemon exits (its pidfd becomes readable); say why if it takes a while."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    if not poller.poll(_PATIENCE_MS):
-        print("cagefs umount: waiting for pending writes to be published...", file=sys.stderr)
-        poller.poll()

@@ -74,5 +74,12 @@ def run(args: argparse.Namespace) -> int:
 def _writing(root: Path, upgrade: bool) -> Iterator[None]:
     """--upgrade rewrites files: no mount or other verb may write the store meanwhile. A plain
     verify only reads, so it is safe beside a mount."""
-    # TODO(lead): if upgrade: take lock_store(root, "verify --upgrade") (store/lock.py) here.
-    yield
+    if not upgrade:
+        yield
+        return
+    from cagefs.store.layout import remove_stray_temps
+    from cagefs.store.lock import lock_store
+
+    with lock_store(root, "verify --upgrade"):
+        remove_stray_temps(root)  # an interrupted upgrade's, now that no daemon can own them
+        yield

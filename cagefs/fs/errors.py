@@ -24,11 +24,17 @@ T = TypeVar("T")
 
 
 def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    name = handler.__name__
+    shows_bytes = name in _NAMING_HANDLERS
+
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        if log.isEnabledFor(logging.DEBUG):  # --debug: every request, never its data
+            log.debug("%s(%s)", name, ", ".join(_shown_argument(a, shows_bytes) for a in args[1:]))
         try:
             return await handler(*args, **kwargs)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as exc:
+            log.debug("%s: %s", name, errno.errorcode.get(exc.errno, exc.errno))
             raise
         except OSError as exc:
             if exc.errno in LOGGED_ERRNOS:
@@ -42,6 +48,23 @@ def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+# Handlers whose bytes arguments are names or symlink targets, which the store shows anyway;
+# any other bytes (written data, xattr values) are logged by their length only.
+_NAMING_HANDLERS = frozenset(
+    {"lookup", "mkdir", "rmdir", "create", "mknod", "unlink", "rename", "symlink", "link"}
+)
+
+
+def _shown_argument(value: object, shows_bytes: bool) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return repr(bytes(value)) if shows_bytes else f"<{len(value)} bytes>"
+    if isinstance(value, int | float | str | type(None)):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return f"<{len(value)} items>"
+    return type(value).__name__
 
 
 def shown(path: str | None) -> str:

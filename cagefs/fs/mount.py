@@ -29,6 +29,7 @@ from cagefs.store.sealer import SealerPool
 
 if TYPE_CHECKING:
     from cagefs.store import Store
+    from cagefs.store.lock import StoreLock
 
 log = logging.getLogger("cagefs")
 READ_AHEAD_KB = 1024
@@ -42,17 +43,26 @@ class MountOptions:
     memory_threshold: int = 64 * 1024 * 1024
     cache_mib: int = 64
     publish_interval: float = 1.0
-    debug: bool = False
     accept_untagged: bool = False  # serve files without a proof of origin (read-only mounts)
 
 
 def serve(
-    store: "Store", mountpoint: str, options: MountOptions, on_ready: Callable[[], None]
+    store: "Store",
+    lock: "StoreLock",
+    mountpoint: str,
+    options: MountOptions,
+    on_ready: Callable[[], None],
 ) -> None:
-    """Mount `store` on `mountpoint` and serve until unmounted; blocks."""
-    removed = remove_stray_temps(store.root)
-    if removed:
-        log.info("removed %d unpublished temp version(s) left by a crash", removed)
+    """Mount `store` on `mountpoint` and serve until unmounted; blocks.
+
+    `lock` is the store's lock, taken by the caller (before forking, to refuse in front): only
+    under it are temps in `.cagefs/tmp/` strays, not another daemon's unpublished versions.
+    """
+    lock.claim()
+    if not options.read_only:
+        removed = remove_stray_temps(store.root)
+        if removed:
+            log.info("removed %d unpublished temp version(s) left by a crash", removed)
     heap.tune()
     env = Env(
         root=store.root,
@@ -85,8 +95,6 @@ def _fuse_options(options: MountOptions) -> set[str]:
         fuse_options.add("ro")
     if options.allow_other:
         fuse_options.add("allow_other")
-    if options.debug:
-        fuse_options.add("debug")
     return fuse_options
 
 

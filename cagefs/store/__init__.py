@@ -22,6 +22,7 @@ from cagefs.store.keyring import (
     write_canary,
 )
 from cagefs.store.layout import CONFIG_FILE, IDENTITY_FILE, META_DIR, create_meta_dirs
+from cagefs.store.lock import lock_store
 from cagefs.store.versions import fsync_dir
 
 
@@ -64,13 +65,15 @@ def init_store(
     config.validate(root / CONFIG_FILE)
     root.mkdir(parents=True, exist_ok=True)
     create_meta_dirs(root)
-    if passphrase is not None:
-        save_identity(root, identity_file_text(generated), passphrase, log_n)
-    auth = AuthKey.generate()
-    save_auth_key(root, auth, all_recipients)
-    write_canary(root, all_recipients, auth)
-    config.save(root)
-    fsync_dir(str(root))
+    with lock_store(root, "init"):
+        check_can_init(root)  # again, under the lock: another init may have finished meanwhile
+        if passphrase is not None:
+            save_identity(root, identity_file_text(generated), passphrase, log_n)
+        auth = AuthKey.generate()
+        save_auth_key(root, auth, all_recipients)
+        write_canary(root, all_recipients, auth)
+        config.save(root)
+        fsync_dir(str(root))
     return Store(root, config, list(identities), [parse_recipient(text) for text in texts], auth)
 
 
@@ -96,15 +99,25 @@ def open_store(
     unlocked with the passphrase from `passfile` or `ask_passphrase`. The authentication key is
     loaded too (None for a store made before tamper evidence: the caller decides).
     """
-    if not root.exists():
-        raise CageError(f"{root}: no such store")
-    if not is_store(root):
-        raise CageError(f"{root} is not a cagefs store (no {CONFIG_FILE})")
+    check_store(root)
     config = StoreConfig.load(root)
     recipients = [parse_recipient(text) for text in config.recipients]
     keys = list(identities) or _unlock(root, passfile, ask_passphrase)
     check_canary(root, keys)
     return Store(root, config, keys, recipients, load_auth_key(root, keys))
+
+
+def check_store(root: Path) -> None:
+    """Refuse a path that is not a store, before anything is asked or locked."""
+    if not root.exists():
+        raise CageError(f"{root}: no such store")
+    if not is_store(root):
+        raise CageError(f"{root} is not a cagefs store (no {CONFIG_FILE})")
+
+
+def on_read_only_filesystem(root: Path) -> bool:
+    """Whether nothing can be written under `root` (a read-only mount, or a read-only bind)."""
+    return bool(os.statvfs(root).f_flag & os.ST_RDONLY)
 
 
 def _unlock(root: Path, passfile: str | None, ask: AskPassphrase) -> list[Identity]:

@@ -80,6 +80,53 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Beyond these a setting is a typo or a unit mistake, not a choice (RAM staging of 1 TiB files,
+# a cache larger than any machine, a "group" interval of more than a day).
+MAX_MEMORY_THRESHOLD = 1 << 40
+MAX_CACHE_MIB = 1 << 20
+MAX_PUBLISH_INTERVAL = 24 * 3600.0
+
+
+def _strategy_problem(value: object) -> str | None:
+    if value not in STRATEGIES:
+        return f"must be one of {', '.join(STRATEGIES)}"
+    return None
+
+
+def _memory_threshold_problem(value: object) -> str | None:
+    if not (_is_int(value) and 0 <= value <= MAX_MEMORY_THRESHOLD):  # type: ignore[operator]
+        return f"must be a whole number of bytes from 0 to {MAX_MEMORY_THRESHOLD} (1 TiB)"
+    return None
+
+
+def _cache_problem(value: object) -> str | None:
+    if not (_is_int(value) and 0 <= value <= MAX_CACHE_MIB):  # type: ignore[operator]
+        return f"must be a whole number of MiB from 0 to {MAX_CACHE_MIB}"
+    return None
+
+
+def _interval_problem(value: object) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return "must be a number of seconds"
+    if not 0 < value <= MAX_PUBLISH_INTERVAL:
+        return f"must be more than 0 and at most {MAX_PUBLISH_INTERVAL:.0f} seconds"
+    return None
+
+
+# The settings a mount may also be given on its command line: one check for both ways.
+SETTING_CHECKS = {
+    "strategy": _strategy_problem,
+    "memory_threshold": _memory_threshold_problem,
+    "chunk_cache_mib": _cache_problem,
+    "publish_interval": _interval_problem,
+}
+
+
+def setting_problem(name: str, value: object) -> str | None:
+    """What is wrong with `value` for setting `name` ("must be ..."), or None."""
+    return SETTING_CHECKS[name](value)
+
+
 def _problem(config: StoreConfig) -> str | None:
     if config.suffix != SUFFIX:
         return f"suffix must be {SUFFIX!r} (got {config.suffix!r})"
@@ -88,17 +135,11 @@ def _problem(config: StoreConfig) -> str | None:
         return "recipients must be a list of strings"
     if not recipients:
         return "recipients is empty: every file needs at least one recipient"
-    if config.strategy not in STRATEGIES:
-        return f"strategy must be one of {', '.join(STRATEGIES)} (got {config.strategy!r})"
-    if not _is_int(config.memory_threshold) or config.memory_threshold < 0:
-        return "memory_threshold must be a whole number of bytes, 0 or more"
-    if not _is_int(config.chunk_cache_mib) or config.chunk_cache_mib < 0:
-        return "chunk_cache_mib must be a whole number of MiB, 0 or more"
-    interval = config.publish_interval
-    if not (_is_int(interval) or isinstance(interval, float)) or not math.isfinite(interval):
-        return "publish_interval must be a number of seconds"
-    if interval <= 0:
-        return "publish_interval must be more than 0 seconds"
+    for name in SETTING_CHECKS:
+        value = getattr(config, name)
+        problem = setting_problem(name, value)
+        if problem:
+            return f"{name} {problem} (got {value!r})"
     return None
 
 

@@ -5,7 +5,7 @@ origin checked (store/auth.py). `upgrade` first gives a store made before tamper
 authentication key, then tags each untagged file that authenticates: a new version with the same
 file key and payload and one more header stanza, written to `.cagefs/tmp/` and renamed over the
 old one (I3). Each file is done on its own, so a run killed at any point is finished by running
-it again: tagged files are skipped, and a stray temp is removed by the next mount.
+it again: tagged files are skipped, and a stray temp is removed by the next upgrade or mount.
 """
 
 import errno

@@ -181,6 +181,10 @@ def test_old_store_is_served_only_read_only_until_upgraded(
     migrating = daemons(options=["-o", "ro", "--accept-untagged"])
     migrating.start()
     assert (migrating.mnt / "sub/older.txt").read_bytes() == b"sub/older.txt from before\n"
+    busy = verify(store, identity, "--upgrade")  # rewrites files: never beside a daemon (I10)
+    assert busy.returncode != 0
+    assert f"in use: mounted on {migrating.mnt}" in one_line(busy.stderr)
+    assert verify(store, identity).returncode == 3  # a plain verify only reads: it runs
     migrating.stop_clean()
 
     upgraded = verify(store, identity, "--upgrade")

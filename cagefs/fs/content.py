@@ -5,15 +5,20 @@ A file is in one of these states, and moves between them as requests arrive:
 - clean: reads decrypt chunks of its `current` complete version (I5);
 - streaming: a new or truncated file written in order goes straight into a `NewVersion`;
 - staged: out-of-order changes sit in an `Overlay` over `current`;
+- provisional: `current` is a sealed temp version made while handles are still open (a flush,
+  a read of a stream): served, never published, and dropped for `_kept` if saving fails;
 - pending: `current` is a sealed temp version waiting for its group publish (I3).
 
-`finalize()` turns streaming or staged content into a sealed version; the publisher renames it
-over the backing file later (or at once on fsync). Attributes live here while the content is
-open and are stamped onto every new version, so a published file keeps its mode and times.
+`seal()` turns streaming or staged content into a sealed version; `finalize()` also makes it
+the one to publish, which only a state some writer intended may be (I3): the last release, an
+fsync, a change with no handle open, unmount. The publisher renames it over the backing file
+later (or at once on fsync). Attributes live here while the content is open and are stamped
+onto every new version, so a published file keeps its mode and times.
 """
 
 import functools
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +32,7 @@ from cagefs.fs.env import Env
 from cagefs.fs.staging import Overlay, ScratchBlocks
 from cagefs.fs.streaming import INLINE_UNTIL, StreamWriter, write_out
 from cagefs.store.direct import ReadAhead
-from cagefs.store.versions import NewVersion
+from cagefs.store.versions import NewVersion, check_room
 
 if TYPE_CHECKING:
     from cagefs.fs.inodes import Node
@@ -91,7 +96,9 @@ class FileContent:
         self.size = current.reader.size if current else 0
         self.stream: StreamWriter | None = None
         self.overlay: Overlay | None = None
-        self.pending: NewVersion | None = None
+        self.pending: NewVersion | None = None  # sealed and queued for publishing
+        self.provisional: NewVersion | None = None  # sealed while handles write: not published
+        self._kept: Version | None = None  # while provisional: what a failed save goes back to
         self._early: dict[int, bytes] = {}
         self._early_bytes = 0
         self.handles = 0
@@ -125,7 +132,13 @@ class FileContent:
     @property
     def idle(self) -> bool:
         """Nothing open or held, nothing unsaved, nothing waiting to publish: safe to forget."""
-        return self.handles == 0 and self.pins == 0 and not self.dirty and self.pending is None
+        return (
+            self.handles == 0
+            and self.pins == 0
+            and not self.dirty
+            and self.pending is None
+            and self.provisional is None
+        )
 
     def read(self, offset: int, length: int) -> bytes:
         if self.stream:
@@ -140,6 +153,8 @@ class FileContent:
         return self._read_cached(self.current, offset, length)
 
     def write(self, offset: int, data: Buffer) -> None:
+        if offset > self.size:
+            check_room(self.env.root, self.size, offset + len(data))
         self._touch()
         if self.stream and offset == self.stream.size:
             self._supersede_early(offset + len(data))
@@ -153,12 +168,16 @@ class FileContent:
             self.size = max(self.size, offset + len(data))
             return
         overlay = self._ensure_overlay()
-        overlay.write(offset, data)
-        self.size = overlay.size
+        try:
+            overlay.write(offset, data)
+        finally:
+            self.size = overlay.size
         if self.env.policy.should_spill(overlay.blocks, self.size):
             overlay.move_to(ScratchBlocks(self.env.root))
 
     def truncate(self, size: int) -> None:
+        if size > self.size:
+            check_room(self.env.root, self.size, size)
         self._touch()
         if size == 0 and self.env.policy.streams:
             self._drop_changes()
@@ -179,6 +198,14 @@ class FileContent:
         self.attrs.st_mode = (self.attrs.st_mode & ~0o7777) | (mode & 0o7777)
         self._restamp()
 
+    def kill_privileges(self) -> None:
+        """A write or truncate by an unprivileged user: drop setuid, and setgid where group
+        execute is set (without it, setgid marks mandatory locking, not privilege)."""
+        mode = self.attrs.st_mode
+        kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        if mode & kill:
+            self.set_mode(mode & ~kill)
+
     def set_owner(self, uid: int | None, gid: int | None) -> None:
         self.attrs.st_uid = self.attrs.st_uid if uid is None else uid
         self.attrs.st_gid = self.attrs.st_gid if gid is None else gid
@@ -191,23 +218,37 @@ class FileContent:
         if self.stream is not None:
             await self.stream.make_room(size + self._early_bytes)
 
-    def check_stream(self) -> None:
-        """close(2) learns of a failure (a full disk) while the data was being written."""
+    async def check_stream(self) -> None:
+        """close(2) learns of a failure (a full disk) while the data was being written, and
+        the space the rest of the stream needs is reserved, so its seal cannot fail for room."""
         if self.stream is not None:
-            self.stream.drain()
+            await self.stream.settle()
 
     def abandon_changes(self) -> None:
-        """Give up unsaved changes that cannot be saved; the last complete version stays."""
+        """Give up unsaved changes that cannot be saved: back to the last version a writer
+        intended (a version sealed at a flush while the file was still written is dropped)."""
         self._drop_changes()
+        if self.provisional is not None:
+            assert self.current is not None
+            self.current.close()
+            self.provisional.remove()
+            self.provisional = None
+            self.current, self._kept = self._kept, None
         self.size = self.current.reader.size if self.current else 0
 
     async def seal_staged(self) -> None:
-        """Seal staged changes (but not a stream: its errors already reached write(2))."""
+        """Seal staged changes (but not a stream: `check_stream` reserved its room)."""
         if self.overlay or self._early:
-            await self.finalize()
+            await self.seal()
 
     async def finalize(self) -> None:
-        """Seal whatever is unsaved into a complete version and queue it for publishing."""
+        """Seal whatever is unsaved and queue it for publishing: a state a writer intended."""
+        await self.seal()
+        self._promote()
+
+    async def seal(self) -> None:
+        """Seal whatever is unsaved into a complete version (provisional while handles are
+        open: see `_adopt`)."""
         if self._early:
             self._ensure_overlay()
         if self.stream:
@@ -244,6 +285,12 @@ class FileContent:
         """Release everything: descriptors, staging, and any version never published."""
         self._drop_changes()
         self.discard_pending()
+        if self.provisional is not None:
+            self.provisional.remove()
+            self.provisional = None
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
         if self.current:
             self.current.close()
             self.current = None
@@ -340,16 +387,36 @@ class FileContent:
         self._adopt(version)
 
     def _adopt(self, version: NewVersion) -> None:
-        """Make a sealed version the current one; it replaces any older unpublished temp."""
+        """Make a sealed version the current one, provisional while handles are open.
+
+        A flush comes from closing any copy of a descriptor (`dup`, a child that exits or
+        execs): the file may still be written through the others, so the version sealed there
+        is served but not published (I3), and the last intended version is kept to go back to.
+        """
         self.attrs.stamp(version.fd)
         previous, self.current = (
             self.current,
             Version(version.fd, version.open_reader(self.env.identities), new_version_id()),
         )
-        self.discard_pending()
-        if previous:
+        if self.provisional is not None:  # an older provisional version: nobody wants it now
+            assert previous is not None
             previous.close()
-        self.pending = version
+            self.provisional.remove()
+        else:
+            self._kept = previous
+        self.provisional = version
+        if self.handles == 0:
+            self._promote()
+
+    def _promote(self) -> None:
+        """The provisional version becomes the one to publish; older ones are let go."""
+        if self.provisional is None:
+            return
+        self.discard_pending()
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
+        self.pending, self.provisional = self.provisional, None
         self.env.queue_publish(self)
 
     def _drop_changes(self) -> None:

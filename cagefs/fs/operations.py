@@ -36,6 +36,9 @@ class Handle:
     node: Node
     content: FileContent
     direct: bool = False  # writes bypass the kernel's page cache (directio.py)
+    # Opened by an unprivileged user: its writes drop setuid/setgid. The kernel asks for that
+    # itself (a setattr) before cached writes, but leaves it to us for direct_io ones.
+    unprivileged: bool = False
 
 
 class Operations(pyfuse3.Operations):
@@ -317,12 +320,15 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         return fh
 
-    def _open_handle(self, node: Node, content: FileContent, direct: bool) -> pyfuse3.FileInfo:
+    def _open_handle(
+        self, node: Node, content: FileContent, direct: bool, flags: int, uid: int
+    ) -> pyfuse3.FileInfo:
         content.handles += 1
         if direct:
             content.kernel_cached = False  # created or truncated: no page of it is cached
         fh = self._new_fh()
-        self._handles[fh] = Handle(node, content, direct)
+        writes_around = direct or directio.bypasses_cache(flags)
+        self._handles[fh] = Handle(node, content, writes_around, unprivileged=uid != 0)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
 
     @fuse_errors
@@ -330,7 +336,9 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node = self._create_file(parent_inode, name, mode, ctx)
-        info = self._open_handle(node, node.content, directio.qualifies(flags, fresh=True))
+        info = self._open_handle(
+            node, node.content, directio.qualifies(flags, fresh=True), flags, ctx.uid
+        )
         return info, self._remember(node)
 
     def _create_file(
@@ -362,10 +370,12 @@ class Operations(pyfuse3.Operations):
         truncate = bool(flags & os.O_TRUNC and flags & _WRITE_MODES)
         direct = directio.qualifies(flags, fresh=truncate)
         if not truncate:
-            return self._open_handle(node, self._content(node), direct)
+            return self._open_handle(node, self._content(node), direct, flags, ctx.uid)
         async with self._locked_content(node) as content:
             content.truncate(0)
-            return self._open_handle(node, content, direct)
+            if ctx.uid != 0:  # as truncate(2) would; the kernel leaves O_TRUNC's to us
+                content.kill_privileges()
+            return self._open_handle(node, content, direct, flags, ctx.uid)
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -384,6 +394,8 @@ class Operations(pyfuse3.Operations):
             with about(handle.node.path):
                 await content.wait_writable(len(buf))
                 content.write(off, buf)
+            if handle.direct and handle.unprivileged:
+                content.kill_privileges()
             stale = handle.direct and content.kernel_cached
             content.kernel_cached = not handle.direct
         if stale:
@@ -392,37 +404,64 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def flush(self, fh: int) -> None:
-        """close(2) of any descriptor: seal staged changes so errors such as ENOSPC reach it.
+        """close(2) of any descriptor: errors such as ENOSPC must reach it, but nothing is
+        published here (I3): a `dup`'ed descriptor or a forked child's copy closes while the
+        file is still written through the others, and they all share this one handle.
 
-        A stream is left open: dup2() makes tools like dd close a descriptor of a file they
-        are about to write, and sealing there would force the rest out of the fast path.
+        So staged changes are sealed into a provisional version (published at the last
+        release, dropped if saving fails), and a stream reserves the room its seal needs:
+        sealing it here would force the rest of the file off the fast path (dd closes a
+        descriptor it is about to write to after dup2).
         """
         handle = self._handles[fh]
-        async with handle.content.lock:
+        content = handle.content
+        if handle.node.path is None:
+            return  # unlinked: nothing will ever be saved, nothing to report
+        async with content.lock:
             with about(handle.node.path):
-                handle.content.check_stream()
-                if handle.content.handles == 1:
-                    await handle.content.seal_staged()
+                await content.check_stream()
+                if content.handles == 1:
+                    await content.seal_staged()
 
     @fuse_errors
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
         content = handle.content
         content.handles -= 1
+        failed = False
         if content.handles == 0:
             async with content.lock:
-                try:
-                    await content.finalize()  # writes through mmap can arrive after flush
-                except (OSError, AgeError) as exc:
-                    # Nobody is left to tell: the previous complete version stays in place.
-                    name = shown(handle.node.path)
-                    log.error("%s: changes lost, could not be saved: %s", name, exc)
-                    content.abandon_changes()
+                failed = not await self._save(handle.node, content)
         self.table.drop_if_unused(handle.node)
+        if failed:  # the kernel may hold pages and a size of the changes just given up
+            await directio.drop_cached_pages(handle.node.ino)
+
+    async def _save(self, node: Node, content: FileContent) -> bool:
+        """Publish what the last handle leaves (later, with its group); False if it was lost.
+
+        Nobody is left to tell of a failure: the last version a writer intended stays, and the
+        log says what was lost. A file without a name is never sealed (it would fill the disk
+        with a version nobody can open).
+        """
+        if node.path is None:
+            content.abandon_changes()
+            return True
+        try:
+            await content.finalize()  # writes through mmap can arrive after flush
+        except (OSError, AgeError) as exc:
+            log.error("%s: changes lost, could not be saved: %s", shown(node.path), exc)
+        except Exception:  # a bug: still say which file lost what, and keep serving
+            log.exception("%s: changes lost, internal error while saving", shown(node.path))
+        else:
+            return True
+        content.abandon_changes()
+        return False
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handles[fh]
+        if handle.node.path is None:
+            return  # unlinked: nothing will ever be published
         async with handle.content.lock:
             with about(handle.node.path):
                 await handle.content.finalize()
@@ -561,13 +600,10 @@ class Operations(pyfuse3.Operations):
         """Seal every file with unsaved changes and publish them all (unmount, SIGTERM)."""
         for node in list(self.table.nodes.values()):
             content = node.content
-            if content is not None and content.dirty:
+            if content is not None and (content.dirty or content.provisional is not None):
                 async with content.lock:
-                    try:
-                        await content.finalize()
-                    except (OSError, AgeError) as exc:
-                        log.error("%s: could not save changes: %s", node.path, exc)
-        await self.publisher.publish_all()
+                    await self._save(node, content)
+        await self.publisher.publish_all(last=True)
 
 
 @contextlib.asynccontextmanager

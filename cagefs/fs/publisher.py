@@ -6,6 +6,7 @@ application publishes its file at once instead. Until its rename, a version is s
 temp file, so nothing about publishing is visible through the mount.
 """
 
+import errno
 import logging
 import os
 
@@ -13,6 +14,7 @@ import trio
 
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
+from cagefs.fs.errors import shown
 from cagefs.fs.inodes import InodeTable, Node
 from cagefs.store import reclaim
 from cagefs.store.versions import NewVersion, fsync_dirs, syncfs
@@ -27,27 +29,52 @@ class Publisher:
         self._interval = interval
         self._lock = trio.Lock()
         self._replaced: list[int | None] = []  # files renamed over, held until durable
+        self._reported: set[str] = set()  # versions whose failure to publish was logged
 
     async def run(self) -> None:
         while True:
             await trio.sleep(self._interval)
-            await self.publish_all()
+            try:
+                await self.publish_all()
+            except Exception:  # never let one round stop the mount (I10); the next one retries
+                log.exception("internal error while publishing")
 
-    async def publish_all(self) -> None:
-        """Publish every queued version: one syncfs for the group, then the renames."""
+    async def publish_all(self, last: bool = False) -> None:
+        """Publish every queued version: one syncfs for the group, then the renames.
+
+        A version that cannot be published (its backing name is taken by a directory, its
+        directory is gone) is logged by name and stays pending, served and retried next round;
+        with `last` (unmount) it is kept aside in `.cagefs/recovered/` instead, never lost.
+        """
         async with self._lock:
             batch = [(c, c.pending) for c in self._env.publish_queue if c.pending is not None]
             self._env.publish_queue.clear()
             if not batch:
                 return
-            root_fd = os.open(self._env.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                await trio.to_thread.run_sync(syncfs, root_fd)
-            finally:
-                os.close(root_fd)
-            dests = [dest for c, v in batch if (dest := self._claim(c, v)) is not None]
+                root_fd = os.open(self._env.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    await trio.to_thread.run_sync(syncfs, root_fd)
+                finally:
+                    os.close(root_fd)
+            except OSError as exc:
+                log.error("publishing: could not make new versions durable: %s", exc.strerror)
+                self._env.publish_queue.update(c for c, _ in batch)
+                return
+            dests = []
+            for content, version in batch:
+                try:
+                    dest = self._claim(content, version)
+                except OSError as exc:
+                    self._not_published(content, version, exc, last)
+                    continue
+                if dest is not None:
+                    dests.append(dest)
             if dests:
-                await trio.to_thread.run_sync(fsync_dirs, dests)
+                try:
+                    await trio.to_thread.run_sync(fsync_dirs, dests)
+                except OSError as exc:
+                    log.error("publishing: could not sync a directory: %s", exc.strerror)
             self._let_go_of_replaced()
 
     async def publish_now(self, node: Node) -> None:
@@ -58,7 +85,11 @@ class Publisher:
             return
         async with self._lock:
             await trio.to_thread.run_sync(os.fsync, version.fd)
-            dest = self._claim(content, version)
+            try:
+                dest = self._claim(content, version)
+            except OSError as exc:  # the caller's fsync fails; the version stays pending
+                self._not_published(content, version, exc, last=False)
+                raise OSError(errno.EIO, f"{shown(node.path)}: not published") from None
             if dest is not None:
                 await trio.to_thread.run_sync(fsync_dirs, [dest])
             self._let_go_of_replaced()
@@ -78,12 +109,43 @@ class Publisher:
         if dest is None:
             content.discard_pending()
             return None
-        self._replaced.append(reclaim.hold(dest))
-        os.rename(version.path, dest)
+        held = reclaim.hold(dest)
+        try:
+            os.rename(version.path, dest)
+        except OSError:
+            reclaim.close_later(held)
+            raise
+        self._replaced.append(held)
+        self._reported.discard(version.path)
         content.published()
         self._table.unpublished.discard(node)
         self._table.drop_if_unused(node)
         return dest
+
+    def _not_published(
+        self, content: FileContent, version: NewVersion, exc: OSError, last: bool
+    ) -> None:
+        """Keep a version whose rename failed: pending (retried each round, logged once), or
+        at unmount moved aside where the next mount does not remove it."""
+        node = self._owner(content)
+        name = shown(node.path if node else None)
+        if last:
+            try:
+                kept = version.keep_aside(self._env.root)
+            except OSError as aside:
+                log.error(
+                    "%s: could not publish (%s) nor keep aside (%s): changes lost",
+                    name,
+                    exc.strerror,
+                    aside.strerror,
+                )
+                return
+            log.error("%s: could not publish (%s): kept as %s", name, exc.strerror, kept)
+            return
+        if version.path not in self._reported:
+            self._reported.add(version.path)
+            log.error("%s: could not publish (%s): kept pending, retrying", name, exc.strerror)
+        self._env.queue_publish(content)
 
     def _let_go_of_replaced(self) -> None:
         """The old versions are freed only now, so that freeing them (seconds for a large

@@ -70,8 +70,14 @@ class ScratchBlocks:
         self._fd = os.open(tmp_dir(root), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
         self._aead = ChaCha20Poly1305(ChaCha20Poly1305.generate_key())
         self._present: set[int] = set()
+        self._broken: OSError | None = None
+
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise OSError(self._broken.errno, self._broken.strerror)
 
     def get(self, index: int) -> bytes | None:
+        self._check()
         if index not in self._present:
             return None
         slot = os.pread(self._fd, self._SLOT, index * self._SLOT)
@@ -79,9 +85,25 @@ class ScratchBlocks:
         return self._aead.decrypt(nonce, sealed, index.to_bytes(8, "big"))
 
     def put(self, index: int, block: bytes) -> None:
+        """Store a block; a full disk raises ENOSPC here, at the write(2) that brought it.
+
+        A short write is retried for the rest (which then reports the error). A slot that
+        held a block and failed to take its new one can be neither read nor trusted: the
+        store is then broken, and every later call raises that error, never an EIO for a
+        bad tag or the block's old content.
+        """
+        self._check()
         nonce = os.urandom(self._NONCE)
-        sealed = self._aead.encrypt(nonce, block, index.to_bytes(8, "big"))
-        os.pwrite(self._fd, nonce + sealed, index * self._SLOT)
+        sealed = memoryview(nonce + self._aead.encrypt(nonce, block, index.to_bytes(8, "big")))
+        at = index * self._SLOT
+        try:
+            while sealed:
+                written = os.pwrite(self._fd, sealed, at)
+                sealed, at = sealed[written:], at + written
+        except OSError as exc:
+            if index in self._present:
+                self._broken = exc
+            raise
         self._present.add(index)
 
     def drop_from(self, index: int) -> None:
@@ -138,20 +160,24 @@ class Overlay:
         return b"".join(parts)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write `data` at `offset`; if a block cannot be stored (a full disk), what came
+        before it stays written, and the size covers it."""
         view = memoryview(data)
         position = offset
-        while view:
-            index, within = divmod(position, CHUNK_SIZE)
-            take = min(CHUNK_SIZE - within, len(view))
-            if take == CHUNK_SIZE:
-                self.blocks.put(index, bytes(view[:take]))
-            else:
-                block = bytearray(self.block(index))
-                block[within : within + take] = view[:take]
-                self.blocks.put(index, bytes(block))
-            view = view[take:]
-            position += take
-        self.size = max(self.size, offset + len(data))
+        try:
+            while view:
+                index, within = divmod(position, CHUNK_SIZE)
+                take = min(CHUNK_SIZE - within, len(view))
+                if take == CHUNK_SIZE:
+                    self.blocks.put(index, bytes(view[:take]))
+                else:
+                    block = bytearray(self.block(index))
+                    block[within : within + take] = view[:take]
+                    self.blocks.put(index, bytes(block))
+                view = view[take:]
+                position += take
+        finally:
+            self.size = max(self.size, position)
 
     def truncate(self, size: int) -> None:
         if size < self.size:
@@ -172,8 +198,12 @@ class Overlay:
 
     def move_to(self, blocks: BlockStore) -> None:
         """Carry the changed blocks over to another store (RAM -> scratch as a file grows)."""
-        for index, block in self.blocks.items():
-            blocks.put(index, block)
+        try:
+            for index, block in self.blocks.items():
+                blocks.put(index, block)
+        except BaseException:
+            blocks.close()
+            raise
         self.blocks.close()
         self.blocks = blocks
 

@@ -67,12 +67,25 @@ class StreamWriter:
             self.version.write(data)
         self.size += len(data)
 
-    def drain(self) -> None:
-        """close(2): pass on what the ring holds and report a failure met so far."""
+    async def settle(self) -> None:
+        """close(2) of a descriptor: report any failure so far and make sealing the rest safe.
+
+        The space the sealed version will take is reserved first (`NewVersion.reserve`), so
+        what is still to be written, the held-back last chunk above all, cannot meet a full
+        disk at the last release, whose errors reach nobody. Then everything in the ring is
+        passed on and waited for (without blocking the loop), so that a failure while writing
+        what came before reaches this close(2).
+        """
         self._raise_error()
-        if self._job is not None:
-            self._guarded(self._job.send)
-            self._guarded(self._job.collect)
+        self._guarded(self.version.reserve, self.size)
+        job = self._job
+        if job is None:
+            return
+        self._guarded(job.send)
+        self._guarded(job.collect)
+        while not job.drained():
+            await trio.lowlevel.wait_readable(job.fileno())
+            self._guarded(job.collect)
 
     def seal(self) -> NewVersion:
         self._raise_error()

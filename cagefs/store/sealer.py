@@ -148,6 +148,10 @@ class SealJob:
         left_in_slot = SLOT_SIZE - self._fill if self._slot is not None else 0
         return len(self._free) * SLOT_SIZE + left_in_slot
 
+    def drained(self) -> bool:
+        """Whether the sealer has taken in everything passed on (every slot acknowledged)."""
+        return self._slot is None and len(self._free) == RING_SLOTS
+
     def write(self, data: Buffer) -> None:
         """Pass plaintext on, in order; waits (without the GIL) only for more than `room()`."""
         view = memoryview(data).cast("B")

@@ -8,18 +8,25 @@ after its data is durable. Renames are done in groups so that a burst of small f
 
 import contextlib
 import ctypes
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from cagefs.age import PayloadReader, PayloadState, Recipient, open_file, start_file
 from cagefs.age.recipients import Identity
+from cagefs.age.stream import NONCE_SIZE, payload_size
 from cagefs.store.auth import FileAuth
-from cagefs.store.layout import TEMP_PREFIX, tmp_dir
+from cagefs.store.layout import META_DIR, SUFFIX, TEMP_PREFIX, tmp_dir
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _SYNC_FILE_RANGE_WRITE = 2
+_FALLOC_FL_KEEP_SIZE = 1
+RECOVERED_DIR = f"{META_DIR}/recovered"  # versions an unmount could not publish
+_LARGEST_FILE = 2**63 - 1  # off_t
+_HEADER_ROOM = 64 * 1024  # more than a header for a few recipients takes
 # Dirty ciphertext is handed to the disk in steps of this size while a version is written.
 _WRITEBACK_STEP = 8 * 1024 * 1024
 
@@ -75,9 +82,22 @@ class NewVersion:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             self._writer = start_file(_EarlyWriteback(self.fd), recipients, auth.tag)
+            self._header_size = os.fstat(self.fd).st_size - NONCE_SIZE
         except BaseException:  # a full disk fails the header: leave no empty temp behind
             self.discard()
             raise
+
+    def reserve(self, plaintext_size: int) -> None:
+        """Allocate the disk space this version takes once it holds `plaintext_size` bytes,
+        without changing its size: writing up to there can then not fail with ENOSPC.
+        Raises ENOSPC (or EDQUOT) now if the room is not there; a filesystem without
+        fallocate gets no reservation."""
+        end = self._header_size + payload_size(plaintext_size)
+        start = os.fstat(self.fd).st_size
+        if end > start and _libc.fallocate(self.fd, _FALLOC_FL_KEEP_SIZE, start, end - start):
+            err = ctypes.get_errno()
+            if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise OSError(err, os.strerror(err))
 
     def write(self, data: bytes | memoryview) -> None:
         self._writer.write(data)
@@ -98,10 +118,32 @@ class NewVersion:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
+    def keep_aside(self, root: Path) -> str:
+        """Move a version that could not be published to `.cagefs/recovered/`, where the next
+        mount leaves it (it is a complete age file); returns its path in the store."""
+        directory = root / RECOVERED_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        kept = directory / f"{os.path.basename(self.path)}{SUFFIX}"
+        os.rename(self.path, kept)
+        self.path = str(kept)
+        return str(kept.relative_to(root))
+
     def discard(self) -> None:
         """Forget an unpublished version entirely: descriptor and temp file."""
         os.close(self.fd)
         self.remove()
+
+
+def check_room(root: Path, size: int, new_size: int) -> None:
+    """Refuse at once to grow a file from `size` to `new_size` bytes of plaintext when its
+    version could never be written: EFBIG past the largest file there can be, ENOSPC when the
+    growth alone does not fit on the store's filesystem. age has no holes, so a sparse size
+    (`truncate -s 1P`, a write far past the end) is stored as that many encrypted zeros."""
+    if _HEADER_ROOM + payload_size(new_size) > _LARGEST_FILE:
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    st = os.statvfs(root)
+    if payload_size(new_size) - payload_size(size) > st.f_bavail * st.f_frsize:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _unique_temp_path(root: Path) -> str:

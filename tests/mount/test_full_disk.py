@@ -5,10 +5,11 @@ The store lives on a small tmpfs of its own. Replacing a file with more than fit
 serving, and once space is freed, writing works again.
 """
 
+import contextlib
 import errno
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,139 @@ def test_a_full_disk_fails_the_write_and_keeps_the_old_version(mounted: Daemon) 
     assert sorted(p.name for p in mnt.iterdir()) == ["after.txt", "kept.bin"]
     assert "None:" not in mounted.log_text(), "the log names a lost file by its path or as unlinked"
     mounted.assert_store_matches()
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill `disk` until only about `leave` bytes are free; returns the filler file."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(bytes(1 << 16))
+            f.flush()
+    size = filler.stat().st_size
+    os.truncate(filler, max(0, size - leave))
+    return filler
+
+
+@pytest.mark.parametrize("size", [40_000, 1_500_000])
+def test_cp_to_a_full_disk_fails_and_keeps_the_old_version(
+    mounted: Daemon, tmp_path: Path, size: int
+) -> None:
+    """The seal at the last release comes after close(2) returned: the room it needs is
+    reserved at close, so `cp` exits non-zero, and the previous version stays."""
+    mnt = mounted.mnt
+    kept = mnt / "kept.bin"
+    kept.write_bytes(OLD)
+    with opened(kept, os.O_RDONLY) as fd:
+        os.fsync(fd)
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(size))
+    filler = fill(mounted.store.parent, leave=size - 24 * 1024)
+    try:
+        for target in (kept, mnt / "new.bin"):
+            cp = subprocess.run(["cp", source, target], capture_output=True, check=False)
+            assert cp.returncode != 0, f"cp {size} bytes to a full disk exited 0 ({target.name})"
+            assert b"No space left" in cp.stderr, cp.stderr
+        assert kept.read_bytes() == OLD, "a failed cp over a file lost its previous version"
+    finally:
+        filler.unlink()
+    (mnt / "new.bin").unlink(missing_ok=True)
+    mounted.remount()
+    assert kept.read_bytes() == OLD
+    mounted.assert_store_matches()
+
+
+def test_after_a_failed_save_the_mount_shows_what_the_store_has(mounted: Daemon) -> None:
+    """Pages the kernel cached of the unsaved change (and its size) are dropped with it."""
+    mnt = mounted.mnt
+    kept = mnt / "kept.bin"
+    kept.write_bytes(OLD)
+    with opened(kept, os.O_RDONLY) as fd:
+        os.fsync(fd)
+    assert kept.read_bytes() == OLD  # the kernel now caches its pages
+    filler = fill(mounted.store.parent, leave=160 * 1024)  # staging fits, a version not
+    try:
+        fd = os.open(kept, os.O_RDWR)
+        try:
+            os.pwrite(fd, b"unsaved" * 1000, 0)
+            with pytest.raises(OSError) as failed:
+                os.fsync(fd)
+            assert failed.value.errno == errno.ENOSPC, failed.value
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        got = kept.read_bytes()
+        assert len(got) == len(OLD), f"size {len(got)} after the failed save, {len(OLD)} stored"
+        assert got == OLD, "the mount shows a change that was never saved"
+    finally:
+        filler.unlink()
+    mounted.assert_store_matches()
+
+
+def test_growing_past_the_free_space_is_refused_at_once(mounted: Daemon) -> None:
+    with opened(mounted.mnt / "f", os.O_RDWR | os.O_CREAT) as fd:
+        os.write(fd, b"data")
+        with pytest.raises(OSError) as failed:
+            os.ftruncate(fd, 4 * DISK)
+        assert failed.value.errno == errno.ENOSPC
+        assert os.fstat(fd).st_size == 4
+    assert (mounted.mnt / "f").read_bytes() == b"data"
+    mounted.assert_store_matches()
+
+
+def test_scratch_on_a_full_disk_reports_enospc(daemons: Callable[..., Daemon]) -> None:
+    """Random writes staged in the encrypted scratch file (tempfile): a block that does not
+    fit, even in part (a short write), fails with ENOSPC, never later with EIO."""
+    daemon = daemons("tempfile")
+    daemon.start()
+    errors = set()
+    filler = fill(daemon.store.parent, leave=300 * 1024)
+    try:
+        with opened(daemon.mnt / "f", os.O_RDWR | os.O_CREAT) as fd:
+            for i in range(40):
+                try:
+                    os.pwrite(fd, os.urandom(70_000), (i * 7919 % 40) * 100_000)
+                except OSError as exc:
+                    errors.add(exc.errno)
+            try:
+                os.pread(fd, 4 << 20, 0)
+                os.fsync(fd)
+            except OSError as exc:
+                errors.add(exc.errno)
+    except OSError as exc:
+        errors.add(exc.errno)
+    finally:
+        filler.unlink()
+    assert errors == {errno.ENOSPC}, [errno.errorcode[e] for e in errors]
+    (daemon.mnt / "f").unlink(missing_ok=True)
+    daemon.assert_store_matches()
+
+
+@pytest.mark.parametrize("strategy", ["memory", "auto"])
+def test_a_file_with_no_name_left_is_never_sealed(
+    daemons: Callable[..., Daemon], strategy: str
+) -> None:
+    """Unlinked while open: neither its close nor the unmount writes a version of it (one
+    nobody could open, which filled the disk a second time for a huge file)."""
+    daemon = daemons(strategy)
+    daemon.start()
+    filler = fill(daemon.store.parent, leave=1 << 20)
+    try:
+        with opened(daemon.mnt / "gone", os.O_RDWR | os.O_CREAT) as fd:
+            os.pwrite(fd, bytes(4096), 4096)  # staged in RAM, not streamed
+            os.pwrite(fd, os.urandom(2 << 20), 8192)  # more than the disk has
+            (daemon.mnt / "gone").unlink()
+            os.pwrite(fd, b"more", 0)
+        fd = os.open(daemon.mnt / "open", os.O_RDWR | os.O_CREAT)
+        try:
+            os.pwrite(fd, bytes(4096), 4096)
+            os.pwrite(fd, os.urandom(2 << 20), 8192)
+            (daemon.mnt / "open").unlink()
+            daemon.stop_clean()  # unmount with it still open
+        finally:
+            with contextlib.suppress(OSError):  # ENOTCONN once unmounted
+                os.close(fd)
+    finally:
+        filler.unlink()
+    log = daemon.log_text()
+    assert "No space left" not in log and "could not be saved" not in log, log[-2000:]

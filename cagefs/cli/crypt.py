@@ -1,33 +1,38 @@
 """`cagefs encrypt` and `cagefs decrypt`: age-compatible file encryption with age's flags.
 
-Both stream in blocks of BLOCK bytes, so memory does not grow with the file. An output file
-appears only complete: it is written under a temporary name in its directory and renamed on
-success, so a failed decryption never leaves a plausible-looking truncated plaintext behind.
+Both stream in blocks, so memory does not grow with the input. An output file appears only
+complete: it is written under a temporary name in its directory and renamed on success, so a
+failed decryption never leaves a plausible-looking truncated plaintext behind. A closed
+standard output (`| head`) ends the process by SIGPIPE, silently, as it does `cat` and `age`.
 
-Speed: output goes to the raw descriptor (a buffered file object would copy every block once
-more), and a seekable input is decrypted with `PayloadReader.readinto` into one reused buffer.
-This module imports only the age engine: no store, FUSE or trio, which cost start-up time.
+Speed: input is read ahead on a thread in large blocks (`blockio.read_blocks`), so a pipe keeps
+up with a file; output goes to the raw descriptor (a buffered file object would copy every
+block once more), and a regular binary file is decrypted with `PayloadReader.readinto` into
+one reused buffer. This module imports only the age engine: no store, FUSE or trio, which
+cost start-up time.
 """
 
 import argparse
 import contextlib
+import itertools
 import os
+import signal
 import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO
 
-from cagefs.age.armor import ArmorWriter, is_armored, unarmor
-from cagefs.age.file import decrypt_stream, open_file, start_file
+from cagefs.age.armor import ArmorWriter, armor_reader, is_armored
+from cagefs.age.file import BlockStream, decrypt_blocks, decrypt_stream, open_file, start_file
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import ScryptRecipient
-from cagefs.age.stream import Buffer, Sink
+from cagefs.age.stream import Sink
+from cagefs.cli.blockio import fd_sink, read_blocks
 from cagefs.cli.keyargs import load_identities, load_recipients, passphrase_identity
 from cagefs.errors import CageError
 from cagefs.secrets import get_passphrase, prompt_passphrase
 
-BLOCK = 4 << 20  # two engine batches: few system calls, still a small fixed amount of memory
+BLOCK = 4 << 20  # a regular file's decryption: two engine batches per read
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,7 +62,8 @@ def run_encrypt(args: argparse.Namespace) -> int:
     with _open_input(args.input) as src, _atomic_output(args.output) as sink:
         armor = ArmorWriter(sink) if args.armor else None
         writer = start_file(armor.write if armor else sink, recipients)
-        _copy(src, writer.write)
+        for block in read_blocks(src):
+            writer.write(block)
         writer.close()
         if armor:
             armor.close()
@@ -69,10 +75,10 @@ def run_decrypt(args: argparse.Namespace) -> int:
     if args.passphrase or args.passfile or not args.identity:
         identities.append(passphrase_identity(args.passfile))  # asks only if a file needs it
     with _open_input(args.input) as src, _atomic_output(args.output) as sink:
-        if _is_std(args.input):
-            decrypt_stream(unarmor(src), sink, identities)
-        else:
+        if _is_binary_file(src):
             _decrypt_file(src, sink, identities)
+        else:
+            _decrypt_blocks(src, sink, identities)
     return 0
 
 
@@ -89,12 +95,12 @@ def _encrypt_recipients(args: argparse.Namespace) -> list[Recipient]:
     return load_recipients(args.recipient, args.recipients_file)
 
 
-def _decrypt_file(src: BinaryIO, sink: Sink, identities: Sequence[Identity]) -> None:
+def _is_binary_file(fd: int) -> bool:
+    return stat.S_ISREG(os.fstat(fd).st_mode) and not is_armored(os.pread(fd, 2048, 0))
+
+
+def _decrypt_file(fd: int, sink: Sink, identities: Sequence[Identity]) -> None:
     """A regular binary file is read with the seekable reader: its size is checked up front."""
-    fd = src.fileno()
-    if not stat.S_ISREG(os.fstat(fd).st_mode) or is_armored(os.pread(fd, 2048, 0)):
-        decrypt_stream(unarmor(src), sink, identities)
-        return
     reader = open_file(fd, identities).reader
     buffer = bytearray(BLOCK)
     view = memoryview(buffer)
@@ -104,21 +110,32 @@ def _decrypt_file(src: BinaryIO, sink: Sink, identities: Sequence[Identity]) -> 
         offset += n
 
 
-def _copy(src: BinaryIO, sink: Sink) -> None:
-    buffer = bytearray(BLOCK)
-    view = memoryview(buffer)
-    while n := src.readinto(buffer):  # type: ignore[attr-defined]
-        sink(view[:n])
+def _decrypt_blocks(fd: int, sink: Sink, identities: Sequence[Identity]) -> None:
+    """A pipe, socket or terminal (or an armored file), read ahead in blocks."""
+    blocks = read_blocks(fd)
+    first = next(blocks, b"")
+    blocks = itertools.chain([first], blocks)
+    if is_armored(bytes(first[:2048])):
+        decrypt_stream(armor_reader(BlockStream(blocks)), sink, identities)  # type: ignore[arg-type]
+    else:
+        decrypt_blocks(blocks, sink, identities)
 
 
 def _is_std(path: str | None) -> bool:
     return path in (None, "-")
 
 
-def _open_input(path: str | None) -> contextlib.AbstractContextManager[BinaryIO]:
+@contextlib.contextmanager
+def _open_input(path: str | None) -> Iterator[int]:
     if _is_std(path):
-        return contextlib.nullcontext(sys.stdin.buffer)
-    return open(path, "rb")  # type: ignore[arg-type]
+        yield sys.stdin.fileno()
+        return
+    assert path is not None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -126,7 +143,11 @@ def _atomic_output(path: str | None) -> Iterator[Sink]:
     """A sink into stdout, or into a temp file next to `path` that replaces it on success."""
     if _is_std(path):
         sys.stdout.flush()  # nothing buffered may come after what goes straight to the fd
-        yield _fd_sink(sys.stdout.fileno())
+        previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        try:
+            yield fd_sink(sys.stdout.fileno())
+        finally:
+            signal.signal(signal.SIGPIPE, previous)
         return
     assert path is not None
     fd, temp = tempfile.mkstemp(
@@ -134,7 +155,7 @@ def _atomic_output(path: str | None) -> Iterator[Sink]:
     )
     try:
         try:
-            yield _fd_sink(fd)
+            yield fd_sink(fd)
             os.fchmod(fd, 0o666 & ~_umask())
         finally:
             os.close(fd)
@@ -143,17 +164,6 @@ def _atomic_output(path: str | None) -> Iterator[Sink]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-
-
-def _fd_sink(fd: int) -> Sink:
-    """Write whole buffers to `fd` unbuffered (os.write may take only part of one)."""
-
-    def write(data: Buffer) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-
-    return write
 
 
 def _umask() -> int:

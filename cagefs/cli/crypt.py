@@ -14,6 +14,7 @@ cost start-up time.
 
 import argparse
 import contextlib
+import errno
 import itertools
 import os
 import signal
@@ -59,7 +60,7 @@ def run_encrypt(args: argparse.Namespace) -> int:
     if not args.armor and _is_std(args.output) and sys.stdout.isatty():
         raise CageError("refusing to write binary ciphertext to a terminal (use -a or -o FILE)")
     recipients = _encrypt_recipients(args)
-    with _open_input(args.input) as src, _atomic_output(args.output) as sink:
+    with _open_input(args.input) as src, _output(args.output) as sink:
         armor = ArmorWriter(sink) if args.armor else None
         writer = start_file(armor.write if armor else sink, recipients)
         for block in read_blocks(src):
@@ -74,7 +75,7 @@ def run_decrypt(args: argparse.Namespace) -> int:
     identities = load_identities(args.identity, args.passfile)
     if args.passphrase or args.passfile or not args.identity:
         identities.append(passphrase_identity(args.passfile))  # asks only if a file needs it
-    with _open_input(args.input) as src, _atomic_output(args.output) as sink:
+    with _open_input(args.input) as src, _output(args.output) as sink:
         if _is_binary_file(src):
             _decrypt_file(src, sink, identities)
         else:
@@ -139,8 +140,9 @@ def _open_input(path: str | None) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _atomic_output(path: str | None) -> Iterator[Sink]:
-    """A sink into stdout, or into a temp file next to `path` that replaces it on success."""
+def _output(path: str | None) -> Iterator[Sink]:
+    """A sink into stdout, into a FIFO or device named by `path`, or into a regular file that
+    appears only complete (`_complete_file`)."""
     if _is_std(path):
         sys.stdout.flush()  # nothing buffered may come after what goes straight to the fd
         previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -150,20 +152,71 @@ def _atomic_output(path: str | None) -> Iterator[Sink]:
             signal.signal(signal.SIGPIPE, previous)
         return
     assert path is not None
-    fd, temp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=os.path.dirname(path) or "."
-    )
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if not special:
+        with _complete_file(path) as sink:
+            yield sink
+        return
+    fd = os.open(path, os.O_WRONLY)  # renaming over /dev/null or a FIFO would replace it
+    try:
+        yield fd_sink(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _complete_file(path: str) -> Iterator[Sink]:
+    """A sink into a new file that replaces `path` only once complete.
+
+    The file is made unnamed (O_TMPFILE) in `path`'s directory, so that not even a process
+    killed mid-way leaves part of it behind, and is named and renamed over `path` at the end;
+    where O_TMPFILE is not supported, it is a named temp file from the start.
+    """
+    directory = os.path.dirname(path) or "."
+    try:
+        fd, temp = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600), None
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        fd, temp = _named_temp(path)
     try:
         try:
             yield fd_sink(fd)
             os.fchmod(fd, 0o666 & ~_umask())
+            if temp is None:
+                temp = _name_unnamed(fd, path)
         finally:
             os.close(fd)
         os.replace(temp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        if temp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
         raise
+
+
+def _named_temp(path: str) -> tuple[int, str]:
+    return tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=os.path.dirname(path) or "."
+    )
+
+
+def _name_unnamed(fd: int, path: str) -> str:
+    """Give the O_TMPFILE file `fd` a fresh temp name next to `path`."""
+    directory, base = os.path.split(path)
+    # linkat(AT_SYMLINK_FOLLOW) of its /proc link; os.link calls that only given a dir_fd.
+    fds = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY)
+    try:
+        while True:
+            temp = os.path.join(directory, f".{base}.{os.urandom(6).hex()}.partial")
+            with contextlib.suppress(FileExistsError):
+                os.link(str(fd), temp, src_dir_fd=fds, follow_symlinks=True)
+                return temp
+    finally:
+        os.close(fds)
 
 
 def _umask() -> int:

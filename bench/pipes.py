@@ -12,9 +12,10 @@ its default strategy, and gocryptfs), "file" is `dd if=IN of=MNT/f bs=1M` and "p
 `cat IN | cat > MNT/f` (128 KiB writes), each timed from start to exit, the file removed after.
 
 Every command runs once per round, all of them in each round, so that a slow phase of the
-shared machine hits every row alike; medians of `--repeat` rounds count. The last column is
-the CPU time the whole machine spent per GiB (seq.py's `busy_seconds`), steadier than seconds
-when the host is busy. The table goes to `<results-dir>/pipes-latest.txt`, the numbers with
+shared machine hits every row alike; medians of `--repeat` rounds count. The last columns are
+the CPU time per GiB of the command's processes (cat included) and, for a mount, of its daemon
+and the daemon's helpers: on a host shared with other work, seconds vary with what else runs,
+CPU time much less. The table goes to `<results-dir>/pipes-latest.txt`, the numbers with
 the command line to `<results-dir>/pipes-<date>.json`.
 """
 
@@ -22,6 +23,7 @@ import contextlib
 import datetime
 import json
 import os
+import resource
 import shlex
 import shutil
 import sys
@@ -36,7 +38,6 @@ from seq import (
     cagefs_cli,
     cagefs_mount,
     check,
-    cpu_per_gib,
     environment,
     fmt,
     gocryptfs_mount,
@@ -60,7 +61,7 @@ class Row:
     name: str
     file_seconds: list[float] = field(default_factory=list)
     pipe_seconds: list[float] = field(default_factory=list)
-    file_cpu: list[float] = field(default_factory=list)  # machine CPU-s per GiB
+    file_cpu: list[float] = field(default_factory=list)  # CPU-s per GiB (see module doc)
     pipe_cpu: list[float] = field(default_factory=list)
 
     @property
@@ -84,13 +85,56 @@ class Commands:
     file: str | None
     pipe: str | None
     after: str | None = None  # run untimed after each command (removes what it wrote)
+    daemon: int | None = None  # a mount's daemon: its CPU time (and its children's) counts too
 
 
-def timed_shell(command: str, seconds: list[float], cpu: list[float], mib: int) -> None:
-    with cpu_per_gib(cpu, mib):
-        start = time.perf_counter()
-        run([SH, "-c", f"set -e; {command}"])
-        seconds.append(time.perf_counter() - start)
+def timed_shell(
+    command: str, seconds: list[float], cpu: list[float], mib: int, daemon: int | None
+) -> None:
+    before = children_cpu() + tree_cpu(daemon)
+    start = time.perf_counter()
+    run([SH, "-c", f"set -e; {command}"])
+    seconds.append(time.perf_counter() - start)
+    cpu.append((children_cpu() + tree_cpu(daemon) - before) * 1024 / mib)
+
+
+def children_cpu() -> float:
+    """CPU seconds of the children waited for so far (a shell counts its pipeline's)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def tree_cpu(pid: int | None) -> float:
+    """CPU seconds of the live process `pid` and its live descendants, so far."""
+    if pid is None:
+        return 0.0
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            times[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        member = todo.pop()
+        total += times.get(member, 0.0)
+        todo += children.get(member, [])
+    return total
+
+
+def serving(mnt: Path) -> int | None:
+    """The pid of the daemon serving `mnt` (its command line names the mount point)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if os.fsencode(mnt) in argv:
+                    return int(entry)
+    return None
 
 
 def make_input(work: Work, mib: int) -> tuple[Path, Path]:
@@ -135,6 +179,7 @@ def mount_commands(mnt: Path, plain: Path) -> Commands:
         f"dd if={p} of={target} bs=1M status=none",
         f"cat {p} | cat > {target}",
         after=f"rm -f {target}",
+        daemon=serving(mnt),
     )
 
 
@@ -152,7 +197,7 @@ def measure(row: Row, commands: Commands, mib: int) -> None:
     ):
         if command is None:
             continue
-        timed_shell(command, seconds, cpu, mib)
+        timed_shell(command, seconds, cpu, mib, commands.daemon)
         if commands.after:
             run([SH, "-c", commands.after])
 

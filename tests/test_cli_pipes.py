@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_cli_crypt import CAGEFS, data_of, ok
+from test_cli_crypt import CAGEFS, data_of, fails, ok
 
 MIB = 1 << 20
 
@@ -163,7 +163,7 @@ def test_fifos_as_input_and_output(keyfile, tmp_path: Path) -> None:
 def test_a_device_as_output_stays_a_device(keyfile, tmp_path: Path) -> None:
     """`-o /dev/null` as root must not rename a regular file over the device."""
     null = tmp_path / "null"
-    os.mknod(null, 0o666 | 0o020000, os.makedev(1, 3))  # a character device: /dev/null's
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a copy of /dev/null
     ok("encrypt", "-r", keyfile.recipient, "-o", str(null), stdin=b"secret")
     assert null.is_char_device()
     assert null.stat().st_size == 0
@@ -318,3 +318,16 @@ def peak_rss_through_encrypt_and_decrypt(keyfile, mib: int) -> tuple[int, int]:
     assert size == mib * MIB
     assert got.hexdigest() == expected.hexdigest()
     return peaks[0], peaks[1]
+
+
+@pytest.mark.parametrize("verb", ["encrypt", "decrypt"])
+def test_a_write_error_is_one_line(verb: str, keyfile, tmp_path: Path) -> None:
+    """Output is written behind on a thread: its errors still reach the user, as one line.
+    (A copy of /dev/full, so that a regression cannot replace the real one.)"""
+    full = tmp_path / "full"
+    os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    plain = data_of(3 * MIB)
+    data = plain if verb == "encrypt" else ok("encrypt", "-r", keyfile.recipient, stdin=plain)
+    key = ["-r", keyfile.recipient] if verb == "encrypt" else ["-i", str(keyfile.path)]
+    assert "No space left on device" in fails(verb, *key, "-o", str(full), stdin=data)
+    assert full.is_char_device()

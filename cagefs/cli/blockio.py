@@ -3,9 +3,11 @@
 A pipe hands over at most its capacity (64 KiB by default) per read, and its writer stops
 while it is full: read in turn with the encryption, a pipe ran at a fifth of a file. So the
 input is read ahead by a thread of its own (`read_blocks`), into a few fixed buffers, while
-the engine seals or opens the block before (`cryptography` releases the GIL, as do reads);
-pipes are enlarged to `PIPE_SIZE` so that the other side runs ahead too. Memory stays
-`BLOCKS_AHEAD` blocks, whatever the stream's length.
+the engine seals or opens the block before (`cryptography` releases the GIL, as do reads and
+writes); the output is written behind on another (`WriteBehind`), from buffers it lends the
+engine to seal or open into, so that a slow reader or the page cache copy does not stop the
+encryption either. Pipes are enlarged to `PIPE_SIZE` so that the other side runs ahead too.
+Memory stays `BLOCKS_AHEAD` blocks each way, whatever the stream's length.
 
 Descriptors may be in non-blocking mode (inherited from a shell or a parent): a read or write
 that would block waits for the descriptor instead of taking it as the end or failing.
@@ -21,6 +23,8 @@ import threading
 from collections.abc import Iterator
 
 from cagefs.age.stream import Buffer, Sink
+
+_DONE = None
 
 BLOCK_SIZE = 1 << 20
 BLOCKS_AHEAD = 3  # one being encrypted, one read ahead, one being filled
@@ -86,6 +90,18 @@ def _fill(fd: int, buffer: bytearray) -> int:
     return fill
 
 
+@contextlib.contextmanager
+def written_behind(fd: int) -> Iterator["WriteBehind"]:
+    """A `WriteBehind` on `fd` that has written everything when the block ends without error."""
+    sink = WriteBehind(fd)
+    try:
+        yield sink
+    except BaseException:
+        sink.abandon(wait=stat.S_ISREG(os.fstat(fd).st_mode))
+        raise
+    sink.finish()
+
+
 def fd_sink(fd: int) -> Sink:
     """Write whole buffers to `fd` unbuffered (a write may take only part of one)."""
     enlarge_pipe(fd)
@@ -99,6 +115,80 @@ def fd_sink(fd: int) -> Sink:
                 _wait(fd, select.POLLOUT)
 
     return write
+
+
+class WriteBehind:
+    """A sink that writes to `fd` on a thread of its own, in order (a `LendingSink`).
+
+    The engine seals or opens each batch straight into a buffer lent by `lend`, and that
+    buffer is written while the next batch is being made; anything else passed (a header, a
+    nonce, armor) is copied first. `finish` waits for everything to be written; a write error
+    is raised by the next call after it happened, or by `finish`.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._write = fd_sink(fd)
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Buffer, bytearray | None] | None] = (
+            queue.SimpleQueue()
+        )
+        for _ in range(BLOCKS_AHEAD):
+            self._free.put(bytearray())  # sized by the first lend
+        self._lent: list[bytearray] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="cagefs-write-behind", daemon=True)
+        self._thread.start()
+
+    def lend(self, size: int) -> memoryview:
+        self._raise_error()
+        buffer = self._free.get()  # waits while every buffer is queued or being written
+        if len(buffer) < size:
+            buffer = bytearray(size)
+        self._lent.append(buffer)
+        return memoryview(buffer)[:size]
+
+    def __call__(self, data: Buffer) -> None:
+        self._raise_error()
+        owner = data.obj if isinstance(data, memoryview) else None
+        lent = next((b for b in self._lent if b is owner), None)
+        if lent is not None:  # it goes back to the free buffers once written
+            self._lent = [b for b in self._lent if b is not lent]
+            self._queue.put((data, lent))
+        else:
+            self._queue.put((bytes(data), None))
+
+    def finish(self) -> None:
+        """Wait until everything passed is written; raise the write error, if there was one."""
+        self._queue.put(_DONE)
+        self._thread.join()
+        self._raise_error()
+
+    def abandon(self, wait: bool) -> None:
+        """Stop writing (after a failure elsewhere). `wait` for a write under way to end: not
+        on a pipe, where it may wait for a reader forever."""
+        self._error = self._error or _Abandoned()
+        self._queue.put(_DONE)
+        if wait:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _DONE:
+            data, lent = item
+            if self._error is None:
+                try:
+                    self._write(data)
+                except BaseException as exc:  # raised by the caller's next call
+                    self._error = exc
+            if lent is not None:
+                self._free.put(lent)
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class _Abandoned(Exception):
+    pass
 
 
 def _wait(fd: int, event: int) -> None:

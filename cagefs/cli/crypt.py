@@ -28,7 +28,7 @@ from cagefs.age.file import BlockStream, decrypt_blocks, decrypt_stream, open_fi
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import ScryptRecipient
 from cagefs.age.stream import Sink
-from cagefs.cli.blockio import fd_sink, read_blocks
+from cagefs.cli.blockio import WriteBehind, read_blocks, written_behind
 from cagefs.cli.keyargs import load_identities, load_recipients, passphrase_identity
 from cagefs.errors import CageError
 from cagefs.secrets import get_passphrase, prompt_passphrase
@@ -100,14 +100,16 @@ def _is_binary_file(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode) and not is_armored(os.pread(fd, 2048, 0))
 
 
-def _decrypt_file(fd: int, sink: Sink, identities: Sequence[Identity]) -> None:
+def _decrypt_file(fd: int, sink: WriteBehind, identities: Sequence[Identity]) -> None:
     """A regular binary file is read with the seekable reader: its size is checked up front."""
     reader = open_file(fd, identities).reader
-    buffer = bytearray(BLOCK)
-    view = memoryview(buffer)
     offset = 0
-    while n := reader.readinto(offset, buffer):
-        sink(view[:n])
+    while True:
+        buffer = sink.lend(BLOCK)
+        n = reader.readinto(offset, buffer)
+        sink(buffer[:n])
+        if not n:
+            break
         offset += n
 
 
@@ -140,14 +142,15 @@ def _open_input(path: str | None) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[Sink]:
+def _output(path: str | None) -> Iterator[WriteBehind]:
     """A sink into stdout, into a FIFO or device named by `path`, or into a regular file that
     appears only complete (`_complete_file`)."""
     if _is_std(path):
         sys.stdout.flush()  # nothing buffered may come after what goes straight to the fd
         previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         try:
-            yield fd_sink(sys.stdout.fileno())
+            with written_behind(sys.stdout.fileno()) as sink:
+                yield sink
         finally:
             signal.signal(signal.SIGPIPE, previous)
         return
@@ -162,13 +165,14 @@ def _output(path: str | None) -> Iterator[Sink]:
         return
     fd = os.open(path, os.O_WRONLY)  # renaming over /dev/null or a FIFO would replace it
     try:
-        yield fd_sink(fd)
+        with written_behind(fd) as sink:
+            yield sink
     finally:
         os.close(fd)
 
 
 @contextlib.contextmanager
-def _complete_file(path: str) -> Iterator[Sink]:
+def _complete_file(path: str) -> Iterator[WriteBehind]:
     """A sink into a new file that replaces `path` only once complete.
 
     The file is made unnamed (O_TMPFILE) in `path`'s directory, so that not even a process
@@ -184,7 +188,8 @@ def _complete_file(path: str) -> Iterator[Sink]:
         fd, temp = _named_temp(path)
     try:
         try:
-            yield fd_sink(fd)
+            with written_behind(fd) as sink:
+                yield sink
             os.fchmod(fd, 0o666 & ~_umask())
             if temp is None:
                 temp = _name_unnamed(fd, path)

@@ -24,11 +24,10 @@ from collections.abc import Iterator
 
 from cagefs.age.stream import Buffer, Sink
 
-_DONE = None
-
 BLOCK_SIZE = 1 << 20
 BLOCKS_AHEAD = 3  # one being encrypted, one read ahead, one being filled
 PIPE_SIZE = 1 << 20  # the default /proc/sys/fs/pipe-max-size
+_DONE = None  # what ends a WriteBehind's queue
 
 
 def enlarge_pipe(fd: int) -> None:

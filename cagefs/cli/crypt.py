@@ -1,15 +1,16 @@
 """`cagefs encrypt` and `cagefs decrypt`: age-compatible file encryption with age's flags.
 
 Both stream in blocks, so memory does not grow with the input. An output file appears only
-complete: it is written under a temporary name in its directory and renamed on success, so a
-failed decryption never leaves a plausible-looking truncated plaintext behind. A closed
-standard output (`| head`) ends the process by SIGPIPE, silently, as it does `cat` and `age`.
+complete: it has no name until it is complete and is then renamed over OUT, so a failed or
+killed decryption never leaves a plausible-looking truncated plaintext behind (a FIFO or a
+device named by -o is written in place). A closed standard output (`| head`) ends the process
+by SIGPIPE, silently, as it does `cat` and `age`.
 
-Speed: input is read ahead on a thread in large blocks (`blockio.read_blocks`), so a pipe keeps
-up with a file; output goes to the raw descriptor (a buffered file object would copy every
-block once more), and a regular binary file is decrypted with `PayloadReader.readinto` into
-one reused buffer. This module imports only the age engine: no store, FUSE or trio, which
-cost start-up time.
+Speed: input is read ahead and output written behind on threads of their own, in large blocks
+(`blockio`), so that a pipe keeps up with a file and the engine never waits for either; the
+engine seals and opens straight into the buffers the writer lends, and a regular binary file
+is decrypted with `PayloadReader.readinto`. This module imports only the age engine: no store,
+FUSE or trio, which cost start-up time.
 """
 
 import argparse
@@ -181,6 +182,8 @@ def _complete_file(path: str) -> Iterator[WriteBehind]:
     """
     directory = os.path.dirname(path) or "."
     try:
+        if not os.path.isdir("/proc/self/fd"):  # needed to name it (`_name_unnamed`)
+            raise OSError(errno.EOPNOTSUPP, "no /proc")
         fd, temp = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600), None
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):

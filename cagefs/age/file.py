@@ -1,14 +1,22 @@
 """Whole age files: header plus payload, for writing, random-access reading and streaming."""
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from cagefs.age.errors import AgeError
 from cagefs.age.header import Header, Stanza, encode_header, read_header
 from cagefs.age.recipients import Identity, Recipient, new_file_key, unwrap_file_key, wrap_file_key
-from cagefs.age.stream import PayloadReader, PayloadWriter, Sink, decrypt_payload_stream
+from cagefs.age.stream import (
+    Buffer,
+    LendingSink,
+    PayloadReader,
+    PayloadWriter,
+    Sink,
+    decrypt_payload_blocks,
+    decrypt_payload_stream,
+)
 
 # Stanzas an application adds after the recipients' ones, computed from the new file key and
 # those stanzas (e.g. a proof under a key of its own). age readers skip types they do not know.
@@ -95,3 +103,60 @@ def decrypt_stream(source: BinaryIO, sink: Sink, identities: Sequence[Identity])
     header = read_header(source)
     file_key = unwrap_file_key(header, identities)
     decrypt_payload_stream(source.read, sink, file_key, getattr(source, "readinto", None))
+
+
+def decrypt_blocks(
+    blocks: Iterable[Buffer], sink: Sink | LendingSink, identities: Sequence[Identity]
+) -> None:
+    """Decrypt a binary age file that arrives as consecutive blocks of any sizes (a pipe read
+    ahead by a thread), in constant memory. A block need only stay valid until the next one is
+    asked for; the payload is opened straight from the blocks (`decrypt_payload_blocks`).
+    """
+    source = BlockStream(blocks)
+    header = read_header(source)  # type: ignore[arg-type]
+    file_key = unwrap_file_key(header, identities)
+    decrypt_payload_blocks(source.rest(), sink, file_key)
+
+
+class BlockStream:
+    """Just enough of a binary stream over consecutive blocks for the header parser and the
+    armor decoder; `rest()` goes on with the blocks from where reading stopped."""
+
+    _STEP = 4096  # readline without a limit looks for the end of line this much at a time
+
+    def __init__(self, blocks: Iterable[Buffer]) -> None:
+        self._blocks = iter(blocks)
+        self._view = memoryview(b"")
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = bytearray()
+        while (limit < 0 or len(line) < limit) and (view := self._current()):
+            want = min(len(view), self._STEP if limit < 0 else limit - len(line))
+            piece = bytes(view[:want])
+            end = piece.find(b"\n")
+            if end >= 0:
+                piece = piece[: end + 1]
+            line += piece
+            self._view = view[len(piece) :]
+            if end >= 0:
+                break
+        return bytes(line)
+
+    def read(self, size: int = -1) -> bytes:
+        data = bytearray()
+        while (size < 0 or len(data) < size) and (view := self._current()):
+            take = len(view) if size < 0 else min(len(view), size - len(data))
+            data += view[:take]
+            self._view = view[take:]
+        return bytes(data)
+
+    def rest(self) -> Iterator[Buffer]:
+        if self._view:
+            yield self._view
+        yield from self._blocks
+
+    def _current(self) -> memoryview:
+        """The unread part of the current block; empty only at the end."""
+        while not self._view and (block := next(self._blocks, None)) is not None:
+            self._view = memoryview(block).cast("B")
+        return self._view

@@ -23,7 +23,7 @@ Speed (measured with bench/crypto.py on a 2-core machine):
 import functools
 import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
@@ -228,7 +228,7 @@ def _seal_batch(
 
 
 def _opened_batch(
-    cipher: ChunkCipher, first: int, chunks: list[memoryview], final: bool, out: bytearray
+    cipher: ChunkCipher, first: int, chunks: list[memoryview], final: bool, out: Buffer
 ) -> memoryview:
     """The plaintext of `chunks` (each a whole sealed chunk), opened into the start of `out`."""
     size = sum(len(c) for c in chunks) - TAG_SIZE * len(chunks)
@@ -474,71 +474,122 @@ class PayloadReader:
 
 def decrypt_payload_stream(
     read: Callable[[int], bytes],
-    sink: Callable[[Buffer], object],
+    sink: Sink | LendingSink,
     file_key: bytes,
     readinto: Callable[[memoryview], int | None] | None = None,
 ) -> None:
     """Decrypt a payload that can only be read forward (a pipe), in constant memory.
 
-    A chunk is known not to be the last only once a byte after it has been seen, so reading
-    always runs ahead: up to one batch plus one chunk of ciphertext is held in a fixed buffer,
-    and every batch of chunks known not to be last is opened (in parallel) into a second fixed
-    buffer for the sink, which must write or copy it before returning. Pass the source's
-    `readinto` when it has one: it fills the first buffer without the extra copy a `read`
-    result needs.
+    It is read in blocks of one batch of sealed chunks into one reused buffer; pass the
+    source's `readinto` when it has one: it fills that buffer without the extra copy a `read`
+    result needs. See `decrypt_payload_blocks` for the sink.
     """
-    nonce = _read_exact(read, NONCE_SIZE)
-    cipher = ChunkCipher.for_payload(file_key, nonce)
-    buf = bytearray((BATCH_CHUNKS + 1) * CHUNK_CT_SIZE)
-    opened = bytearray((BATCH_CHUNKS + 1) * CHUNK_SIZE)
-    batch_bytes = BATCH_CHUNKS * CHUNK_CT_SIZE
-    fill = index = 0
-    while True:
-        fill, eof = _fill_from(read, readinto, buf, fill)
-        if eof:
-            break
-        with memoryview(buf) as view:
-            batch = _slices(view, batch_bytes, CHUNK_CT_SIZE)
-            sink(_opened_batch(cipher, index, batch, False, opened))
-            index += BATCH_CHUNKS
-            view[: fill - batch_bytes] = view[batch_bytes:fill]
-        fill -= batch_bytes
-    if fill < TAG_SIZE:
-        raise PayloadError("payload is truncated")
-    # The rest: whole chunks, then the last one (which may be shorter, or empty).
-    with memoryview(buf) as view:
-        tail = _slices(view, fill, CHUNK_CT_SIZE)
-        if len(tail[-1]) < TAG_SIZE:  # the final chunk cannot be shorter than its tag
+    decrypt_payload_blocks(_read_blocks(read, readinto), sink, file_key)
+
+
+def decrypt_payload_blocks(
+    blocks: Iterable[Buffer], sink: Sink | LendingSink, file_key: bytes
+) -> None:
+    """Decrypt a payload that arrives as consecutive blocks of any sizes, in constant memory.
+
+    A block need only stay valid until the next one is asked for, so a reader may reuse its
+    buffers. Chunks are opened straight from the blocks in parallel batches; only a chunk cut
+    by a block boundary, and the chunk that ends each block (the last one, unless more
+    follows), are copied aside. Each batch is opened into one reused buffer (or one the sink
+    lends) for the sink, which must write or copy it before returning.
+    """
+    opener = _StreamOpener(sink, file_key)
+    for block in blocks:
+        opener.feed(block)
+    opener.finish()
+
+
+class _StreamOpener:
+    """The state of `decrypt_payload_blocks`: the payload nonce as it arrives, and the chunk
+    that ends what was fed so far (whether it is the last is known only once more arrives)."""
+
+    def __init__(self, sink: Sink | LendingSink, file_key: bytes) -> None:
+        self._sink = sink
+        self._file_key = file_key
+        self._nonce = bytearray()
+        self._cipher: ChunkCipher | None = None
+        self._index = 0
+        self._held = bytearray(CHUNK_CT_SIZE)
+        self._fill = 0
+        self._opened: bytearray | None = None
+        self._lend: Callable[[int], Buffer] = getattr(sink, "lend", self._own_buffer)
+
+    def feed(self, block: Buffer) -> None:
+        view = memoryview(block).cast("B")
+        if self._cipher is None:
+            view = self._take_nonce(view)
+            if self._cipher is None:
+                return
+        chunks: list[memoryview] = []
+        if self._fill:
+            take = min(CHUNK_CT_SIZE - self._fill, len(view))
+            self._held[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if not view:  # nothing follows the held chunk yet: it may be the last
+                return
+            chunks.append(memoryview(self._held))
+        if not view:
+            return
+        whole = (len(view) - 1) // CHUNK_CT_SIZE  # a byte follows each of these
+        chunks += _slices(view, whole * CHUNK_CT_SIZE, CHUNK_CT_SIZE)
+        for at in range(0, len(chunks), BATCH_CHUNKS):
+            self._open(chunks[at : at + BATCH_CHUNKS], final=False)
+        rest = view[whole * CHUNK_CT_SIZE :]
+        self._held[: len(rest)] = rest
+        self._fill = len(rest)
+
+    def finish(self) -> None:
+        if self._cipher is None:
+            raise HeaderError("file is truncated after the header (short payload nonce)")
+        if self._index == 0 and self._fill < TAG_SIZE:
+            raise PayloadError("payload is truncated")
+        if self._fill < TAG_SIZE:  # the final chunk cannot be shorter than its tag
             raise PayloadError("payload is truncated or has trailing data (partial chunk)")
-        sink(_opened_batch(cipher, index, tail, True, opened))
+        self._open([memoryview(self._held)[: self._fill]], final=True)
+
+    def _take_nonce(self, view: memoryview) -> memoryview:
+        take = NONCE_SIZE - len(self._nonce)
+        self._nonce += view[:take]
+        if len(self._nonce) == NONCE_SIZE:
+            self._cipher = ChunkCipher.for_payload(self._file_key, bytes(self._nonce))
+        return view[take:]
+
+    def _open(self, chunks: list[memoryview], final: bool) -> None:
+        assert self._cipher is not None
+        size = sum(len(c) for c in chunks) - TAG_SIZE * len(chunks)
+        self._sink(_opened_batch(self._cipher, self._index, chunks, final, self._lend(size)))
+        self._index += len(chunks)
+
+    def _own_buffer(self, size: int) -> bytearray:
+        if self._opened is None:
+            self._opened = bytearray(BATCH_CHUNKS * CHUNK_SIZE)
+        return self._opened
 
 
-def _fill_from(
-    read: Callable[[int], bytes],
-    readinto: Callable[[memoryview], int | None] | None,
-    buf: bytearray,
-    fill: int,
-) -> tuple[int, bool]:
-    """Read into `buf` until it is full (more than one batch: not the end) or the source ends."""
-    with memoryview(buf) as view:
-        while fill < len(buf):
+def _read_blocks(
+    read: Callable[[int], bytes], readinto: Callable[[memoryview], int | None] | None
+) -> Iterator[memoryview]:
+    """The source in blocks of one sealed batch, read into one buffer that each block reuses."""
+    view = memoryview(bytearray(_SEALED_MAX))
+    while True:
+        fill = 0
+        while fill < len(view):
             if readinto is not None:
                 got = readinto(view[fill:]) or 0
             else:
-                data = read(len(buf) - fill)
+                data = read(len(view) - fill)
                 got = len(data)
                 view[fill : fill + got] = data
             if not got:
-                return fill, True
+                break
             fill += got
-    return fill, False
-
-
-def _read_exact(read: Callable[[int], bytes], size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        more = read(size - len(data))
-        if not more:
-            break
-        data += more
-    return data
+        if fill:
+            yield view[:fill]
+        if fill < len(view):
+            return

@@ -390,7 +390,8 @@ class Operations(pyfuse3.Operations):
         """`buf` may be borrowed: it is valid only until this returns, so nothing keeps it."""
         handle = self._handles[fh]
         content = handle.content
-        async with content.lock:
+        await _acquire(content.lock)
+        try:
             with about(handle.node.path):
                 await content.wait_writable(len(buf))
                 content.write(off, buf)
@@ -398,6 +399,8 @@ class Operations(pyfuse3.Operations):
                 content.kill_privileges()
             stale = handle.direct and content.kernel_cached
             content.kernel_cached = not handle.direct
+        finally:
+            content.lock.release()
         if stale:
             await directio.drop_cached_pages(handle.node.ino)
         return len(buf)
@@ -620,3 +623,12 @@ async def _freed_off_the_loop() -> AsyncIterator[reclaim.Held]:
                 await trio.to_thread.run_sync(held.free)
             finally:
                 held.free()  # a no-op, unless the request was cancelled before the thread ran
+
+
+async def _acquire(lock: trio.Lock) -> None:
+    """Take `lock` without a pass through the scheduler when it is free. `async with` always
+    makes one: 20 µs, a third of what the daemon spends on a 32 KiB write from a pipe."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()

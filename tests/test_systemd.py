@@ -28,6 +28,7 @@ import pytest
 from conftest import make_keyfile
 from mount.helpers import force_unmount, is_mounted
 
+from cagefs.errors import ExitCode
 from cagefs.store import init_store
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
@@ -210,3 +211,30 @@ def test_identity_drop_in_mounts_with_the_key_as_a_credential(tmp_path: Path, pl
         (mnt / "keyed.txt").write_text("unlocked by a key\n")
         assert service.stop_with(expand(stop, env, credentials)) == 0
     assert (store / "keyed.txt.age").exists()
+
+
+def test_a_wrong_passphrase_is_not_retried(tmp_path: Path, place) -> None:
+    """Restart=on-failure must not retry what cannot work: the unit's ExecStart with a wrong
+    passphrase exits with a code listed in RestartPreventExitStatus=."""
+    store, mnt, env = place
+    init_store(store, passphrase=PASSPHRASE.encode(), log_n=10)
+    wrong = tmp_path / "wrong.passphrase"
+    wrong.write_text("not the passphrase\n")
+    unit = settings(UNIT)
+    [prevented] = unit["RestartPreventExitStatus"]
+    codes = {int(code) for code in prevented.split()}
+    assert codes == {
+        ExitCode.USAGE,
+        ExitCode.BAD_KEY,
+        ExitCode.NO_STORE,
+        ExitCode.MOUNTPOINT,
+        ExitCode.NO_FUSE,
+    }
+    credentials = tmp_path / "credentials"
+    load_credentials(unit["LoadCredential"], credentials, {"passphrase": wrong})
+    [start] = unit["ExecStart"]
+    done = subprocess.run(
+        expand(start, env, credentials), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == ExitCode.BAD_KEY, done.stderr
+    assert not is_mounted(mnt)

@@ -5,9 +5,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from cagefs.age.errors import AgeError
+from cagefs import __version__
+from cagefs.age.errors import AgeError, NoIdentityMatchError
 from cagefs.cli import crypt, init, keygen, mount, umount
-from cagefs.errors import CageError
+from cagefs.errors import CageError, ExitCode
 
 VERBS = [keygen, init, crypt, mount, umount]
 
@@ -16,13 +17,14 @@ class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line, like every other refusal (the verbs' parsers inherit it)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="cagefs", description="A transparent filesystem that keeps every file as an age file."
     )
+    parser.add_argument("--version", action="version", version=f"cagefs {__version__}")
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
     for verb in VERBS:
         verb.add_parser(subparsers)
@@ -32,13 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args) or 0
+        return args.run(args) or ExitCode.OK
     except (AgeError, CageError, OSError) as exc:
         print(f"cagefs {args.verb}: {describe(exc)}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     except KeyboardInterrupt:
         print(f"cagefs {args.verb}: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
+
+
+def exit_code(exc: BaseException) -> int:
+    if isinstance(exc, CageError):
+        return exc.exit_code
+    if isinstance(exc, NoIdentityMatchError):  # decrypt: none of the keys given fits the file
+        return ExitCode.BAD_KEY
+    return ExitCode.FAILURE
 
 
 def describe(exc: BaseException) -> str:

@@ -12,12 +12,13 @@ import os
 import re
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from cagefs.cli.mounts import fallback_log_file, is_mount_point, mount_path, wait_for_exit
-from cagefs.errors import CageError
+from cagefs.errors import FuseUnavailableError, MountPointError, UsageError
 
 if TYPE_CHECKING:  # the rest is loaded by `run`: other verbs should not pay for it at start-up
     from cagefs.fs.mount import MountOptions
@@ -123,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
     strategy = args.strategy
     env_strategy = check_strategy(STRATEGY_ENV, os.environ.get(STRATEGY_ENV))
     if not os.path.exists("/dev/fuse"):
-        raise CageError("/dev/fuse is missing: load the fuse module (or pass the device in)")
+        raise FuseUnavailableError(
+            "/dev/fuse is missing: load the fuse module (or pass the device in)"
+        )
     check_store(args.store)
     if not read_only and on_read_only_filesystem(args.store):
         # Served read-write, every edit would fail only when the file is saved, after close.
@@ -138,9 +141,8 @@ def run(args: argparse.Namespace) -> int:
         # With -i, --passfile unlocks those files; without, the store's own identity.age.
         identities = load_identities(args.identity, args.passfile)
         store = open_store(args.store, identities, args.passfile)
-        from cagefs.fs.mount import MountOptions  # loaded only once there is something to serve
-
-        options = MountOptions(
+        filesystem = _filesystem()  # loaded only once there is something to serve
+        options = filesystem.MountOptions(
             strategy=strategy or env_strategy or store.config.strategy,
             read_only=read_only,
             allow_other=allow_other,
@@ -151,8 +153,6 @@ def run(args: argparse.Namespace) -> int:
         fallback = setup_logging(
             args.log, args.foreground, args.debug, fallback_log_file(mountpoint)
         )
-        if fallback:
-            print(f"cagefs mount: no syslog here: the log is in {fallback}", file=sys.stderr)
     except BaseException:
         lock.release()
         raise
@@ -166,7 +166,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # The daemon shares the lock through the fork and keeps it until it exits; this process
     # only exits (unlocking here would unlock the daemon's lock too).
-    return run_in_background(work)
+    run_in_background(work)
+    if fallback:
+        print(f"cagefs mount: no syslog here: the log is in {fallback}", file=sys.stderr)
+    return 0
+
+
+def _filesystem() -> types.ModuleType:
+    """cagefs.fs.mount, which needs pyfuse3: only the filesystem does (cagefs.age never)."""
+    try:
+        import cagefs.fs.mount
+    except ImportError as exc:
+        raise FuseUnavailableError(f"cannot load the filesystem: {exc}") from None
+    return cagefs.fs.mount
 
 
 def lock_for_mount(root: Path, mountpoint: str) -> "StoreLock":
@@ -210,7 +222,7 @@ def parse_mount_options(values: list[str]) -> tuple[bool, bool]:
     given = {item.strip() for value in values for item in value.split(",") if item.strip()}
     unknown = sorted(given - set(MOUNT_OPTIONS))
     if unknown:
-        raise CageError(f"unknown mount option {unknown[0]!r} (known: {', '.join(MOUNT_OPTIONS)})")
+        raise UsageError(f"unknown mount option {unknown[0]!r} (known: {', '.join(MOUNT_OPTIONS)})")
     return "ro" in given, "allow_other" in given
 
 
@@ -220,24 +232,24 @@ def check_strategy(source: str, value: str | None) -> str | None:
 
     problem = value and setting_problem("strategy", value)
     if problem:
-        raise CageError(f"{source}={value}: {problem}")
+        raise UsageError(f"{source}={value}: {problem}")
     return value or None
 
 
 def check_mountpoint(path: str, store_root: Path) -> str:
     """The mount point's real path, if it is an empty directory that nothing is mounted on."""
     if is_mount_point(path):
-        raise CageError(f"{path} is busy: something is already mounted there")
+        raise MountPointError(f"{path} is busy: something is already mounted there")
     if not os.path.lexists(path):
-        raise CageError(f"{path}: mount point does not exist")
+        raise MountPointError(f"{path}: mount point does not exist")
     if not os.path.isdir(path):
-        raise CageError(f"{path}: mount point is not a directory")
+        raise MountPointError(f"{path}: mount point is not a directory")
     if os.listdir(path):
-        raise CageError(f"{path}: mount point is not empty")
+        raise MountPointError(f"{path}: mount point is not empty")
     real = mount_path(path)
     store = os.path.realpath(store_root)
     if os.path.commonpath([real, store]) == store:
-        raise CageError(f"{path}: mount point is inside the store {store_root}")
+        raise MountPointError(f"{path}: mount point is inside the store {store_root}")
     return real
 
 

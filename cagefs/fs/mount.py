@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
-from cagefs.errors import CageError
+from cagefs.errors import FuseUnavailableError
 from cagefs.fs import heap
 from cagefs.fs.cache import ChunkCache
 from cagefs.fs.env import Env
@@ -75,7 +75,7 @@ def serve(
     try:
         pyfuse3.init(operations, mountpoint, _fuse_options(options))
     except RuntimeError as exc:
-        raise CageError(f"cannot mount on {mountpoint}: {exc}") from None
+        raise FuseUnavailableError(f"cannot mount on {mountpoint}: {exc}") from None
     try:
         sealers = None if options.read_only else env.sealers  # nothing to seal on a ro mount
         trio.run(_main, operations, publisher, mountpoint, on_ready, sealers)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cagefs.errors import ExitCode
 from cagefs.store.layout import TMP_DIR
 from cagefs.store.lock import LOCK_FILE
 
@@ -35,6 +36,7 @@ def temps(store: Path) -> set[str]:
 def refusal(*args: object) -> str:
     proc = cagefs("mount", *args)
     assert proc.returncode != 0, "a second mount of a store in use was accepted"
+    assert proc.returncode == ExitCode.STORE_BUSY, proc.stderr
     return one_line(proc.stderr)
 
 
@@ -150,7 +152,7 @@ def test_init_of_a_store_being_initialised_is_refused(tmp_path: Path, identity: 
     (root / ".cagefs").mkdir(parents=True)
     with lock_store(root, "init"):
         proc = cagefs("init", root, "--identity", identity)
-    assert proc.returncode != 0
+    assert proc.returncode == ExitCode.STORE_BUSY
     line = one_line(proc.stderr)
     assert line == f"cagefs init: {root} is in use: `cagefs init` running by pid {os.getpid()}"
     assert cagefs("init", root, "--identity", identity).returncode == 0

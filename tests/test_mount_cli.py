@@ -22,10 +22,11 @@ from mount.helpers import cagefs, force_unmount, one_line, umount_cli
 
 from cagefs.age.keys import parse_recipient
 from cagefs.cli.daemon import run_in_background
-from cagefs.cli.mount import parse_mount_options, parse_size
+from cagefs.cli.mount import CONVERTERS, parse_size
+from cagefs.cli.mountopts import parse_mount_options
 from cagefs.cli.mounts import fallback_log_file, is_mount_point
 from cagefs.cli.sdnotify import notify
-from cagefs.errors import CageError, ExitCode
+from cagefs.errors import CageError, ExitCode, UsageError
 from cagefs.store import init_store
 from cagefs.store.lock import StoreBusy, lock_store
 
@@ -170,8 +171,8 @@ def test_busy_mountpoint(store: Path, mnt: Path, passfile: Path) -> None:
 
 
 def test_unknown_mount_option(store: Path, mnt: Path, passfile: Path) -> None:
-    message = refused(ExitCode.USAGE, store, mnt, "--passfile", passfile, "-o", "ro,exec")
-    assert message.startswith("unknown mount option 'exec'")
+    message = refused(ExitCode.USAGE, store, mnt, "--passfile", passfile, "-o", "ro,nonempty")
+    assert message.startswith("unknown mount option 'nonempty'")
     assert_nothing_mounted(mnt)
 
 
@@ -234,10 +235,37 @@ def test_passfile_unlocks_a_protected_identity(kind: str, tmp_path: Path, mnt: P
 
 
 def test_mount_options() -> None:
-    assert parse_mount_options([]) == (False, False)
-    assert parse_mount_options(["ro", "allow_other,default_permissions"]) == (True, True)
-    with pytest.raises(CageError, match="unknown mount option 'nonempty'"):
-        parse_mount_options(["nonempty"])
+    """What mount(8) and fstab pass (15.1): kernel flags on, their own ignored, ours parsed
+    and checked by the same types as the flags."""
+    empty = parse_mount_options([], CONVERTERS)
+    assert (empty.kernel, empty.values, empty.flags) == ([], {}, set())
+    found = parse_mount_options(
+        [
+            "rw,ro,allow_other,default_permissions,dev,suid,exec,noatime,auto,nofail,_netdev",
+            "x-systemd.automount,comment=x,subtype=cagefs,fsname=mine,identity=/k1,identity=/k2",
+            "passfile=/p,strategy=stream,memory-threshold=1M,cache_mib=8,publish_interval=2,debug",
+        ],
+        CONVERTERS,
+    )
+    assert found.kernel == ["dev", "suid", "exec", "noatime"]
+    assert found.flags == {"read_only", "allow_other", "debug"}
+    assert found.values == {
+        "fsname": "mine",
+        "identity": ["/k1", "/k2"],
+        "passfile": "/p",
+        "strategy": "stream",
+        "memory_threshold": 1 << 20,
+        "cache_mib": 8,
+        "publish_interval": 2.0,
+    }
+    with pytest.raises(UsageError, match="unknown mount option 'nonempty'"):
+        parse_mount_options(["nonempty"], CONVERTERS)
+    assert parse_mount_options(["nonempty"], CONVERTERS, sloppy=True).kernel == []
+    with pytest.raises(UsageError, match="-o publish_interval=-1: '-1' must be more than 0"):
+        parse_mount_options(["publish_interval=-1"], CONVERTERS)
+    with pytest.raises(UsageError, match="files only") as secret:
+        parse_mount_options(["passphrase=hunter2"], CONVERTERS)
+    assert "hunter2" not in str(secret.value)
 
 
 @pytest.mark.parametrize(

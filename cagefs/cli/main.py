@@ -1,6 +1,7 @@
 """Entry point: dispatch to a verb, and turn every expected failure into one line on stderr."""
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -8,7 +9,8 @@ from typing import NoReturn
 from cagefs import __version__
 from cagefs.age.errors import AgeError, NoIdentityMatchError
 from cagefs.cli import crypt, init, keygen, mount, umount
-from cagefs.errors import CageError, ExitCode
+from cagefs.cli.mountopts import helper_argv, looks_like_helper_call
+from cagefs.errors import CageError, ExitCode, UsageError
 
 VERBS = [keygen, init, crypt, mount, umount]
 
@@ -32,7 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    program = os.path.basename(sys.argv[0]) if argv is None else "cagefs"
+    if program.startswith("mount.") or looks_like_helper_call(words, verb_names(parser)):
+        try:  # called by mount(8) or mount.fuse3, for fstab and `mount -t fuse.cagefs`
+            mount_words = helper_argv(program, words)
+        except UsageError as exc:
+            print(f"{program}: {exc}", file=sys.stderr)
+            return exc.exit_code
+        if mount_words is None:
+            return ExitCode.OK
+        words = mount_words
+    args = parser.parse_args(words)
     try:
         return args.run(args) or ExitCode.OK
     except (AgeError, CageError, OSError) as exc:
@@ -41,6 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cagefs {args.verb}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+
+
+def verb_names(parser: argparse.ArgumentParser) -> list[str]:
+    return [
+        name
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    ]
 
 
 def exit_code(exc: BaseException) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from cagefs.cli.mountopts import parse_mount_options
 from cagefs.cli.mounts import fallback_log_file, is_mount_point, mount_path, wait_for_exit
 from cagefs.errors import FuseUnavailableError, MountPointError, UsageError
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # the rest is loaded by `run`: other verbs should not pay for
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STRATEGY_ENV = "CAGEFS_STRATEGY"
-MOUNT_OPTIONS = ("ro", "allow_other", "default_permissions")
 SAVING_PATIENCE = 60.0
 _SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
 
@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--strategy",
-        type=setting("strategy", str, "a strategy"),
+        type=CONVERTERS["strategy"],
         metavar="NAME",
         help=f"write strategy: auto, stream, memory or tempfile (default: ${STRATEGY_ENV}, config)",
     )
@@ -61,23 +61,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "-f", "--foreground", action="store_true", help="stay in front and log to stderr"
     )
     parser.add_argument(
-        "-o", dest="options", action="append", default=[], help=f"{','.join(MOUNT_OPTIONS)}"
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="comma-separated: ro, allow_other, kernel flags (dev, suid, exec, noatime...), "
+        "fsname=NAME, and every flag here as NAME=VALUE (passfile=FILE, identity=FILE, "
+        "strategy=NAME...); mount(8)'s own (rw, auto, nofail, _netdev, x-*...) are ignored",
     )
+    parser.add_argument("--sloppy", action="store_true", help=argparse.SUPPRESS)  # mount -s
     parser.add_argument(
         "--memory-threshold",
-        type=setting("memory_threshold", parse_size, "a size (e.g. 64M)"),
+        type=CONVERTERS["memory_threshold"],
         metavar="SIZE",
         help="files up to SIZE are staged in RAM (e.g. 64M)",
     )
     parser.add_argument(
         "--cache-mib",
-        type=setting("chunk_cache_mib", int, "a whole number"),
+        type=CONVERTERS["cache_mib"],
         metavar="N",
         help="decrypted chunk cache, MiB",
     )
     parser.add_argument(
         "--publish-interval",
-        type=setting("publish_interval", float, "a number"),
+        type=CONVERTERS["publish_interval"],
         metavar="S",
         help="seconds between grouped publishes",
     )
@@ -85,7 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--log", metavar="FILE", help="log to FILE (default: stderr with -f, else syslog)"
     )
     parser.add_argument("--debug", action="store_true", help="log every request")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, read_only=False, allow_other=False, fsname=None)
 
 
 def setting(name: str, parse: Callable[[str], object], what: str) -> Callable[[str], object]:
@@ -115,12 +123,35 @@ def parse_size(text: str) -> int:
     return int(number) << (10 * " KMGT".index(unit.upper() or " "))
 
 
+# Flag destination → its argparse type; `-o NAME=VALUE` goes through the same one.
+CONVERTERS: dict[str, Callable[[str], object]] = {
+    "strategy": setting("strategy", str, "a strategy"),
+    "memory_threshold": setting("memory_threshold", parse_size, "a size (e.g. 64M)"),
+    "cache_mib": setting("chunk_cache_mib", int, "a whole number"),
+    "publish_interval": setting("publish_interval", float, "a number"),
+}
+
+
+def apply_mount_options(args: argparse.Namespace) -> list[str]:
+    """Fold `-o` options into `args` (a flag given as a flag wins); the kernel flags left."""
+    found = parse_mount_options(args.options, CONVERTERS, args.sloppy)
+    for dest in found.flags:
+        setattr(args, dest, True)
+    for dest, value in found.values.items():
+        if dest == "identity":
+            args.identity += value
+        elif getattr(args, dest, None) is None:
+            setattr(args, dest, value)
+    return found.kernel
+
+
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.daemon import run_in_background, setup_logging
     from cagefs.cli.keyargs import load_identities
     from cagefs.store import check_store, on_read_only_filesystem, open_store
 
-    read_only, allow_other = parse_mount_options(args.options)
+    kernel_flags = apply_mount_options(args)
+    read_only, allow_other = args.read_only, args.allow_other
     strategy = args.strategy
     env_strategy = check_strategy(STRATEGY_ENV, os.environ.get(STRATEGY_ENV))
     if not os.path.exists("/dev/fuse"):
@@ -149,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
             memory_threshold=_either(args.memory_threshold, store.config.memory_threshold),
             cache_mib=_either(args.cache_mib, store.config.chunk_cache_mib),
             publish_interval=_either(args.publish_interval, store.config.publish_interval),
+            fsname=args.fsname or str(store.root.resolve()),
+            kernel_flags=tuple(kernel_flags),
         )
         fallback = setup_logging(
             args.log, args.foreground, args.debug, fallback_log_file(mountpoint)
@@ -215,15 +248,6 @@ def lock_for_mount(root: Path, mountpoint: str) -> "StoreLock":
 
 def _either(given: T | None, configured: T) -> T:
     return configured if given is None else given
-
-
-def parse_mount_options(values: list[str]) -> tuple[bool, bool]:
-    """(read_only, allow_other) from -o lists; default_permissions is always on anyway."""
-    given = {item.strip() for value in values for item in value.split(",") if item.strip()}
-    unknown = sorted(given - set(MOUNT_OPTIONS))
-    if unknown:
-        raise UsageError(f"unknown mount option {unknown[0]!r} (known: {', '.join(MOUNT_OPTIONS)})")
-    return "ro" in given, "allow_other" in given
 
 
 def check_strategy(source: str, value: str | None) -> str | None:

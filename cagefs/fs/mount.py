@@ -42,6 +42,8 @@ class MountOptions:
     memory_threshold: int = 64 * 1024 * 1024
     cache_mib: int = 64
     publish_interval: float = 1.0
+    fsname: str = "cagefs"  # the source `mount`, `df` and `findmnt` show: the store's path
+    kernel_flags: tuple[str, ...] = ()  # dev, suid, exec, noatime... as given with -o
 
 
 def serve(
@@ -87,12 +89,19 @@ def serve(
 
 
 def _fuse_options(options: MountOptions) -> set[str]:
-    fuse_options = set(pyfuse3.default_options) | {"fsname=cagefs", "subtype=cagefs"}
+    fuse_options = set(pyfuse3.default_options) | set(options.kernel_flags)
+    fuse_options |= {f"fsname={_option_value(options.fsname)}", "subtype=cagefs"}
     if options.read_only:
         fuse_options.add("ro")
     if options.allow_other:
         fuse_options.add("allow_other")
     return fuse_options
+
+
+def _option_value(text: str) -> str:
+    """libfuse splits options at commas unless escaped; pyfuse3 takes ASCII only."""
+    escaped = text.replace("\\", "\\\\").replace(",", "\\,")
+    return escaped.encode("ascii", "replace").decode()
 
 
 async def _main(

@@ -286,7 +286,11 @@ def serve_until_unmounted(
 ) -> None:
     from cagefs.cli.mounts import forget_daemon, record_daemon
     from cagefs.cli.sdnotify import notify
-    from cagefs.fs.mount import serve
+    from cagefs.fs.mount import SAVING_NOTICE, serve
+
+    def on_saving() -> None:  # systemd: stopping, and give us time beyond TimeoutStopSec=
+        extend_usec = int(3 * SAVING_NOTICE * 1_000_000)
+        notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={extend_usec}\nSTATUS=saving {store.root}")
 
     def on_ready() -> None:
         record_daemon(mountpoint)
@@ -295,6 +299,6 @@ def serve_until_unmounted(
         report_ready()
 
     try:
-        serve(store, lock, mountpoint, options, on_ready)
+        serve(store, lock, mountpoint, options, on_ready, on_saving)
     finally:
         forget_daemon(mountpoint)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cagefs")
 READ_AHEAD_KB = 1024
+SAVING_NOTICE = 10.0  # seconds between "still saving" calls while the final save runs
 
 
 @dataclass
@@ -52,8 +53,11 @@ def serve(
     mountpoint: str,
     options: MountOptions,
     on_ready: Callable[[], None],
+    on_saving: Callable[[], None] = lambda: None,
 ) -> None:
-    """Mount `store` on `mountpoint` and serve until unmounted; blocks.
+    """Mount `store` on `mountpoint` and serve until unmounted; blocks. `on_saving` is called
+    when the kernel side is gone and the final save starts, then every SAVING_NOTICE seconds
+    until it ends (for a service manager's stop timeout).
 
     `lock` is the store's lock, taken by the caller (before forking, to refuse in front): only
     under it are temps in `.cagefs/tmp/` strays, not another daemon's unpublished versions.
@@ -80,7 +84,7 @@ def serve(
         raise FuseUnavailableError(f"cannot mount on {mountpoint}: {exc}") from None
     try:
         sealers = None if options.read_only else env.sealers  # nothing to seal on a ro mount
-        trio.run(_main, operations, publisher, mountpoint, on_ready, sealers)
+        trio.run(_main, operations, publisher, mountpoint, on_ready, on_saving, sealers)
     finally:
         pyfuse3.close(unmount=True)
         env.sealers.close()
@@ -109,6 +113,7 @@ async def _main(
     publisher: Publisher,
     mountpoint: str,
     on_ready: Callable[[], None],
+    on_saving: Callable[[], None],
     sealers: SealerPool | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
@@ -117,8 +122,15 @@ async def _main(
         nursery.start_soon(_announce_ready, mountpoint, on_ready, sealers)
         await pyfuse3.main()
         # The kernel side is gone (unmounted or terminated): save, then stop the helpers.
+        nursery.start_soon(_repeat, on_saving, SAVING_NOTICE)
         await operations.save_everything()
         nursery.cancel_scope.cancel()
+
+
+async def _repeat(call: Callable[[], None], interval: float) -> None:
+    while True:
+        call()
+        await trio.sleep(interval)
 
 
 async def _stop_on_signals() -> None:

@@ -4,6 +4,7 @@ and a real background mount whose -i key is unlocked by --passfile.
 Also the small pieces the mount command is built from: -o and size parsing, and sd_notify.
 """
 
+import argparse
 import contextlib
 import errno
 import os
@@ -22,7 +23,7 @@ from mount.helpers import cagefs, force_unmount, one_line, umount_cli
 
 from cagefs.age.keys import parse_recipient
 from cagefs.cli.daemon import run_in_background
-from cagefs.cli.mount import CONVERTERS, parse_size
+from cagefs.cli.mount import CONVERTERS, parse_duration, parse_size
 from cagefs.cli.mountopts import parse_mount_options
 from cagefs.cli.mounts import fallback_log_file, is_mount_point
 from cagefs.cli.sdnotify import notify
@@ -529,3 +530,17 @@ def test_version() -> None:
         version = tomllib.load(f)["project"]["version"]
     proc = cagefs("--version")
     assert (proc.returncode, proc.stdout) == (0, f"cagefs {version}\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0)]
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert parse_mount_options([f"idle={text}"], CONVERTERS).values == {"idle": seconds}
+
+
+@pytest.mark.parametrize("text", ["0", "-1s", "soon", "5 weeks"])
+def test_parse_duration_refuses_nonsense(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration(text)

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 STRATEGY_ENV = "CAGEFS_STRATEGY"
 SAVING_PATIENCE = 60.0
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
 
 
@@ -92,6 +94,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--log", metavar="FILE", help="log to FILE (default: stderr with -f, else syslog)"
     )
+    parser.add_argument(
+        "--idle",
+        type=parse_duration,
+        metavar="DURATION",
+        help="unmount (saving everything) after DURATION with no open file and no request, "
+        "e.g. 90s, 30m, 2h",
+    )
     parser.add_argument("--debug", action="store_true", help="log every request")
     parser.set_defaults(run=run, read_only=False, allow_other=False, fsname=None)
 
@@ -123,12 +132,21 @@ def parse_size(text: str) -> int:
     return int(number) << (10 * " KMGT".index(unit.upper() or " "))
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `30m`, `2h`, `1d` (more than 0)."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 30m, 2h)")
+    return float(match[1]) * _DURATION_UNITS[match[2].lower()]
+
+
 # Flag destination → its argparse type; `-o NAME=VALUE` goes through the same one.
 CONVERTERS: dict[str, Callable[[str], object]] = {
     "strategy": setting("strategy", str, "a strategy"),
     "memory_threshold": setting("memory_threshold", parse_size, "a size (e.g. 64M)"),
     "cache_mib": setting("chunk_cache_mib", int, "a whole number"),
     "publish_interval": setting("publish_interval", float, "a number"),
+    "idle": parse_duration,
 }
 
 
@@ -182,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             publish_interval=_either(args.publish_interval, store.config.publish_interval),
             fsname=args.fsname or str(store.root.resolve()),
             kernel_flags=tuple(kernel_flags),
+            idle=args.idle,
         )
         fallback = setup_logging(
             args.log, args.foreground, args.debug, fallback_log_file(mountpoint)

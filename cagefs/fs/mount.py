@@ -16,6 +16,7 @@ import trio
 
 from cagefs.errors import FuseUnavailableError
 from cagefs.fs import heap
+from cagefs.fs.activity import ACTIVITY
 from cagefs.fs.cache import ChunkCache
 from cagefs.fs.env import Env
 from cagefs.fs.inodes import InodeTable
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cagefs")
 READ_AHEAD_KB = 1024
+IDLE_CHECK = 5.0  # seconds between looks at a mount's activity, at most
 SAVING_NOTICE = 10.0  # seconds between "still saving" calls while the final save runs
 
 
@@ -45,6 +47,7 @@ class MountOptions:
     publish_interval: float = 1.0
     fsname: str = "cagefs"  # the source `mount`, `df` and `findmnt` show: the store's path
     kernel_flags: tuple[str, ...] = ()  # dev, suid, exec, noatime... as given with -o
+    idle: float | None = None  # unmount after this many seconds with nothing open, no request
 
 
 def serve(
@@ -84,7 +87,9 @@ def serve(
         raise FuseUnavailableError(f"cannot mount on {mountpoint}: {exc}") from None
     try:
         sealers = None if options.read_only else env.sealers  # nothing to seal on a ro mount
-        trio.run(_main, operations, publisher, mountpoint, on_ready, on_saving, sealers)
+        trio.run(
+            _main, operations, publisher, mountpoint, on_ready, on_saving, sealers, options.idle
+        )
     finally:
         pyfuse3.close(unmount=True)
         env.sealers.close()
@@ -115,9 +120,12 @@ async def _main(
     on_ready: Callable[[], None],
     on_saving: Callable[[], None],
     sealers: SealerPool | None,
+    idle: float | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(publisher.run)
+        if idle is not None:
+            nursery.start_soon(_unmount_when_idle, idle)
         nursery.start_soon(_stop_on_signals)
         nursery.start_soon(_announce_ready, mountpoint, on_ready, sealers)
         await pyfuse3.main()
@@ -131,6 +139,15 @@ async def _repeat(call: Callable[[], None], interval: float) -> None:
     while True:
         call()
         await trio.sleep(interval)
+
+
+async def _unmount_when_idle(idle: float) -> None:
+    """--idle: no handle open and no request for `idle` seconds → unmount, as on SIGTERM
+    (everything unsaved is then saved)."""
+    while (quiet := ACTIVITY.idle_for()) < idle:
+        await trio.sleep(min(idle - quiet, IDLE_CHECK))
+    log.info("idle for %.0f s: saving and unmounting", idle)
+    pyfuse3.terminate()
 
 
 async def _stop_on_signals() -> None:

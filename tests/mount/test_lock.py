@@ -186,3 +186,24 @@ def test_cagefs_umount_returns_only_once_the_daemon_has_saved_and_exited(
     assert not temps(daemon.store)
     plain = decrypt_backing(daemon.store / "last.txt.age", daemon.identity)
     assert plain == b"saved before umount returns\n"
+
+
+def test_idle_unmounts_a_quiet_mount_and_not_a_busy_one(daemons: Callable[..., Daemon]) -> None:
+    """15.4: --idle 1s. An open file keeps the mount (several idle periods pass); once it is
+    closed and nothing asks, the daemon saves, unmounts and exits 0 by itself."""
+    daemon = daemons("stream", options=["--idle", "1s", *KEEP_TEMPS])
+    daemon.start()
+    with open(daemon.mnt / "held.txt", "w") as held:
+        held.write("written while held open\n")
+        held.flush()
+        assert daemon.proc is not None
+        with pytest.raises(subprocess.TimeoutExpired):
+            daemon.proc.wait(5)  # five idle periods with a file open: still serving
+        assert is_mounted(daemon.mnt)
+    assert daemon.proc.wait(STOP_TIMEOUT) == 0, daemon.log_text()[-2000:]
+    daemon.proc = None
+    assert not is_mounted(daemon.mnt)
+    assert not temps(daemon.store), "the idle unmount did not save everything"
+    plain = decrypt_backing(daemon.store / "held.txt.age", daemon.identity)
+    assert plain == b"written while held open\n"
+    assert "idle for 1 s: saving and unmounting" in daemon.log_text()

@@ -8,11 +8,11 @@ from typing import NoReturn
 
 from cagefs import __version__
 from cagefs.age.errors import AgeError, NoIdentityMatchError
-from cagefs.cli import crypt, init, keygen, mount, umount
+from cagefs.cli import crypt, init, keygen, mount, status, umount
 from cagefs.cli.mountopts import helper_argv, looks_like_helper_call
 from cagefs.errors import CageError, ExitCode, UsageError
 
-VERBS = [keygen, init, crypt, mount, umount]
+VERBS = [keygen, init, crypt, mount, umount, status]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from cagefs.cli.mountopts import parse_mount_options
-from cagefs.cli.mounts import fallback_log_file, is_mount_point, mount_path, wait_for_exit
+from cagefs.cli.mounts import (
+    fallback_log_file,
+    is_mount_point,
+    mount_path,
+    status_socket,
+    wait_for_exit,
+)
 from cagefs.errors import FuseUnavailableError, MountPointError, UsageError
 
 if TYPE_CHECKING:  # the rest is loaded by `run`: other verbs should not pay for it at start-up
@@ -201,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             fsname=args.fsname or str(store.root.resolve()),
             kernel_flags=tuple(kernel_flags),
             idle=args.idle,
+            status_socket=status_socket(mountpoint),
         )
         fallback = setup_logging(
             args.log, args.foreground, args.debug, fallback_log_file(mountpoint)

@@ -4,11 +4,13 @@ The daemon only ever exits after every unsaved change has been sealed and publis
 it was stopped by `fusermount3 -u`, `cagefs umount`, SIGTERM or SIGINT.
 """
 
+import functools
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyfuse3
@@ -22,6 +24,7 @@ from cagefs.fs.env import Env
 from cagefs.fs.inodes import InodeTable
 from cagefs.fs.operations import Operations
 from cagefs.fs.publisher import Publisher
+from cagefs.fs.status import RecentErrors, serve_status, snapshot
 from cagefs.fs.strategies import Policy, Strategy
 from cagefs.store import reclaim
 from cagefs.store.layout import remove_stray_temps
@@ -48,6 +51,7 @@ class MountOptions:
     fsname: str = "cagefs"  # the source `mount`, `df` and `findmnt` show: the store's path
     kernel_flags: tuple[str, ...] = ()  # dev, suid, exec, noatime... as given with -o
     idle: float | None = None  # unmount after this many seconds with nothing open, no request
+    status_socket: Path | None = None  # where `cagefs status` asks (fs/status.py)
 
 
 def serve(
@@ -81,15 +85,23 @@ def serve(
     table = InodeTable(store.root)
     publisher = Publisher(env, table, options.publish_interval)
     operations = Operations(env, publisher, table)
+    background: list[Callable[[], Awaitable[None]]] = [publisher.run, _stop_on_signals]
+    if options.idle is not None:
+        background.append(functools.partial(_unmount_when_idle, options.idle))
+    recent_errors = RecentErrors()
+    logging.getLogger().addHandler(recent_errors)
+    if options.status_socket is not None:
+        describe = functools.partial(
+            snapshot, env, table, mountpoint, options.strategy, recent_errors
+        )
+        background.append(functools.partial(serve_status, options.status_socket, describe))
     try:
         pyfuse3.init(operations, mountpoint, _fuse_options(options))
     except RuntimeError as exc:
         raise FuseUnavailableError(f"cannot mount on {mountpoint}: {exc}") from None
     try:
         sealers = None if options.read_only else env.sealers  # nothing to seal on a ro mount
-        trio.run(
-            _main, operations, publisher, mountpoint, on_ready, on_saving, sealers, options.idle
-        )
+        trio.run(_main, operations, mountpoint, on_ready, on_saving, sealers, background)
     finally:
         pyfuse3.close(unmount=True)
         env.sealers.close()
@@ -115,18 +127,15 @@ def _option_value(text: str) -> str:
 
 async def _main(
     operations: Operations,
-    publisher: Publisher,
     mountpoint: str,
     on_ready: Callable[[], None],
     on_saving: Callable[[], None],
     sealers: SealerPool | None,
-    idle: float | None,
+    background: list[Callable[[], Awaitable[None]]],
 ) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(publisher.run)
-        if idle is not None:
-            nursery.start_soon(_unmount_when_idle, idle)
-        nursery.start_soon(_stop_on_signals)
+        for task in background:  # the publisher, signals, --idle, the status socket
+            nursery.start_soon(task)
         nursery.start_soon(_announce_ready, mountpoint, on_ready, sealers)
         await pyfuse3.main()
         # The kernel side is gone (unmounted or terminated): save, then stop the helpers.

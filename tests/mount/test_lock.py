@@ -1,6 +1,7 @@
 """One daemon per store (DESIGN I10): a second mount is refused while the first serves, waits
 while an unmounted daemon is still saving, and a killed daemon leaves no lock behind."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cagefs.cli.mounts import status_socket
 from cagefs.errors import ExitCode
 from cagefs.store.layout import TMP_DIR
 from cagefs.store.lock import LOCK_FILE
@@ -207,3 +209,30 @@ def test_idle_unmounts_a_quiet_mount_and_not_a_busy_one(daemons: Callable[..., D
     plain = decrypt_backing(daemon.store / "held.txt.age", daemon.identity)
     assert plain == b"written while held open\n"
     assert "idle for 1 s: saving and unmounting" in daemon.log_text()
+
+
+def test_status_shows_an_open_streaming_file(daemons: Callable[..., Daemon]) -> None:
+    """15.5: asked of the daemon over its socket (root only), not guessed from /proc."""
+    daemon = daemons("stream", options=KEEP_TEMPS)
+    daemon.start()
+    with open(daemon.mnt / "big.bin", "wb") as f:
+        f.write(os.urandom(3 << 20))
+        f.flush()
+        proc = cagefs("status", daemon.mnt, "--json")
+        assert proc.returncode == 0, proc.stderr
+        [report] = json.loads(proc.stdout)
+        assert (report["store"], report["mountpoint"]) == (str(daemon.store), str(daemon.mnt))
+        assert report["pid"] == daemon.pid and report["strategy"] == "stream"
+        [big] = [entry for entry in report["files"] if entry["path"] == "big.bin"]
+        assert (big["state"], big["size"], big["handles"]) == ("streaming", 3 << 20, 1)
+        assert report["open_handles"] >= 1 and report["sealers"]["running"] >= 1
+        text = cagefs("status", daemon.mnt).stdout
+        assert f"{daemon.mnt}: {daemon.store}, pid {daemon.pid}" in text
+        assert "streaming" in text and "big.bin" in text
+    socket_path = status_socket(str(daemon.mnt))
+    assert socket_path.stat().st_mode & 0o777 == 0o600
+    [report] = json.loads(cagefs("status", daemon.mnt, "--json").stdout)
+    [big] = [entry for entry in report["files"] if entry["path"] == "big.bin"]
+    assert big["state"] == "pending" and report["unpublished"]["files"] == 1
+    daemon.stop_clean()
+    assert not socket_path.exists()

@@ -54,6 +54,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text=True,
         timeout=600,
         check=False,
+        env=CLEAN_ENV,
     )
     assert made.returncode == 0, made.stderr[-3000:]
     [sdist] = out.glob("cagefs-*.tar.gz")

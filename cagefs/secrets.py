@@ -20,13 +20,13 @@ from cagefs.age.header import VERSION_LINE
 from cagefs.age.keys import load_identity_file
 from cagefs.age.recipients import Identity
 from cagefs.age.scrypt import ScryptIdentity
-from cagefs.errors import CageError
+from cagefs.errors import CageError, WrongKeyError
 
 AskPassphrase = Callable[[str], str]  # prompt -> what the user typed
 Passphrase = Callable[[str], bytes]  # prompt -> a passphrase, from wherever it comes
 
 
-class WrongPassphraseError(CageError):
+class WrongPassphraseError(WrongKeyError):
     """The passphrase does not open a passphrase-encrypted identity file."""
 
 

@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Install everything cagefs needs on Debian 12, idempotently: system packages, then ./.venv.
+# With --system, also put it where the system looks (as root): /usr/local/bin/cagefs,
+# /sbin/mount.fuse.cagefs (mount -t fuse.cagefs, fstab), the systemd units, the man page and
+# bash/zsh completion (generated from the argparse parser by scripts/gen-docs.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+system=false
+case "${1:-}" in
+    --system) system=true ;;
+    "") ;;
+    *) echo "usage: $0 [--system]" >&2; exit 2 ;;
+esac
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev patch age gocryptfs
               sqlite3 rsync git openssh-client procps systemd)
@@ -41,3 +50,23 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c 'import cagefs, pyfuse3, trio, pyrage' # fail loudly if the install did not work
 patched || { echo "install.sh: the patched pyfuse3 did not install" >&2; exit 1; }
+
+if $system; then
+    # Links, not copies: the venv stays the one installation, and an update of it updates these.
+    ln -sfn "$PWD/.venv/bin/cagefs" /usr/local/bin/cagefs
+    ln -sfn "$PWD/.venv/bin/cagefs" /sbin/mount.fuse.cagefs
+    install -d /usr/local/share/man/man1 /usr/local/share/bash-completion/completions \
+        /usr/local/share/zsh/site-functions /etc/systemd/system /etc/systemd/user
+    docs=$(mktemp -d)
+    PYTHON=.venv/bin/python scripts/gen-docs.sh "$docs"
+    install -m 0644 "$docs/cagefs.1" /usr/local/share/man/man1/cagefs.1
+    install -m 0644 "$docs/cagefs.bash" /usr/local/share/bash-completion/completions/cagefs
+    install -m 0644 "$docs/_cagefs" /usr/local/share/zsh/site-functions/_cagefs
+    rm -rf "$docs"
+    # The units run /usr/local/bin/cagefs, linked above.
+    install -m 0644 systemd/cagefs@.service /etc/systemd/system/cagefs@.service
+    sed 's|%h/.local/bin/cagefs|/usr/local/bin/cagefs|' systemd/user/cagefs@.service \
+        >/etc/systemd/user/cagefs@.service
+    if [[ -d /run/systemd/system ]]; then systemctl daemon-reload; fi
+    echo "installed: /usr/local/bin/cagefs, /sbin/mount.fuse.cagefs, cagefs(1), completions, units"
+fi

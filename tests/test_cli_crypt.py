@@ -23,10 +23,11 @@ def ok(*args: str, stdin: bytes = b"") -> bytes:
     return result.stdout
 
 
-def fails(*args: str, stdin: bytes = b"") -> str:
-    """Run a command that must fail; return its single stderr line."""
+def fails(*args: str, stdin: bytes = b"", code: int = 1) -> str:
+    """Run a command that must fail with exit code `code` (3: a wrong key, README "Exit
+    codes"); return its single stderr line."""
     result = cagefs(*args, stdin=stdin)
-    assert result.returncode == 1
+    assert result.returncode == code
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in lines[0]
@@ -106,7 +107,7 @@ def test_wrong_passphrase(passfile: Path, tmp_path: Path) -> None:
     encrypted = ok("encrypt", "--passfile", str(passfile), stdin=b"secret")
     wrong = tmp_path / "wrong"
     wrong.write_text("not it\n")
-    message = fails("decrypt", "--passfile", str(wrong), stdin=encrypted)
+    message = fails("decrypt", "--passfile", str(wrong), stdin=encrypted, code=3)
     assert message == "cagefs decrypt: wrong passphrase: it does not decrypt this file"
 
 
@@ -199,7 +200,8 @@ def test_no_output_file_on_payload_failure(cut: str, via: str, keyfile, tmp_path
 def test_one_line_errors(keyfile, new_keyfile, tmp_path: Path) -> None:
     encrypted = ok("encrypt", "-r", keyfile.recipient, stdin=b"hello")
     other = new_keyfile("other")
-    assert "no identity matched" in fails("decrypt", "-i", str(other.path), stdin=encrypted)
+    no_match = fails("decrypt", "-i", str(other.path), stdin=encrypted, code=3)
+    assert "no identity matched" in no_match
     assert "No such file" in fails("decrypt", "-i", str(keyfile.path), str(tmp_path / "nope"))
     assert "No such file" in fails("decrypt", "-i", str(tmp_path / "nokey"), stdin=encrypted)
     assert "recipient" in fails("encrypt", "-r", "age1notarecipient", stdin=b"x")

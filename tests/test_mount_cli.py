@@ -4,6 +4,7 @@ and a real background mount whose -i key is unlocked by --passfile.
 Also the small pieces the mount command is built from: -o and size parsing, and sd_notify.
 """
 
+import argparse
 import contextlib
 import errno
 import os
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,12 +23,13 @@ from mount.helpers import cagefs, force_unmount, one_line, umount_cli
 
 from cagefs.age.keys import parse_recipient
 from cagefs.cli.daemon import run_in_background
-from cagefs.cli.mount import parse_mount_options, parse_size
-from cagefs.cli.mounts import is_mount_point
+from cagefs.cli.mount import CONVERTERS, parse_duration, parse_size
+from cagefs.cli.mountopts import parse_mount_options
+from cagefs.cli.mounts import fallback_log_file, is_mount_point
 from cagefs.cli.sdnotify import notify
-from cagefs.errors import CageError
+from cagefs.errors import CageError, ExitCode, UsageError
 from cagefs.store import init_store
-from cagefs.store.lock import lock_store
+from cagefs.store.lock import StoreBusy, lock_store
 
 PASSPHRASE = "mount test passphrase"
 
@@ -55,10 +58,10 @@ def mnt(tmp_path: Path) -> Iterator[Path]:
     force_unmount(path)
 
 
-def refused(*args: object, env: dict[str, str] | None = None) -> str:
-    """Run `cagefs mount ...`, expect a one-line refusal, and return that line."""
+def refused(code: ExitCode, *args: object, env: dict[str, str] | None = None) -> str:
+    """Run `cagefs mount ...`, expect a one-line refusal with exit `code`, return that line."""
     proc = cagefs("mount", *args, env=env)
-    assert proc.returncode != 0
+    assert proc.returncode == code, f"exit {proc.returncode}, not {code!r}: {proc.stderr}"
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
@@ -71,7 +74,9 @@ def assert_nothing_mounted(mnt: Path) -> None:
 
 
 def test_missing_store(tmp_path: Path, mnt: Path, passfile: Path) -> None:
-    assert refused(tmp_path / "absent", mnt, "--passfile", passfile).endswith("no such store")
+    assert refused(ExitCode.NO_STORE, tmp_path / "absent", mnt, "--passfile", passfile).endswith(
+        "no such store"
+    )
     assert_nothing_mounted(mnt)
 
 
@@ -79,19 +84,25 @@ def test_directory_that_is_not_a_store(tmp_path: Path, mnt: Path, passfile: Path
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "file.age").write_text("not ours")
-    assert "is not a cagefs store" in refused(plain, mnt, "--passfile", passfile)
+    assert "is not a cagefs store" in refused(ExitCode.NO_STORE, plain, mnt, "--passfile", passfile)
     assert_nothing_mounted(mnt)
 
 
 def test_wrong_passphrase(tmp_path: Path, store: Path, mnt: Path) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("not the passphrase\n")
-    assert refused(store, mnt, "--passfile", wrong) == f"wrong passphrase for store {store}"
+    assert (
+        refused(ExitCode.BAD_KEY, store, mnt, "--passfile", wrong)
+        == f"wrong passphrase for store {store}"
+    )
     assert_nothing_mounted(mnt)
 
 
 def test_wrong_identity(tmp_path: Path, store: Path, mnt: Path, keyfile: KeyFile) -> None:
-    assert refused(store, mnt, "-i", keyfile.path) == f"this identity cannot read store {store}"
+    assert (
+        refused(ExitCode.BAD_KEY, store, mnt, "-i", keyfile.path)
+        == f"this identity cannot read store {store}"
+    )
     assert_nothing_mounted(mnt)
 
 
@@ -99,8 +110,11 @@ def test_wrong_identity_on_an_identity_store(tmp_path: Path, mnt: Path, keyfile:
     root = tmp_path / "keyed"
     assert cagefs("init", root, "--identity", keyfile.path).returncode == 0
     stranger = make_keyfile(tmp_path / "stranger.txt")
-    assert refused(root, mnt, "-i", stranger.path) == f"this identity cannot read store {root}"
-    message = refused(root, mnt)
+    assert (
+        refused(ExitCode.BAD_KEY, root, mnt, "-i", stranger.path)
+        == f"this identity cannot read store {root}"
+    )
+    message = refused(ExitCode.USAGE, root, mnt)
     assert message == f"store {root} keeps no identity of its own: give -i IDENTITY_FILE"
     assert_nothing_mounted(mnt)
 
@@ -108,40 +122,48 @@ def test_wrong_identity_on_an_identity_store(tmp_path: Path, mnt: Path, keyfile:
 def test_identity_file_that_is_not_one(tmp_path: Path, store: Path, mnt: Path) -> None:
     bogus = tmp_path / "bogus.txt"
     bogus.write_text("AGE-SECRET-KEY-1NOTAKEY\n")
-    message = refused(store, mnt, "-i", bogus)
+    message = refused(ExitCode.FAILURE, store, mnt, "-i", bogus)
     assert "AGE-SECRET-KEY-1NOTAKEY" not in message  # a mistyped secret is never echoed
     assert_nothing_mounted(mnt)
 
 
 def test_missing_mountpoint(tmp_path: Path, store: Path, passfile: Path) -> None:
     absent = tmp_path / "absent"
-    assert refused(store, absent, "--passfile", passfile).endswith("mount point does not exist")
+    assert refused(ExitCode.MOUNTPOINT, store, absent, "--passfile", passfile).endswith(
+        "mount point does not exist"
+    )
     assert not absent.exists()
 
 
 def test_non_empty_mountpoint(store: Path, mnt: Path, passfile: Path) -> None:
     (mnt / "something").write_text("x")
-    assert refused(store, mnt, "--passfile", passfile).endswith("mount point is not empty")
+    assert refused(ExitCode.MOUNTPOINT, store, mnt, "--passfile", passfile).endswith(
+        "mount point is not empty"
+    )
     assert_nothing_mounted(mnt)
 
 
 def test_mountpoint_that_is_a_file(tmp_path: Path, store: Path, passfile: Path) -> None:
     file = tmp_path / "file"
     file.write_text("x")
-    assert refused(store, file, "--passfile", passfile).endswith("mount point is not a directory")
+    assert refused(ExitCode.MOUNTPOINT, store, file, "--passfile", passfile).endswith(
+        "mount point is not a directory"
+    )
 
 
 def test_mountpoint_inside_the_store(store: Path, passfile: Path) -> None:
     inside = store / "sub"
     inside.mkdir()
-    assert "mount point is inside the store" in refused(store, inside, "--passfile", passfile)
+    assert "mount point is inside the store" in refused(
+        ExitCode.MOUNTPOINT, store, inside, "--passfile", passfile
+    )
     assert_nothing_mounted(inside)
 
 
 def test_busy_mountpoint(store: Path, mnt: Path, passfile: Path) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "cagefs-test", mnt], check=True)
     try:
-        assert refused(store, mnt, "--passfile", passfile).endswith(
+        assert refused(ExitCode.MOUNTPOINT, store, mnt, "--passfile", passfile).endswith(
             "is busy: something is already mounted there"
         )
     finally:
@@ -150,20 +172,22 @@ def test_busy_mountpoint(store: Path, mnt: Path, passfile: Path) -> None:
 
 
 def test_unknown_mount_option(store: Path, mnt: Path, passfile: Path) -> None:
-    message = refused(store, mnt, "--passfile", passfile, "-o", "ro,exec")
-    assert message.startswith("unknown mount option 'exec'")
+    message = refused(ExitCode.USAGE, store, mnt, "--passfile", passfile, "-o", "ro,nonempty")
+    assert message.startswith("unknown mount option 'nonempty'")
     assert_nothing_mounted(mnt)
 
 
 def test_bad_strategy_in_environment(store: Path, mnt: Path, passfile: Path) -> None:
     env = {**os.environ, "CAGEFS_STRATEGY": "fastest"}
-    assert refused(store, mnt, "--passfile", passfile, env=env).startswith("CAGEFS_STRATEGY=")
+    assert refused(ExitCode.USAGE, store, mnt, "--passfile", passfile, env=env).startswith(
+        "CAGEFS_STRATEGY="
+    )
     assert_nothing_mounted(mnt)
 
 
 def test_umount_of_something_not_mounted(mnt: Path) -> None:
     proc = cagefs("umount", mnt)
-    assert proc.returncode == 1
+    assert proc.returncode == ExitCode.MOUNTPOINT
     assert proc.stderr == f"cagefs umount: {mnt} is not mounted\n"
 
 
@@ -196,7 +220,9 @@ def test_passfile_unlocks_a_protected_identity(kind: str, tmp_path: Path, mnt: P
     passfile = tmp_path / "key-passfile"
     wrong = tmp_path / "wrong"
     wrong.write_text("not the passphrase\n")
-    assert "wrong passphrase" in refused(root, mnt, "-i", key, "--passfile", wrong)
+    assert "wrong passphrase" in refused(
+        ExitCode.BAD_KEY, root, mnt, "-i", key, "--passfile", wrong
+    )
     assert_nothing_mounted(mnt)
     try:
         proc = cagefs("mount", root, mnt, "-i", key, "--passfile", passfile)
@@ -210,10 +236,37 @@ def test_passfile_unlocks_a_protected_identity(kind: str, tmp_path: Path, mnt: P
 
 
 def test_mount_options() -> None:
-    assert parse_mount_options([]) == (False, False)
-    assert parse_mount_options(["ro", "allow_other,default_permissions"]) == (True, True)
-    with pytest.raises(CageError, match="unknown mount option 'nonempty'"):
-        parse_mount_options(["nonempty"])
+    """What mount(8) and fstab pass (15.1): kernel flags on, their own ignored, ours parsed
+    and checked by the same types as the flags."""
+    empty = parse_mount_options([], CONVERTERS)
+    assert (empty.kernel, empty.values, empty.flags) == ([], {}, set())
+    found = parse_mount_options(
+        [
+            "rw,ro,allow_other,default_permissions,dev,suid,exec,noatime,auto,nofail,_netdev",
+            "x-systemd.automount,comment=x,subtype=cagefs,fsname=mine,identity=/k1,identity=/k2",
+            "passfile=/p,strategy=stream,memory-threshold=1M,cache_mib=8,publish_interval=2,debug",
+        ],
+        CONVERTERS,
+    )
+    assert found.kernel == ["dev", "suid", "exec", "noatime"]
+    assert found.flags == {"read_only", "allow_other", "debug"}
+    assert found.values == {
+        "fsname": "mine",
+        "identity": ["/k1", "/k2"],
+        "passfile": "/p",
+        "strategy": "stream",
+        "memory_threshold": 1 << 20,
+        "cache_mib": 8,
+        "publish_interval": 2.0,
+    }
+    with pytest.raises(UsageError, match="unknown mount option 'nonempty'"):
+        parse_mount_options(["nonempty"], CONVERTERS)
+    assert parse_mount_options(["nonempty"], CONVERTERS, sloppy=True).kernel == []
+    with pytest.raises(UsageError, match="-o publish_interval=-1: '-1' must be more than 0"):
+        parse_mount_options(["publish_interval=-1"], CONVERTERS)
+    with pytest.raises(UsageError, match="files only") as secret:
+        parse_mount_options(["passphrase=hunter2"], CONVERTERS)
+    assert "hunter2" not in str(secret.value)
 
 
 @pytest.mark.parametrize(
@@ -281,24 +334,33 @@ def test_background_notices_a_child_that_dies_silently() -> None:
 
 
 @pytest.mark.skipif(os.path.exists("/dev/log"), reason="needs a host without syslog")
+@pytest.mark.parametrize("trouble", [False, True], ids=["quiet", "an error"])
 def test_background_mount_without_syslog_logs_to_a_file(
-    store: Path, mnt: Path, passfile: Path
+    store: Path, mnt: Path, passfile: Path, trouble: bool
 ) -> None:
-    """12.14: with no syslog socket every line used to be dropped."""
+    """12.14: with no syslog socket every line used to be dropped. The file stays if anything
+    worse than INFO was logged, and goes away after a quiet run."""
+    (store / "damaged.txt.age").write_bytes(b"age-encryption.org/v1\n-> garbage\n")
     proc = cagefs("mount", store, mnt, "--passfile", passfile)
-    log_file = None
+    notice = "cagefs mount: no syslog here: the log is in "
+    log_file = Path(proc.stderr.removeprefix(notice).strip())
     try:
         assert proc.returncode == 0, proc.stderr
-        notice = "cagefs mount: no syslog here: the log is in "
         assert proc.stderr.startswith(notice) and proc.stderr.count("\n") == 1, proc.stderr
-        log_file = Path(proc.stderr.removeprefix(notice).strip())
         assert log_file.stat().st_mode & 0o077 == 0, "the log names files: private to root"
+        assert f"serving {store} at {mnt}" in log_file.read_text()
+        if trouble:
+            with pytest.raises(OSError):
+                (mnt / "damaged.txt").read_bytes()
         umount_cli(mnt)
-        text = log_file.read_text()
-        assert f"serving {store} at {mnt}" in text and f"unmounted {mnt}" in text, text
+        if trouble:
+            text = log_file.read_text()
+            assert "ERROR" in text and "damaged.txt" in text and f"unmounted {mnt}" in text
+        else:
+            assert not log_file.exists(), "a quiet run left its log behind"
     finally:
         force_unmount(mnt)
-        if log_file:
+        if log_file.name.endswith(".log"):
             log_file.unlink(missing_ok=True)
 
 
@@ -383,7 +445,9 @@ def test_store_on_a_read_only_filesystem_is_mounted_read_only(
         pass
     first = subprocess.run(
         [sys.executable, "-m", "cagefs", "mount", store, mnt, "--passfile", passfile],
-        capture_output=True, text=True, check=False
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert first.returncode == 0, first.stderr
     (mnt / "kept.txt").write_text("written while writable\n")
@@ -420,3 +484,63 @@ def test_debug_logs_every_request_but_no_data(
         assert f"DEBUG {request}" in text, f"no {request} request in the debug log"
     assert "b'visible-name.txt'" in text
     assert "SECRET-CONTENT" not in text and "<14 bytes>" in text
+
+
+@pytest.mark.parametrize(
+    ("hide", "reason"),
+    [
+        # no /dev/fuse at all: refused before forking
+        ("mount -t tmpfs tmpfs /dev && mknod -m 666 /dev/null c 1 3", "/dev/fuse is missing"),
+        # a /dev/fuse that is not FUSE: the daemon's pyfuse3.init fails, the code comes back
+        ("mount --bind /dev/null /dev/fuse", "cannot mount on"),
+    ],
+    ids=["no device", "kernel refuses"],
+)
+def test_fuse_unavailable_has_its_own_exit_code(
+    store: Path, mnt: Path, passfile: Path, hide: str, reason: str
+) -> None:
+    """In a private mount namespace, so that only this command loses FUSE."""
+    command = f"{hide} && exec {sys.executable} -m cagefs mount {store} {mnt} --passfile {passfile}"
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    fallback_log_file(str(mnt)).unlink(missing_ok=True)  # the daemon logged its error there
+    assert proc.returncode == ExitCode.NO_FUSE, proc.stderr
+    assert reason in one_line(proc.stderr)
+    assert_nothing_mounted(mnt)
+
+
+@pytest.mark.usefixtures("reap")
+def test_background_passes_the_childs_exit_code() -> None:
+    def fail(ready: object) -> None:
+        raise StoreBusy(Path("/s"), "/m", 42)
+
+    with pytest.raises(CageError) as caught:
+        run_in_background(fail)
+    assert caught.value.exit_code == ExitCode.STORE_BUSY
+    assert str(caught.value) == "/s is in use: mounted on /m by pid 42"
+
+
+def test_version() -> None:
+    with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    proc = cagefs("--version")
+    assert (proc.returncode, proc.stdout) == (0, f"cagefs {version}\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0)]
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert parse_mount_options([f"idle={text}"], CONVERTERS).values == {"idle": seconds}
+
+
+@pytest.mark.parametrize("text", ["0", "-1s", "soon", "5 weeks"])
+def test_parse_duration_refuses_nonsense(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration(text)

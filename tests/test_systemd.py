@@ -28,10 +28,13 @@ import pytest
 from conftest import make_keyfile
 from mount.helpers import force_unmount, is_mounted
 
+from cagefs.errors import ExitCode
 from cagefs.store import init_store
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD / "cagefs@.service"
+USER_UNIT = SYSTEMD / "user" / "cagefs@.service"
+FSTAB_GENERATOR = "/usr/lib/systemd/system-generators/systemd-fstab-generator"
 IDENTITY_DROP_IN = SYSTEMD / "identity.conf.example"
 EXAMPLE_ENV = SYSTEMD / "cagefs-example.env"
 INSTALLED = "/usr/local/bin/cagefs"  # where the unit expects the command (README, systemd)
@@ -85,10 +88,20 @@ def load_credentials(lines: list[str], into: Path, files: dict[str, Path]) -> No
 
 @dataclass
 class Service:
-    """The main process of one start of the unit."""
+    """The main process of one start of the unit, and its notify socket."""
 
     proc: subprocess.Popen
     mnt: Path
+    sock: socket.socket
+
+    def messages(self) -> list[bytes]:
+        """Every notify message received since READY=1, without waiting for more."""
+        self.sock.settimeout(0)
+        found = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                found += self.sock.recv(4096).split(b"\n")
+        return found
 
     def stop_with(self, command: list[str]) -> int:
         done = subprocess.run(command, capture_output=True, text=True, timeout=STOP_TIMEOUT)
@@ -114,7 +127,7 @@ def started(command: list[str], env: dict[str, str], mnt: Path, tmp: Path) -> It
         )
         try:
             assert ready_sender(sock, proc) == proc.pid, "READY=1 came from another process"
-            yield Service(proc, mnt)
+            yield Service(proc, mnt, sock)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -153,8 +166,42 @@ def place(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     return store, mnt, env
 
 
+@pytest.fixture(scope="session")
+def man_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MANPATH holding the generated cagefs(1), which the units' Documentation= names:
+    `systemd-analyze verify` runs `man` on it."""
+    pytest.importorskip("argparse_manpage", reason="the test extra (argparse-manpage, shtab)")
+    out = tmp_path_factory.mktemp("docs")
+    subprocess.run(
+        [SYSTEMD.parent / "scripts/gen-docs.sh", out],
+        env={**os.environ, "PYTHON": sys.executable},
+        check=True,
+        timeout=120,
+    )
+    (out / "man1").mkdir()
+    (out / "cagefs.1").rename(out / "man1/cagefs.1")
+    return out
+
+
+def verify(unit: Path, man_path: Path, *flags: str) -> None:
+    runtime = unit.parent / "runtime"  # a user manager wants one, even offline
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = {**os.environ, "MANPATH": str(man_path), "XDG_RUNTIME_DIR": str(runtime)}
+    done = subprocess.run(
+        ["systemd-analyze", *flags, "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        cwd=unit.parent,
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
 @pytest.mark.parametrize("drop_ins", [[], [IDENTITY_DROP_IN]], ids=["unit", "identity drop-in"])
-def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, drop_ins: list[Path]) -> None:
+def test_systemd_analyze_verify_accepts_the_unit(
+    tmp_path: Path, drop_ins: list[Path], man_path: Path
+) -> None:
     unit = tmp_path / f"cagefs@{INSTANCE}.service"
     unit.write_text(UNIT.read_text().replace(INSTALLED, str(CAGEFS)))
     if drop_ins:
@@ -162,10 +209,54 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, drop_ins: list[
         for drop_in in drop_ins:
             text = drop_in.read_text().replace(INSTALLED, str(CAGEFS))
             (tmp_path / f"{unit.name}.d" / drop_in.name.removesuffix(".example")).write_text(text)
-    done = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    verify(unit, man_path)
+
+
+def test_the_per_user_unit_verifies(tmp_path: Path, man_path: Path) -> None:
+    unit = tmp_path / f"cagefs@{INSTANCE}.service"
+    unit.write_text(USER_UNIT.read_text().replace("%h/.local/bin/cagefs", str(CAGEFS)))
+    verify(unit, man_path, "--user")
+
+
+def test_the_shipped_mount_units_are_what_fstab_generator_makes(tmp_path: Path) -> None:
+    """systemd-fstab-generator on fstab.example gives the shipped .mount/.automount, and they
+    verify (--man=no: fstab(5) need not be installed here)."""
+    out = tmp_path / "generated"
+    out.mkdir()
+    subprocess.run(
+        [FSTAB_GENERATOR, out, out, out],
+        env={**os.environ, "SYSTEMD_FSTAB": str(SYSTEMD / "fstab.example")},
+        check=True,
     )
-    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    for name in ("mnt-private.mount", "mnt-private.automount"):
+        made = [line for line in (out / name).read_text().splitlines()[1:] if "=" in line]
+        shipped = [line for line in (SYSTEMD / name).read_text().splitlines()[1:] if "=" in line]
+        assert [line for line in made if not line.startswith("SourcePath=")] == shipped, name
+        done = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", out / name],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=out,
+        )
+        assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def test_the_unit_is_hardened(tmp_path: Path) -> None:
+    """As far as FUSE allows: no mount namespace (it would hide the mount), the rest on."""
+    unit = tmp_path / f"cagefs@{INSTANCE}.service"
+    unit.write_text(UNIT.read_text())
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    exposure = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert exposure, done.stdout[-2000:] + done.stderr
+    assert float(exposure[1]) <= 4.5, done.stdout
+    for setting in ("ProtectSystem", "PrivateTmp", "ProtectHome", "PrivateDevices"):
+        assert setting not in settings(UNIT), f"{setting}= would hide the mount from the host"
 
 
 def test_passphrase_unit_mounts_notifies_and_stops(tmp_path: Path, place) -> None:
@@ -192,6 +283,9 @@ def test_passphrase_unit_mounts_notifies_and_stops(tmp_path: Path, place) -> Non
         (mnt / "second.txt").write_text("saved on SIGTERM\n")
         service.proc.send_signal(signal.SIGTERM)  # what systemd sends if ExecStop fails
         assert service.proc.wait(STOP_TIMEOUT) == 0
+        said = service.messages()
+        assert b"STOPPING=1" in said, said  # then how long the save may take past the timeout
+        assert any(message.startswith(b"EXTEND_TIMEOUT_USEC=") for message in said), said
     assert not is_mounted(mnt)
     assert (store / "second.txt.age").exists()
 
@@ -210,3 +304,30 @@ def test_identity_drop_in_mounts_with_the_key_as_a_credential(tmp_path: Path, pl
         (mnt / "keyed.txt").write_text("unlocked by a key\n")
         assert service.stop_with(expand(stop, env, credentials)) == 0
     assert (store / "keyed.txt.age").exists()
+
+
+def test_a_wrong_passphrase_is_not_retried(tmp_path: Path, place) -> None:
+    """Restart=on-failure must not retry what cannot work: the unit's ExecStart with a wrong
+    passphrase exits with a code listed in RestartPreventExitStatus=."""
+    store, mnt, env = place
+    init_store(store, passphrase=PASSPHRASE.encode(), log_n=10)
+    wrong = tmp_path / "wrong.passphrase"
+    wrong.write_text("not the passphrase\n")
+    unit = settings(UNIT)
+    [prevented] = unit["RestartPreventExitStatus"]
+    codes = {int(code) for code in prevented.split()}
+    assert codes == {
+        ExitCode.USAGE,
+        ExitCode.BAD_KEY,
+        ExitCode.NO_STORE,
+        ExitCode.MOUNTPOINT,
+        ExitCode.NO_FUSE,
+    }
+    credentials = tmp_path / "credentials"
+    load_credentials(unit["LoadCredential"], credentials, {"passphrase": wrong})
+    [start] = unit["ExecStart"]
+    done = subprocess.run(
+        expand(start, env, credentials), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == ExitCode.BAD_KEY, done.stderr
+    assert not is_mounted(mnt)

@@ -1,5 +1,12 @@
-"""An age v1 engine on `cryptography`: strict headers, seekable payloads, no FUSE inside."""
+"""An age v1 engine on `cryptography`: strict headers, seekable payloads, no FUSE inside.
 
+The public API (see `cagefs.age.api`): `encrypt`/`decrypt` for bytes, `encrypt_file`/
+`decrypt_file` for files, `open_reader` for random access, `parse_recipient`,
+`parse_identity`, `parse_recipients_file` and `parse_identity_file` for keys, `AgeError` and
+its subclasses for failures. The rest is exported for cagefs itself.
+"""
+
+from cagefs.age.api import Reader, decrypt, decrypt_file, encrypt, encrypt_file, open_reader
 from cagefs.age.errors import (
     AgeError,
     ArmorError,
@@ -44,14 +51,20 @@ __all__ = [
     "PayloadReader",
     "PayloadState",
     "PayloadWriter",
+    "Reader",
     "Recipient",
     "ScryptIdentity",
     "ScryptRecipient",
     "UnsupportedError",
     "X25519Identity",
     "X25519Recipient",
+    "decrypt",
+    "decrypt_file",
     "decrypt_stream",
+    "encrypt",
+    "encrypt_file",
     "open_file",
+    "open_reader",
     "parse_identity",
     "parse_identity_file",
     "parse_recipient",

@@ -1,8 +1,9 @@
 """Run the filesystem in the background, but return only once the mount is usable.
 
 The parent forks and waits on a pipe; the child detaches (new session, stdio on /dev/null),
-runs the filesystem and writes one line: `READY`, or `ERROR <message>` if it failed first.
-So `cagefs mount` exits 0 exactly when the mount works, or 1 with the child's reason.
+runs the filesystem and writes one line: `READY`, or `ERROR <exit code> <message>` if it failed
+first. So `cagefs mount` exits 0 exactly when the mount works, or with the child's exit code
+and one-line reason.
 """
 
 import logging
@@ -87,10 +88,29 @@ def _syslog() -> logging.Handler | None:
         return None
 
 
+class FallbackLog(logging.FileHandler):
+    """The log file of a daemon with nowhere else to log. A daemon that ends cleanly having
+    logged nothing worse than INFO removes it, so that only logs worth reading pile up."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+        super().__init__(path)
+        self.path = path
+        self.worst = logging.NOTSET
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.worst = max(self.worst, record.levelno)
+        super().emit(record)
+
+    def discard_if_quiet(self) -> None:
+        if self.worst < logging.WARNING:
+            self.close()
+            self.path.unlink(missing_ok=True)
+
+
 def _private_file(path: Path) -> logging.Handler:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
-    return logging.FileHandler(path)
+    return FallbackLog(path)
 
 
 def run_in_background(work: Work) -> int:
@@ -106,11 +126,20 @@ def run_in_background(work: Work) -> int:
     if line == "READY":
         return 0
     if line.startswith("ERROR "):
-        raise CageError(line.removeprefix("ERROR "))
+        _, code, message = line.split(" ", 2)
+        raise _ChildError(message, int(code))
     _, status = os.waitpid(pid, 0)
     raise CageError(
         f"the filesystem process ended before the mount was ready (status {status}; see the log)"
     )
+
+
+class _ChildError(CageError):
+    """The daemon's one-line reason, with the exit code it would have ended with."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
 
 
 class _Reporter:
@@ -122,8 +151,8 @@ class _Reporter:
     def ready(self) -> None:
         self._send("READY")
 
-    def fail(self, message: str) -> None:
-        self._send(f"ERROR {message}")
+    def fail(self, message: str, code: int) -> None:
+        self._send(f"ERROR {code} {message}")
 
     def _send(self, line: str) -> None:
         if self._fd is None:
@@ -141,15 +170,18 @@ def _child(work: Work, pipe_fd: int) -> NoReturn:
         _stdio_to_devnull()
         work(reporter.ready)
         code = 0
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, FallbackLog):
+                handler.discard_if_quiet()
     except BaseException as exc:
         # Imported here: main imports this module (through mount) to build its parser.
-        from cagefs.cli.main import describe
+        from cagefs.cli.main import describe, exit_code
 
         if isinstance(exc, CageError):
             log.error("%s", describe(exc))
         else:
             log.exception("the filesystem stopped on an unexpected error")
-        reporter.fail(describe(exc))
+        reporter.fail(describe(exc), exit_code(exc))
     finally:
         logging.shutdown()
         os._exit(code)

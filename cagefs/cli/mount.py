@@ -12,12 +12,20 @@ import os
 import re
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from cagefs.cli.mounts import fallback_log_file, is_mount_point, mount_path, wait_for_exit
-from cagefs.errors import CageError
+from cagefs.cli.mountopts import parse_mount_options
+from cagefs.cli.mounts import (
+    fallback_log_file,
+    is_mount_point,
+    mount_path,
+    status_socket,
+    wait_for_exit,
+)
+from cagefs.errors import FuseUnavailableError, MountPointError, UsageError
 
 if TYPE_CHECKING:  # the rest is loaded by `run`: other verbs should not pay for it at start-up
     from cagefs.fs.mount import MountOptions
@@ -27,8 +35,9 @@ if TYPE_CHECKING:  # the rest is loaded by `run`: other verbs should not pay for
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STRATEGY_ENV = "CAGEFS_STRATEGY"
-MOUNT_OPTIONS = ("ro", "allow_other", "default_permissions")
 SAVING_PATIENCE = 60.0
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
 
 
@@ -52,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--strategy",
-        type=setting("strategy", str, "a strategy"),
+        type=CONVERTERS["strategy"],
         metavar="NAME",
         help=f"write strategy: auto, stream, memory or tempfile (default: ${STRATEGY_ENV}, config)",
     )
@@ -60,23 +69,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "-f", "--foreground", action="store_true", help="stay in front and log to stderr"
     )
     parser.add_argument(
-        "-o", dest="options", action="append", default=[], help=f"{','.join(MOUNT_OPTIONS)}"
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="comma-separated: ro, allow_other, kernel flags (dev, suid, exec, noatime...), "
+        "fsname=NAME, and every flag here as NAME=VALUE (passfile=FILE, identity=FILE, "
+        "strategy=NAME...); mount(8)'s own (rw, auto, nofail, _netdev, x-*...) are ignored",
     )
+    parser.add_argument("--sloppy", action="store_true", help=argparse.SUPPRESS)  # mount -s
     parser.add_argument(
         "--memory-threshold",
-        type=setting("memory_threshold", parse_size, "a size (e.g. 64M)"),
+        type=CONVERTERS["memory_threshold"],
         metavar="SIZE",
         help="files up to SIZE are staged in RAM (e.g. 64M)",
     )
     parser.add_argument(
         "--cache-mib",
-        type=setting("chunk_cache_mib", int, "a whole number"),
+        type=CONVERTERS["cache_mib"],
         metavar="N",
         help="decrypted chunk cache, MiB",
     )
     parser.add_argument(
         "--publish-interval",
-        type=setting("publish_interval", float, "a number"),
+        type=CONVERTERS["publish_interval"],
         metavar="S",
         help="seconds between grouped publishes",
     )
@@ -88,8 +105,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with -o ro: also serve files without the store's proof of origin (a migration)",
     )
+    parser.add_argument(
+        "--idle",
+        type=parse_duration,
+        metavar="DURATION",
+        help="unmount (saving everything) after DURATION with no open file and no request, "
+        "e.g. 90s, 30m, 2h",
+    )
     parser.add_argument("--debug", action="store_true", help="log every request")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, read_only=False, allow_other=False, fsname=None)
 
 
 def setting(name: str, parse: Callable[[str], object], what: str) -> Callable[[str], object]:
@@ -119,18 +143,52 @@ def parse_size(text: str) -> int:
     return int(number) << (10 * " KMGT".index(unit.upper() or " "))
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `30m`, `2h`, `1d` (more than 0)."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 30m, 2h)")
+    return float(match[1]) * _DURATION_UNITS[match[2].lower()]
+
+
+# Flag destination → its argparse type; `-o NAME=VALUE` goes through the same one.
+CONVERTERS: dict[str, Callable[[str], object]] = {
+    "strategy": setting("strategy", str, "a strategy"),
+    "memory_threshold": setting("memory_threshold", parse_size, "a size (e.g. 64M)"),
+    "cache_mib": setting("chunk_cache_mib", int, "a whole number"),
+    "publish_interval": setting("publish_interval", float, "a number"),
+    "idle": parse_duration,
+}
+
+
+def apply_mount_options(args: argparse.Namespace) -> list[str]:
+    """Fold `-o` options into `args` (a flag given as a flag wins); the kernel flags left."""
+    found = parse_mount_options(args.options, CONVERTERS, args.sloppy)
+    for dest in found.flags:
+        setattr(args, dest, True)
+    for dest, value in found.values.items():
+        if dest == "identity":
+            args.identity += value
+        elif getattr(args, dest, None) is None:
+            setattr(args, dest, value)
+    return found.kernel
+
+
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.daemon import run_in_background, setup_logging
     from cagefs.cli.keyargs import load_identities
     from cagefs.store import check_store, on_read_only_filesystem, open_store
     from cagefs.store.auth import check_accept_untagged, check_can_mount
 
-    read_only, allow_other = parse_mount_options(args.options)
+    kernel_flags = apply_mount_options(args)
+    read_only, allow_other = args.read_only, args.allow_other
     check_accept_untagged(read_only, args.accept_untagged)
     strategy = args.strategy
     env_strategy = check_strategy(STRATEGY_ENV, os.environ.get(STRATEGY_ENV))
     if not os.path.exists("/dev/fuse"):
-        raise CageError("/dev/fuse is missing: load the fuse module (or pass the device in)")
+        raise FuseUnavailableError(
+            "/dev/fuse is missing: load the fuse module (or pass the device in)"
+        )
     check_store(args.store)
     if not read_only and on_read_only_filesystem(args.store):
         # Served read-write, every edit would fail only when the file is saved, after close.
@@ -146,9 +204,8 @@ def run(args: argparse.Namespace) -> int:
         identities = load_identities(args.identity, args.passfile)
         store = open_store(args.store, identities, args.passfile)
         check_can_mount(args.store, store.auth, args.accept_untagged)
-        from cagefs.fs.mount import MountOptions  # loaded only once there is something to serve
-
-        options = MountOptions(
+        filesystem = _filesystem()  # loaded only once there is something to serve
+        options = filesystem.MountOptions(
             strategy=strategy or env_strategy or store.config.strategy,
             read_only=read_only,
             allow_other=allow_other,
@@ -156,12 +213,14 @@ def run(args: argparse.Namespace) -> int:
             cache_mib=_either(args.cache_mib, store.config.chunk_cache_mib),
             publish_interval=_either(args.publish_interval, store.config.publish_interval),
             accept_untagged=args.accept_untagged,
+            fsname=args.fsname or str(store.root.resolve()),
+            kernel_flags=tuple(kernel_flags),
+            idle=args.idle,
+            status_socket=status_socket(mountpoint),
         )
         fallback = setup_logging(
             args.log, args.foreground, args.debug, fallback_log_file(mountpoint)
         )
-        if fallback:
-            print(f"cagefs mount: no syslog here: the log is in {fallback}", file=sys.stderr)
     except BaseException:
         lock.release()
         raise
@@ -175,7 +234,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # The daemon shares the lock through the fork and keeps it until it exits; this process
     # only exits (unlocking here would unlock the daemon's lock too).
-    return run_in_background(work)
+    run_in_background(work)
+    if fallback:
+        print(f"cagefs mount: no syslog here: the log is in {fallback}", file=sys.stderr)
+    return 0
+
+
+def _filesystem() -> types.ModuleType:
+    """cagefs.fs.mount, which needs pyfuse3: only the filesystem does (cagefs.age never)."""
+    try:
+        import cagefs.fs.mount
+    except ImportError as exc:
+        raise FuseUnavailableError(f"cannot load the filesystem: {exc}") from None
+    return cagefs.fs.mount
 
 
 def lock_for_mount(root: Path, mountpoint: str) -> "StoreLock":
@@ -214,39 +285,30 @@ def _either(given: T | None, configured: T) -> T:
     return configured if given is None else given
 
 
-def parse_mount_options(values: list[str]) -> tuple[bool, bool]:
-    """(read_only, allow_other) from -o lists; default_permissions is always on anyway."""
-    given = {item.strip() for value in values for item in value.split(",") if item.strip()}
-    unknown = sorted(given - set(MOUNT_OPTIONS))
-    if unknown:
-        raise CageError(f"unknown mount option {unknown[0]!r} (known: {', '.join(MOUNT_OPTIONS)})")
-    return "ro" in given, "allow_other" in given
-
-
 def check_strategy(source: str, value: str | None) -> str | None:
     """A strategy named in the environment, if it is one we know."""
     from cagefs.store.config import setting_problem
 
     problem = value and setting_problem("strategy", value)
     if problem:
-        raise CageError(f"{source}={value}: {problem}")
+        raise UsageError(f"{source}={value}: {problem}")
     return value or None
 
 
 def check_mountpoint(path: str, store_root: Path) -> str:
     """The mount point's real path, if it is an empty directory that nothing is mounted on."""
     if is_mount_point(path):
-        raise CageError(f"{path} is busy: something is already mounted there")
+        raise MountPointError(f"{path} is busy: something is already mounted there")
     if not os.path.lexists(path):
-        raise CageError(f"{path}: mount point does not exist")
+        raise MountPointError(f"{path}: mount point does not exist")
     if not os.path.isdir(path):
-        raise CageError(f"{path}: mount point is not a directory")
+        raise MountPointError(f"{path}: mount point is not a directory")
     if os.listdir(path):
-        raise CageError(f"{path}: mount point is not empty")
+        raise MountPointError(f"{path}: mount point is not empty")
     real = mount_path(path)
     store = os.path.realpath(store_root)
     if os.path.commonpath([real, store]) == store:
-        raise CageError(f"{path}: mount point is inside the store {store_root}")
+        raise MountPointError(f"{path}: mount point is inside the store {store_root}")
     return real
 
 
@@ -259,7 +321,11 @@ def serve_until_unmounted(
 ) -> None:
     from cagefs.cli.mounts import forget_daemon, record_daemon
     from cagefs.cli.sdnotify import notify
-    from cagefs.fs.mount import serve
+    from cagefs.fs.mount import SAVING_NOTICE, serve
+
+    def on_saving() -> None:  # systemd: stopping, and give us time beyond TimeoutStopSec=
+        extend_usec = int(3 * SAVING_NOTICE * 1_000_000)
+        notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={extend_usec}\nSTATUS=saving {store.root}")
 
     def on_ready() -> None:
         record_daemon(mountpoint)
@@ -268,6 +334,6 @@ def serve_until_unmounted(
         report_ready()
 
     try:
-        serve(store, lock, mountpoint, options, on_ready)
+        serve(store, lock, mountpoint, options, on_ready, on_saving)
     finally:
         forget_daemon(mountpoint)

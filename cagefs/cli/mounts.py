@@ -63,6 +63,22 @@ def _pid_file(mountpoint: str) -> Path:
     return _runtime_file(mountpoint, ".pid")
 
 
+def status_socket(mountpoint: str) -> Path:
+    """Where the daemon serving `mountpoint` answers `cagefs status`."""
+    return _runtime_file(mountpoint, ".sock")
+
+
+def cagefs_mounts() -> list[str]:
+    """Every mount point of type fuse.cagefs, as mountinfo shows them."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "fuse.cagefs":
+                found.append(_unescape(fields[4]))
+    return found
+
+
 def fallback_log_file(mountpoint: str) -> Path:
     """Where a background daemon logs when there is neither --log nor syslog."""
     return _runtime_file(mountpoint, ".log")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from cagefs.cli.mounts import daemon_pidfd, is_mount_point, wait_for_exit
-from cagefs.errors import CageError
+from cagefs.errors import CageError, MountPointError
 
 _PATIENCE = 2.0  # seconds before saying why umount has not returned yet
 
@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not is_mount_point(args.mountpoint):
-        raise CageError(f"{args.mountpoint} is not mounted")
+        raise MountPointError(f"{args.mountpoint} is not mounted")
     pidfd = daemon_pidfd(args.mountpoint)
     try:
         unmount(args.mountpoint)

@@ -12,8 +12,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-# Distinct from 1 (the command itself failed: wrong key, no store) and 2 (bad usage).
-EXIT_DAMAGE = 3
+from cagefs.errors import ExitCode
+
+EXIT_DAMAGE = ExitCode.DAMAGE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

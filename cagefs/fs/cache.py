@@ -22,6 +22,14 @@ class ChunkCache:
         self._capacity = max(1, limit_bytes // CHUNK_SIZE)
         self._chunks: OrderedDict[tuple[int, int], bytes] = OrderedDict()
 
+    @property
+    def used_bytes(self) -> int:
+        return sum(len(chunk) for chunk in self._chunks.values())
+
+    @property
+    def limit_bytes(self) -> int:
+        return self._capacity * CHUNK_SIZE
+
     def get(self, version: int, index: int) -> bytes | None:
         key = (version, index)
         chunk = self._chunks.get(key)

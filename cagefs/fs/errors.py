@@ -15,6 +15,7 @@ from typing import ParamSpec, TypeVar
 import pyfuse3
 
 from cagefs.age import AgeError
+from cagefs.fs.activity import ACTIVITY
 
 log = logging.getLogger("cagefs")
 # Errors worth a line in the log, not just an errno for the caller.
@@ -31,8 +32,12 @@ def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         if log.isEnabledFor(logging.DEBUG):  # --debug: every request, never its data
             log.debug("%s(%s)", name, ", ".join(_shown_argument(a, shows_bytes) for a in args[1:]))
+        ACTIVITY.begin()
+        succeeded = False
         try:
-            return await handler(*args, **kwargs)
+            result = await handler(*args, **kwargs)
+            succeeded = True
+            return result
         except pyfuse3.FUSEError as exc:
             log.debug("%s: %s", name, errno.errorcode.get(exc.errno, exc.errno))
             raise
@@ -46,6 +51,8 @@ def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
         except Exception:
             log.exception("internal error in %s", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            ACTIVITY.end(name, succeeded)
 
     return wrapper
 

@@ -4,23 +4,27 @@ The daemon only ever exits after every unsaved change has been sealed and publis
 it was stopped by `fusermount3 -u`, `cagefs umount`, SIGTERM or SIGINT.
 """
 
+import functools
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 
-from cagefs.errors import CageError
+from cagefs.errors import FuseUnavailableError
 from cagefs.fs import heap
+from cagefs.fs.activity import ACTIVITY
 from cagefs.fs.cache import ChunkCache
 from cagefs.fs.env import Env
 from cagefs.fs.inodes import InodeTable
 from cagefs.fs.operations import Operations
 from cagefs.fs.publisher import Publisher
+from cagefs.fs.status import RecentErrors, serve_status, snapshot
 from cagefs.fs.strategies import Policy, Strategy
 from cagefs.store import reclaim
 from cagefs.store.auth import FileAuth
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cagefs")
 READ_AHEAD_KB = 1024
+IDLE_CHECK = 5.0  # seconds between looks at a mount's activity, at most
+SAVING_NOTICE = 10.0  # seconds between "still saving" calls while the final save runs
 
 
 @dataclass
@@ -44,6 +50,10 @@ class MountOptions:
     cache_mib: int = 64
     publish_interval: float = 1.0
     accept_untagged: bool = False  # serve files without a proof of origin (read-only mounts)
+    fsname: str = "cagefs"  # the source `mount`, `df` and `findmnt` show: the store's path
+    kernel_flags: tuple[str, ...] = ()  # dev, suid, exec, noatime... as given with -o
+    idle: float | None = None  # unmount after this many seconds with nothing open, no request
+    status_socket: Path | None = None  # where `cagefs status` asks (fs/status.py)
 
 
 def serve(
@@ -52,8 +62,11 @@ def serve(
     mountpoint: str,
     options: MountOptions,
     on_ready: Callable[[], None],
+    on_saving: Callable[[], None] = lambda: None,
 ) -> None:
-    """Mount `store` on `mountpoint` and serve until unmounted; blocks.
+    """Mount `store` on `mountpoint` and serve until unmounted; blocks. `on_saving` is called
+    when the kernel side is gone and the final save starts, then every SAVING_NOTICE seconds
+    until it ends (for a service manager's stop timeout).
 
     `lock` is the store's lock, taken by the caller (before forking, to refuse in front): only
     under it are temps in `.cagefs/tmp/` strays, not another daemon's unpublished versions.
@@ -75,13 +88,23 @@ def serve(
     table = InodeTable(store.root)
     publisher = Publisher(env, table, options.publish_interval)
     operations = Operations(env, publisher, table)
+    background: list[Callable[[], Awaitable[None]]] = [publisher.run, _stop_on_signals]
+    if options.idle is not None:
+        background.append(functools.partial(_unmount_when_idle, options.idle))
+    recent_errors = RecentErrors()
+    logging.getLogger().addHandler(recent_errors)
+    if options.status_socket is not None:
+        describe = functools.partial(
+            snapshot, env, table, mountpoint, options.strategy, recent_errors
+        )
+        background.append(functools.partial(serve_status, options.status_socket, describe))
     try:
         pyfuse3.init(operations, mountpoint, _fuse_options(options))
     except RuntimeError as exc:
-        raise CageError(f"cannot mount on {mountpoint}: {exc}") from None
+        raise FuseUnavailableError(f"cannot mount on {mountpoint}: {exc}") from None
     try:
         sealers = None if options.read_only else env.sealers  # nothing to seal on a ro mount
-        trio.run(_main, operations, publisher, mountpoint, on_ready, sealers)
+        trio.run(_main, operations, mountpoint, on_ready, on_saving, sealers, background)
     finally:
         pyfuse3.close(unmount=True)
         env.sealers.close()
@@ -90,7 +113,8 @@ def serve(
 
 
 def _fuse_options(options: MountOptions) -> set[str]:
-    fuse_options = set(pyfuse3.default_options) | {"fsname=cagefs", "subtype=cagefs"}
+    fuse_options = set(pyfuse3.default_options) | set(options.kernel_flags)
+    fuse_options |= {f"fsname={_option_value(options.fsname)}", "subtype=cagefs"}
     if options.read_only:
         fuse_options.add("ro")
     if options.allow_other:
@@ -98,21 +122,44 @@ def _fuse_options(options: MountOptions) -> set[str]:
     return fuse_options
 
 
+def _option_value(text: str) -> str:
+    """libfuse splits options at commas unless escaped; pyfuse3 takes ASCII only."""
+    escaped = text.replace("\\", "\\\\").replace(",", "\\,")
+    return escaped.encode("ascii", "replace").decode()
+
+
 async def _main(
     operations: Operations,
-    publisher: Publisher,
     mountpoint: str,
     on_ready: Callable[[], None],
+    on_saving: Callable[[], None],
     sealers: SealerPool | None,
+    background: list[Callable[[], Awaitable[None]]],
 ) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(publisher.run)
-        nursery.start_soon(_stop_on_signals)
+        for task in background:  # the publisher, signals, --idle, the status socket
+            nursery.start_soon(task)
         nursery.start_soon(_announce_ready, mountpoint, on_ready, sealers)
         await pyfuse3.main()
         # The kernel side is gone (unmounted or terminated): save, then stop the helpers.
+        nursery.start_soon(_repeat, on_saving, SAVING_NOTICE)
         await operations.save_everything()
         nursery.cancel_scope.cancel()
+
+
+async def _repeat(call: Callable[[], None], interval: float) -> None:
+    while True:
+        call()
+        await trio.sleep(interval)
+
+
+async def _unmount_when_idle(idle: float) -> None:
+    """--idle: no handle open and no request for `idle` seconds → unmount, as on SIGTERM
+    (everything unsaved is then saved)."""
+    while (quiet := ACTIVITY.idle_for()) < idle:
+        await trio.sleep(min(idle - quiet, IDLE_CHECK))
+    log.info("idle for %.0f s: saving and unmounting", idle)
+    pyfuse3.terminate()
 
 
 async def _stop_on_signals() -> None:

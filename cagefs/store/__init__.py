@@ -9,7 +9,7 @@ from cagefs.age.keys import identity_file_text, parse_recipient
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import DEFAULT_LOG_N
 from cagefs.age.x25519 import X25519Identity
-from cagefs.errors import CageError
+from cagefs.errors import CageError, NotAStoreError, UsageError
 from cagefs.secrets import AskPassphrase, get_passphrase, prompt_passphrase
 from cagefs.store.auth import AuthKey
 from cagefs.store.config import StoreConfig
@@ -110,9 +110,9 @@ def open_store(
 def check_store(root: Path) -> None:
     """Refuse a path that is not a store, before anything is asked or locked."""
     if not root.exists():
-        raise CageError(f"{root}: no such store")
+        raise NotAStoreError(f"{root}: no such store")
     if not is_store(root):
-        raise CageError(f"{root} is not a cagefs store (no {CONFIG_FILE})")
+        raise NotAStoreError(f"{root} is not a cagefs store (no {CONFIG_FILE})")
 
 
 def on_read_only_filesystem(root: Path) -> bool:
@@ -122,6 +122,6 @@ def on_read_only_filesystem(root: Path) -> bool:
 
 def _unlock(root: Path, passfile: str | None, ask: AskPassphrase) -> list[Identity]:
     if not (root / IDENTITY_FILE).is_file():
-        raise CageError(f"store {root} keeps no identity of its own: give -i IDENTITY_FILE")
+        raise UsageError(f"store {root} keeps no identity of its own: give -i IDENTITY_FILE")
     passphrase = get_passphrase(passfile, ask, f"Passphrase for store {root}: ")
     return unlock_identity(root, passphrase)

@@ -26,7 +26,7 @@ from pathlib import Path
 from cagefs.age.encoding import b64decode, b64encode
 from cagefs.age.errors import AgeError
 from cagefs.age.header import VERSION_LINE, Header, Stanza, hkdf_sha256
-from cagefs.errors import CageError
+from cagefs.errors import CageError, UsageError
 
 STANZA_TYPE = "cagefs-auth"
 KEY_SIZE = 32
@@ -131,7 +131,7 @@ def proof_under(key: AuthKey | None, header: Header, file_key: bytes, kind: Kind
 def check_accept_untagged(read_only: bool, accept_untagged: bool) -> None:
     """Untagged files are served only read-only: writing one would give it a genuine proof."""
     if accept_untagged and not read_only:
-        raise CageError("--accept-untagged needs a read-only mount (-o ro)")
+        raise UsageError("--accept-untagged needs a read-only mount (-o ro)")
 
 
 def check_can_mount(root: Path, auth: AuthKey | None, accept_untagged: bool) -> None:

@@ -12,12 +12,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cagefs.age.errors import AgeError, NoIdentityMatchError
+from cagefs.age.errors import AgeError, KeyFormatError, NoIdentityMatchError
 from cagefs.age.file import ExtraStanzas, HeaderCheck, open_file, start_file
 from cagefs.age.keys import load_identity_file
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import DEFAULT_LOG_N, ScryptRecipient
-from cagefs.errors import CageError
+from cagefs.errors import CageError, WrongKeyError
 from cagefs.secrets import WrongPassphraseError, decrypt_identity_file
 from cagefs.store.atomic import replace_atomically
 from cagefs.store.auth import AuthKey, Kind, Proof
@@ -72,7 +72,7 @@ def unlock_identity(root: Path, passphrase: bytes) -> list[Identity]:
         text = decrypt_identity_file(path.read_bytes(), str(path), passphrase)
         return load_identity_file(text, str(path))
     except WrongPassphraseError:
-        raise CageError(f"wrong passphrase for store {root}") from None
+        raise WrongKeyError(f"wrong passphrase for store {root}") from None
     except AgeError as exc:
         raise CageError(f"damaged store identity: {exc}") from None
 
@@ -122,7 +122,9 @@ def check_canary(root: Path, identities: Sequence[Identity]) -> None:
     try:
         text = read_age_file(root / CANARY_FILE, identities)
     except NoIdentityMatchError:
-        raise CageError(f"this identity cannot read store {root}") from None
+        raise WrongKeyError(f"this identity cannot read store {root}") from None
+    except KeyFormatError as exc:  # a key unlocked only now (OpenSSH): the key, not the canary
+        raise WrongKeyError(str(exc)) from None
     except AgeError as exc:
         raise CageError(f"{root / CANARY_FILE} is damaged: {exc}") from None
     if text != CANARY_TEXT:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from cagefs.errors import CageError
+from cagefs.errors import CageError, ExitCode
 from cagefs.store.layout import META_DIR
 
 LOCK_FILE = f"{META_DIR}/lock"
@@ -26,6 +26,8 @@ LOCK_FILE = f"{META_DIR}/lock"
 
 class StoreBusy(CageError):
     """Another process holds the store's lock."""
+
+    exit_code = ExitCode.STORE_BUSY
 
     def __init__(
         self, store: Path, holder: str | None, pid: int | None, saving: bool = False

@@ -250,6 +250,12 @@ class SealerPool:
         self._closed = False
         self._warned = False
 
+    @property
+    def running(self) -> tuple[int, int]:
+        """(sealer processes running, of which idle)."""
+        with self._lock:
+            return self._count, len(self._idle)
+
     def take(self) -> Sealer | None:
         with self._lock:
             if self._closed or (not self._idle and self._count >= self._limit):

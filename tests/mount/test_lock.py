@@ -1,6 +1,7 @@
 """One daemon per store (DESIGN I10): a second mount is refused while the first serves, waits
 while an unmounted daemon is still saving, and a killed daemon leaves no lock behind."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from cagefs.cli.mounts import status_socket
+from cagefs.errors import ExitCode
 from cagefs.store.layout import TMP_DIR
 from cagefs.store.lock import LOCK_FILE
 
@@ -35,6 +38,7 @@ def temps(store: Path) -> set[str]:
 def refusal(*args: object) -> str:
     proc = cagefs("mount", *args)
     assert proc.returncode != 0, "a second mount of a store in use was accepted"
+    assert proc.returncode == ExitCode.STORE_BUSY, proc.stderr
     return one_line(proc.stderr)
 
 
@@ -150,7 +154,7 @@ def test_init_of_a_store_being_initialised_is_refused(tmp_path: Path, identity: 
     (root / ".cagefs").mkdir(parents=True)
     with lock_store(root, "init"):
         proc = cagefs("init", root, "--identity", identity)
-    assert proc.returncode != 0
+    assert proc.returncode == ExitCode.STORE_BUSY
     line = one_line(proc.stderr)
     assert line == f"cagefs init: {root} is in use: `cagefs init` running by pid {os.getpid()}"
     assert cagefs("init", root, "--identity", identity).returncode == 0
@@ -184,3 +188,51 @@ def test_cagefs_umount_returns_only_once_the_daemon_has_saved_and_exited(
     assert not temps(daemon.store)
     plain = decrypt_backing(daemon.store / "last.txt.age", daemon.identity)
     assert plain == b"saved before umount returns\n"
+
+
+def test_idle_unmounts_a_quiet_mount_and_not_a_busy_one(daemons: Callable[..., Daemon]) -> None:
+    """15.4: --idle 1s. An open file keeps the mount (several idle periods pass); once it is
+    closed and nothing asks, the daemon saves, unmounts and exits 0 by itself."""
+    daemon = daemons("stream", options=["--idle", "1s", *KEEP_TEMPS])
+    daemon.start()
+    with open(daemon.mnt / "held.txt", "w") as held:
+        held.write("written while held open\n")
+        held.flush()
+        assert daemon.proc is not None
+        with pytest.raises(subprocess.TimeoutExpired):
+            daemon.proc.wait(5)  # five idle periods with a file open: still serving
+        assert is_mounted(daemon.mnt)
+    assert daemon.proc.wait(STOP_TIMEOUT) == 0, daemon.log_text()[-2000:]
+    daemon.proc = None
+    assert not is_mounted(daemon.mnt)
+    assert not temps(daemon.store), "the idle unmount did not save everything"
+    plain = decrypt_backing(daemon.store / "held.txt.age", daemon.identity)
+    assert plain == b"written while held open\n"
+    assert "idle for 1 s: saving and unmounting" in daemon.log_text()
+
+
+def test_status_shows_an_open_streaming_file(daemons: Callable[..., Daemon]) -> None:
+    """15.5: asked of the daemon over its socket (root only), not guessed from /proc."""
+    daemon = daemons("stream", options=KEEP_TEMPS)
+    daemon.start()
+    with open(daemon.mnt / "big.bin", "wb") as f:
+        f.write(os.urandom(3 << 20))
+        f.flush()
+        proc = cagefs("status", daemon.mnt, "--json")
+        assert proc.returncode == 0, proc.stderr
+        [report] = json.loads(proc.stdout)
+        assert (report["store"], report["mountpoint"]) == (str(daemon.store), str(daemon.mnt))
+        assert report["pid"] == daemon.pid and report["strategy"] == "stream"
+        [big] = [entry for entry in report["files"] if entry["path"] == "big.bin"]
+        assert (big["state"], big["size"], big["handles"]) == ("streaming", 3 << 20, 1)
+        assert report["open_handles"] >= 1 and report["sealers"]["running"] >= 1
+        text = cagefs("status", daemon.mnt).stdout
+        assert f"{daemon.mnt}: {daemon.store}, pid {daemon.pid}" in text
+        assert "streaming" in text and "big.bin" in text
+    socket_path = status_socket(str(daemon.mnt))
+    assert socket_path.stat().st_mode & 0o777 == 0o600
+    [report] = json.loads(cagefs("status", daemon.mnt, "--json").stdout)
+    [big] = [entry for entry in report["files"] if entry["path"] == "big.bin"]
+    assert big["state"] == "pending" and report["unpublished"]["files"] == 1
+    daemon.stop_clean()
+    assert not socket_path.exists()

@@ -175,7 +175,7 @@ def test_old_store_is_served_only_read_only_until_upgraded(
     assert refused.returncode == 1
     assert "cagefs verify --upgrade" in one_line(refused.stderr)
     writable = cagefs("mount", store, mnt, "-i", identity, "--accept-untagged")
-    assert writable.returncode == 1
+    assert writable.returncode == 2  # usage
     assert "-o ro" in one_line(writable.stderr)
 
     migrating = daemons(options=["-o", "ro", "--accept-untagged"])

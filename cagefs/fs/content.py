@@ -235,6 +235,8 @@ class FileContent:
             self.provisional = None
             self.current, self._kept = self._kept, None
         self.size = self.current.reader.size if self.current else 0
+        if self.current is not None:  # its time too: the kernel drops pages of a changed mtime
+            self.attrs.st_mtime_ns = os.fstat(self.current.fd).st_mtime_ns
 
     async def seal_staged(self) -> None:
         """Seal staged changes (but not a stream: `check_stream` reserved its room)."""

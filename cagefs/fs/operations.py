@@ -39,6 +39,7 @@ class Handle:
     # Opened by an unprivileged user: its writes drop setuid/setgid. The kernel asks for that
     # itself (a setattr) before cached writes, but leaves it to us for direct_io ones.
     unprivileged: bool = False
+    wrote: bool = False  # written through since its last flush: that close(2) must hear of errors
 
 
 class Operations(pyfuse3.Operations):
@@ -395,6 +396,7 @@ class Operations(pyfuse3.Operations):
             with about(handle.node.path):
                 await content.wait_writable(len(buf))
                 content.write(off, buf)
+            handle.wrote = True
             if handle.direct and handle.unprivileged:
                 content.kill_privileges()
             stale = handle.direct and content.kernel_cached
@@ -411,8 +413,9 @@ class Operations(pyfuse3.Operations):
         published here (I3): a `dup`'ed descriptor or a forked child's copy closes while the
         file is still written through the others, and they all share this one handle.
 
-        So staged changes are sealed into a provisional version (published at the last
-        release, dropped if saving fails), and a stream reserves the room its seal needs:
+        So the staged changes of a handle that wrote are sealed into a provisional version
+        (published at the last release, dropped if saving fails), also while other handles are
+        open (or their failure would reach nobody), and a stream reserves the room its seal needs:
         sealing it here would force the rest of the file off the fast path (dd closes a
         descriptor it is about to write to after dup2).
         """
@@ -423,8 +426,9 @@ class Operations(pyfuse3.Operations):
         async with content.lock:
             with about(handle.node.path):
                 await content.check_stream()
-                if content.handles == 1:
+                if handle.wrote:
                     await content.seal_staged()
+                    handle.wrote = False
 
     @fuse_errors
     async def release(self, fh: int) -> None:

@@ -9,12 +9,13 @@ import contextlib
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import Daemon, cagefs, opened
+from .helpers import STRATEGIES, Daemon, cagefs, opened
 
 DISK = 6 * 1024 * 1024
 OLD = os.urandom(300_000)
@@ -74,6 +75,14 @@ def test_a_full_disk_fails_the_write_and_keeps_the_old_version(mounted: Daemon) 
     mounted.assert_store_matches()
 
 
+def wait_for(ready: Callable[[], bool]) -> None:
+    """close(2) returns before the daemon gets the (asynchronous) release that saves the
+    file, or gives its change up: until then the change is still the file's content."""
+    deadline = time.monotonic() + 10
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def fill(disk: Path, leave: int) -> Path:
     """Fill `disk` until only about `leave` bytes are free; returns the filler file."""
     filler = disk / "filler"
@@ -105,6 +114,7 @@ def test_cp_to_a_full_disk_fails_and_keeps_the_old_version(
             cp = subprocess.run(["cp", source, target], capture_output=True, check=False)
             assert cp.returncode != 0, f"cp {size} bytes to a full disk exited 0 ({target.name})"
             assert b"No space left" in cp.stderr, cp.stderr
+        wait_for(lambda: kept.read_bytes() == OLD)
         assert kept.read_bytes() == OLD, "a failed cp over a file lost its previous version"
     finally:
         filler.unlink()
@@ -114,31 +124,42 @@ def test_cp_to_a_full_disk_fails_and_keeps_the_old_version(
     mounted.assert_store_matches()
 
 
-def test_after_a_failed_save_the_mount_shows_what_the_store_has(mounted: Daemon) -> None:
-    """Pages the kernel cached of the unsaved change (and its size) are dropped with it."""
-    mnt = mounted.mnt
-    kept = mnt / "kept.bin"
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_after_a_failed_save_the_mount_shows_what_the_store_has(
+    daemons: Callable[..., Daemon], strategy: str
+) -> None:
+    """Pages the kernel cached of the unsaved change (and its mtime) are dropped with it.
+    Publishing is held back, so the file keeps its open content (a version waiting to be
+    published) after the failure: nothing else makes the kernel look again."""
+    daemon = daemons(strategy, options=["--publish-interval", "600"])
+    daemon.start()
+    kept = daemon.mnt / "kept.bin"
     kept.write_bytes(OLD)
-    with opened(kept, os.O_RDONLY) as fd:
-        os.fsync(fd)
-    assert kept.read_bytes() == OLD  # the kernel now caches its pages
-    filler = fill(mounted.store.parent, leave=160 * 1024)  # staging fits, a version not
+    saved = b"saved" + OLD[5:]
+    with opened(kept, os.O_WRONLY) as fd:
+        os.pwrite(fd, b"saved", 0)  # closed: waits for its publish
+    wait_for(lambda: len(os.listdir(daemon.store / ".cagefs" / "tmp")) == 1)  # released
+    filler = fill(daemon.store.parent, leave=160 * 1024)  # staging fits, a version not
     try:
         fd = os.open(kept, os.O_RDWR)
         try:
             os.pwrite(fd, b"unsaved" * 1000, 0)
+            os.fstat(fd)  # the kernel takes in the new mtime, then caches the new pages:
+            assert os.pread(fd, 7, 0) == b"unsaved"
             with pytest.raises(OSError) as failed:
                 os.fsync(fd)
             assert failed.value.errno == errno.ENOSPC, failed.value
         finally:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        wait_for(lambda: kept.read_bytes() == saved)
         got = kept.read_bytes()
-        assert len(got) == len(OLD), f"size {len(got)} after the failed save, {len(OLD)} stored"
-        assert got == OLD, "the mount shows a change that was never saved"
+        assert len(got) == len(saved), f"size {len(got)} after the failed save, {len(OLD)} kept"
+        assert got[:7] == saved[:7], f"the mount shows a change never saved: {got[:7]!r}"
+        assert got == saved
     finally:
         filler.unlink()
-    mounted.assert_store_matches()
+    daemon.assert_store_matches()
 
 
 def test_growing_past_the_free_space_is_refused_at_once(mounted: Daemon) -> None:
@@ -208,3 +229,24 @@ def test_a_file_with_no_name_left_is_never_sealed(
         filler.unlink()
     log = daemon.log_text()
     assert "No space left" not in log and "could not be saved" not in log, log[-2000:]
+
+
+def test_close_of_a_writer_hears_of_a_full_disk_while_others_have_the_file_open(
+    mounted: Daemon,
+) -> None:
+    """Before, only the close of the last handle sealed staged changes: a writer that closed
+    while a reader still had the file open was told nothing, and the reader's close lost it."""
+    kept = mounted.mnt / "kept.bin"
+    kept.write_bytes(OLD)
+    with opened(kept, os.O_RDONLY) as reader:
+        filler = fill(mounted.store.parent, leave=160 * 1024)  # staging fits, a version not
+        try:
+            writer = os.open(kept, os.O_RDWR)
+            os.pwrite(writer, b"edit", 0)
+            with pytest.raises(OSError) as failed:
+                os.close(writer)
+            assert failed.value.errno == errno.ENOSPC
+        finally:
+            filler.unlink()
+        assert os.pread(reader, 4, 0) in (b"edit", OLD[:4])
+    mounted.assert_store_matches()

@@ -32,23 +32,25 @@ def test_unprivileged_writes_clear_setuid(
 ) -> None:
     daemon = daemons(strategy, mnt=shared_mountpoint, options=["-o", "allow_other"])
     daemon.start()
-    wrong = []
-    for i, (before, command, after) in enumerate(CASES):
-        f = daemon.mnt / f"f{i}"
-        f.write_bytes(b"#!/bin/sh\n")
-        f.chmod(before)
-        done = subprocess.run([*NOBODY, *command, f], capture_output=True, check=False)
-        assert done.returncode == 0, done.stderr
-        if mode(f) != after:
-            wrong.append((command[-1], oct(before), oct(mode(f)), oct(after)))
-    g = daemon.mnt / "g"
-    g.write_bytes(b"#!/bin/sh\n")
-    g.chmod(0o6755)
-    os.chown(g, 65534, 65534)
-    if mode(g) != 0o0755:
-        wrong.append(("chown", "0o6755", oct(mode(g)), "0o755"))
-    assert not wrong, f"(what, before, got, want): {wrong}"
-    daemon.stop_clean()
-    daemon.start()
-    assert mode(daemon.mnt / "f0") == 0o777, "the cleared mode is what the store keeps"
-    daemon.stop_clean()  # before the shared mount point goes
+    try:
+        wrong = []
+        for i, (before, command, after) in enumerate(CASES):
+            f = daemon.mnt / f"f{i}"
+            f.write_bytes(b"#!/bin/sh\n")
+            f.chmod(before)
+            done = subprocess.run([*NOBODY, *command, f], capture_output=True, check=False)
+            assert done.returncode == 0, done.stderr
+            if mode(f) != after:
+                wrong.append((command[-1], oct(before), oct(mode(f)), oct(after)))
+        g = daemon.mnt / "g"
+        g.write_bytes(b"#!/bin/sh\n")
+        g.chmod(0o6755)
+        os.chown(g, 65534, 65534)
+        if mode(g) != 0o0755:
+            wrong.append(("chown", "0o6755", oct(mode(g)), "0o755"))
+        assert not wrong, f"(what, before, got, want): {wrong}"
+        daemon.remount()
+        assert mode(daemon.mnt / "f0") == 0o777, "the cleared mode is what the store keeps"
+    finally:
+        if daemon.proc is not None:
+            daemon.stop_clean()  # before the shared mount point goes

@@ -138,7 +138,9 @@ class Writer:
         for name in [*self.names, self.tmp]:
             versions = self.states.versions(name)
             self.current[name] = versions[max(versions)]
-        while True:
+        stop = []
+        signal.signal(signal.SIGUSR1, lambda *_: stop.append(True))  # --clean-stop
+        while not stop:
             name = self.rng.choice(self.names)
             op = self.rng.choice(OPS)
             getattr(self, op)(name, op)
@@ -314,8 +316,53 @@ def describe(data: bytes | None) -> str:
     return "absent" if data is None else f"{len(data)} bytes"
 
 
-def check(daemon: Daemon, states: States, names: list[str], problems: list[str]) -> Tally:
-    """Every file against its allowed states, every backing file against `age -d`."""
+def closest(data: bytes | None, versions: dict[int, bytes | None]) -> str:
+    """How the shown content relates to the intended states: the one it shares the longest
+    start with, and whether it is that state cut short."""
+    if data is None:
+        return "absent"
+    best, common = -1, -1
+    for v, content in versions.items():
+        if content is None:
+            continue
+        n = common_start(data, content)
+        if n > common:
+            best, common = v, n
+    if best < 0:
+        return "no intended state has content"
+    state = versions[best]
+    assert state is not None
+    if common == len(data):
+        return f"the first {len(data)} bytes of version {best} ({len(state)} bytes)"
+    return f"differs from version {best} ({len(state)} bytes) from byte {common}"
+
+
+def common_start(a: bytes, b: bytes) -> int:
+    """How many leading bytes a and b share."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid)
+    return lo
+
+
+def keep_evidence(states: States, name: str, data: bytes | None) -> None:
+    """Copy a torn file's content and intended states to WORK/torn/ (the check resets the
+    states); --keep keeps them."""
+    dest = states.root.parent / "torn" / f"{name}-{os.getpid()}-{time.monotonic_ns()}"
+    shutil.copytree(states.root / name, dest / "intended")
+    if data is not None:
+        (dest / "shown").write_bytes(data)
+
+
+def check(
+    daemon: Daemon, states: States, names: list[str], problems: list[str], clean: bool
+) -> Tally:
+    """Every file against its allowed states, every backing file against `age -d`; after a
+    clean stop (writers finished, daemon unmounted), only the last state is allowed."""
     tally = Tally(rounds=1)
     soak = daemon.mnt / SOAK
     tmp = os.listdir(daemon.store / META / "tmp")
@@ -338,7 +385,14 @@ def check(daemon: Daemon, states: States, names: list[str], problems: list[str])
             problems.append(
                 f"TORN {name}: shows {describe(data)}; intended states "
                 f"{[describe(versions[v]) for v in sorted(versions)][-4:]} (last of "
-                f"{len(versions)}: {states.op(name, latest)})"
+                f"{len(versions)}: {states.op(name, latest)}); {closest(data, versions)}"
+            )
+            keep_evidence(states, name, data)
+        elif clean and max(matching) != max(versions):
+            tally.torn += 1
+            problems.append(
+                f"STALE {name}: shows version {max(matching)} after a clean unmount, the last "
+                f"was {max(versions)} ({states.op(name, max(versions))})"
             )
         elif max(matching) < states.fsynced(name):
             tally.lost_fsync += 1
@@ -403,6 +457,15 @@ def start_writers(
     return writers
 
 
+def stop_writers(writers: list[subprocess.Popen]) -> None:
+    """--clean-stop: each writer finishes the operation it is in, then exits."""
+    for writer in writers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(writer.pid, signal.SIGUSR1)
+    for writer in writers:
+        writer.wait(120)
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -444,7 +507,7 @@ def soak(args: argparse.Namespace) -> int:
             if round_ > 0:
                 killed = strategies[(round_ - 1) % len(strategies)]
                 problems: list[str] = []
-                tally = check(daemon, states, names, problems)
+                tally = check(daemon, states, names, problems, args.clean_stop)
                 tallies[killed].add(tally)
                 print(f"round {round_:4d} {killed:8s} {tally}", flush=True)
                 for problem in problems:
@@ -457,7 +520,11 @@ def soak(args: argparse.Namespace) -> int:
                 if writer.poll() is not None:
                     last = (work / f"writer-{k}.log").read_text().strip().splitlines()[-1:]
                     print(f"    writer {k} stopped before the kill: {last}", flush=True)
-            daemon.kill9()
+            if args.clean_stop:
+                stop_writers(writers)
+                daemon.stop_clean()
+            else:
+                daemon.kill9()
             tracebacks += daemon.log_text().count("Traceback")
             for pid in still_running(daemon.children, 10.0):  # sealers of the killed daemon
                 print(f"    process {pid} of the killed daemon outlived it by 10 s; killed")
@@ -480,7 +547,7 @@ def soak(args: argparse.Namespace) -> int:
         total.add(tally)
     print(f"  {'TOTAL':8s} {total}  daemon tracebacks {tracebacks}")
     if total.bad() and args.keep:
-        print(f"kept {work} for inspection")
+        print(f"kept {work} for inspection (torn files: shown and intended in {work}/torn)")
     else:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if total.bad() or tracebacks else 0
@@ -500,6 +567,12 @@ def main() -> int:
     parser.add_argument("--min-kill", type=float, default=0.5, help="seconds before the kill")
     parser.add_argument("--max-kill", type=float, default=4.0)
     parser.add_argument("--workdir", default="/var/tmp")
+    parser.add_argument(
+        "--clean-stop",
+        action="store_true",
+        help="control run: instead of the kill, writers finish their operation and the daemon "
+        "unmounts cleanly; every file must then show its last state (checks the checker)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir after a failure")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))  # run the cleanup

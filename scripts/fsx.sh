@@ -13,6 +13,7 @@
 #   SEED      fsx seed (default 1; fsx's own default)
 #   OUT       where the fsx and daemon logs go (default: a new directory, printed)
 #   WORKDIR   where the throwaway stores and mount points go (default: /var/tmp)
+#   STORE_SIZE    size of the loop-mounted disk each store lives on (default: 2G)
 # Every mount, daemon and store it made is removed on exit, also on errors and Ctrl-C.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +33,7 @@ check_targets "${targets[@]}"
 WORK=$(mktemp -d "${WORKDIR:-/var/tmp}/fsx.XXXXXX")
 OUT=${OUT:-$WORK-results}
 mkdir -p "$OUT"
-trap 'unmount; rm -rf "$WORK"' EXIT
+trap 'unmount; unmount_disk; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
 
 failed=0
@@ -53,12 +54,13 @@ for target in "${targets[@]}"; do
     unmount
     backing="n/a"
     if [[ $target != gocryptfs ]]; then
-        stored=$(age -d -i "$dir/key" "$dir/store/fsx.file.age" 2>/dev/null | sha256sum |
+        stored=$(age -d -i "$dir/key" "$STORE/fsx.file.age" 2>/dev/null | sha256sum |
             cut -d' ' -f1)
         [[ $stored == "$seen" ]] && backing="same as the mount" ||
             { backing="DIFFERS from the mount"; failed=$((failed + 1)); }
-        backing="$backing; $(check_backing "$dir")"
+        backing="$backing; $(check_backing "$STORE" "$dir/key")"
     fi
+    unmount_disk
     tracebacks=$(grep -c Traceback "$OUT/$target.daemon.log" || true)
     printf '%-10s fsx %d ops: %s in %ds; backing %s; daemon tracebacks %d\n' "$target" "$OPS" \
         "$result" "$((SECONDS - start))" "$backing" "$tracebacks" | tee -a "$OUT/summary.txt"

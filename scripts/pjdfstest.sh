@@ -12,82 +12,31 @@
 #   OUT       where the TAP logs, daemon logs and counts go (default: a new directory, printed)
 #   WORKDIR   where the throwaway stores and mount points go (default: /var/tmp)
 #   FILE_TIMEOUT  seconds one test file may take before it counts as hung (default: 900)
+#   STORE_SIZE    size of the loop-mounted disk each store lives on (default: 2G)
 # Every mount, daemon and store it made is removed on exit, also on errors and Ctrl-C.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/suite-lib.sh
+. "$REPO/scripts/suite-lib.sh"
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 FILE_TIMEOUT=${FILE_TIMEOUT:-900}
-GOCRYPTFS_PASS="echo pjdfstest-throwaway-password"
 
-die() { echo "pjdfstest.sh: $*" >&2; exit 2; }
 [[ -n ${PJDFSTEST:-} ]] || die "set PJDFSTEST to a built pjdfstest tree (with ./pjdfstest, tests/)"
 [[ -x $PJDFSTEST/pjdfstest && -d $PJDFSTEST/tests ]] || die "$PJDFSTEST: no built pjdfstest"
 [[ $(id -u) -eq 0 ]] || die "run as root: the suite changes owners and modes"
 command -v prove >/dev/null || die "prove (perl) is missing"
 [[ -x $PYTHON ]] || die "$PYTHON: no such interpreter (set PYTHON)"
-
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(auto stream memory tempfile)
-for target in "${targets[@]}"; do
-    case $target in
-        auto | stream | memory | tempfile | gocryptfs) ;;
-        *) die "unknown target $target (auto, stream, memory, tempfile, gocryptfs)" ;;
-    esac
-done
+check_targets "${targets[@]}"
 
 WORK=$(mktemp -d "${WORKDIR:-/var/tmp}/pjdfstest.XXXXXX")
 chmod 755 "$WORK"  # the suite runs some steps as other users
 OUT=${OUT:-$WORK-results}
 mkdir -p "$OUT"
-MNT="" DAEMON=""
-
-unmount() {
-    # Detach our mount and wait for the daemon we started; kill it only if it will not end.
-    if [[ -n $MNT ]] && grep -qs " $MNT fuse" /proc/mounts; then
-        fusermount3 -u "$MNT" 2>/dev/null || sleep 2
-        grep -qs " $MNT fuse" /proc/mounts && fusermount3 -u -z "$MNT" 2>/dev/null
-    fi
-    if [[ -n $DAEMON ]]; then
-        for _ in $(seq 120); do kill -0 "$DAEMON" 2>/dev/null || break; sleep 1; done
-        kill -0 "$DAEMON" 2>/dev/null && kill -9 "$DAEMON" 2>/dev/null
-        wait "$DAEMON" 2>/dev/null || true
-    fi
-    MNT="" DAEMON=""
-}
-cleanup() {
-    unmount
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap 'unmount; unmount_disk; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
-
-wait_mounted() {
-    for _ in $(seq 60); do
-        grep -qs " $1 fuse" /proc/mounts && return 0
-        kill -0 "$DAEMON" 2>/dev/null || return 1
-        sleep 1
-    done
-    return 1
-}
-
-mount_target() {  # mount_target TARGET DIR LOG: a fresh store of TARGET mounted at DIR/mnt
-    local target=$1 dir=$2 log=$3
-    mkdir -p "$dir/mnt" "$dir/store"
-    chmod 755 "$dir" "$dir/mnt" "$dir/store"
-    if [[ $target == gocryptfs ]]; then
-        gocryptfs -q -init -extpass "$GOCRYPTFS_PASS" -scryptn 10 "$dir/store" >"$log" 2>&1
-        gocryptfs -fg -allow_other -extpass "$GOCRYPTFS_PASS" "$dir/store" "$dir/mnt" \
-            >>"$log" 2>&1 &
-    else
-        "$PYTHON" -m cagefs keygen -o "$dir/key" >"$log" 2>&1
-        "$PYTHON" -m cagefs init "$dir/store" --identity "$dir/key" >>"$log" 2>&1
-        "$PYTHON" -m cagefs mount "$dir/store" "$dir/mnt" -i "$dir/key" --strategy "$target" \
-            -o allow_other -f >>"$log" 2>&1 &
-    fi
-    DAEMON=$! MNT=$dir/mnt
-    wait_mounted "$MNT" || { tail -20 "$log" >&2; die "$target: mount did not come up"; }
-}
 
 # Counts per test file from `prove -v` output: passed, failed, todo (expected failures).
 count_tap() {
@@ -124,6 +73,7 @@ run_target() {
         total_pass=$((total_pass + pass)) total_fail=$((total_fail + fail)) files=$((files + 1))
     done < <(find "${subdirs[@]}" -name '*.t' | sort -V)
     unmount
+    unmount_disk
     local tracebacks
     tracebacks=$(grep -c Traceback "$OUT/$target.daemon.log" || true)
     printf 'TOTAL %-10s files %d  passed %d  failed %d  (of %d)  hung files %d  daemon tracebacks %d\n' \

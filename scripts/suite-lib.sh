@@ -1,7 +1,9 @@
 # Sourced by pjdfstest.sh and fsx.sh: mount a throwaway store of one target (a cagefs strategy
 # or gocryptfs) in the foreground, and take it down again. The caller sets PYTHON and a trap
-# that calls `unmount`; MNT and DAEMON name what is mounted now.
-MNT="" DAEMON=""
+# that calls `unmount; unmount_disk`; MNT, DAEMON and DISK name what is mounted now. The store lives on a
+# loop-mounted ext4 of STORE_SIZE (default 2G), so that a test which writes without bound (a
+# 1 PB truncate) fills that, not the machine's disk.
+MNT="" DAEMON="" DISK=""
 GOCRYPTFS_PASS="echo suite-throwaway-password"
 TARGETS_ALL="auto stream memory tempfile gocryptfs"
 
@@ -30,19 +32,32 @@ unmount() {
     MNT="" DAEMON=""
 }
 
+unmount_disk() {  # after unmount: the store's loop disk (mount -o loop frees its loop device)
+    if [[ -n $DISK ]] && grep -qs " $DISK " /proc/mounts; then
+        umount "$DISK" || umount -l "$DISK"
+    fi
+    DISK=""
+}
+
 mount_target() {  # mount_target TARGET DIR LOG [cagefs mount options]: DIR/store at DIR/mnt
     local target=$1 dir=$2 log=$3
     shift 3
-    mkdir -p "$dir/mnt" "$dir/store"
-    chmod 755 "$dir" "$dir/mnt" "$dir/store"
+    STORE=$dir/disk/store
+    mkdir -p "$dir/mnt" "$dir/disk"
+    truncate -s "${STORE_SIZE:-2G}" "$dir/disk.img"
+    mkfs.ext4 -q -F "$dir/disk.img" >"$log" 2>&1
+    mount -o loop "$dir/disk.img" "$dir/disk"
+    DISK=$dir/disk
+    mkdir "$STORE"
+    chmod 755 "$dir" "$dir/mnt" "$dir/disk" "$STORE"
     if [[ $target == gocryptfs ]]; then
-        gocryptfs -q -init -extpass "$GOCRYPTFS_PASS" -scryptn 10 "$dir/store" >"$log" 2>&1
-        gocryptfs -fg -allow_other -extpass "$GOCRYPTFS_PASS" "$dir/store" "$dir/mnt" \
+        gocryptfs -q -init -extpass "$GOCRYPTFS_PASS" -scryptn 10 "$STORE" >>"$log" 2>&1
+        gocryptfs -fg -allow_other -extpass "$GOCRYPTFS_PASS" "$STORE" "$dir/mnt" \
             >>"$log" 2>&1 &
     else
-        "$PYTHON" -m cagefs keygen -o "$dir/key" >"$log" 2>&1
-        "$PYTHON" -m cagefs init "$dir/store" --identity "$dir/key" >>"$log" 2>&1
-        "$PYTHON" -m cagefs mount "$dir/store" "$dir/mnt" -i "$dir/key" --strategy "$target" \
+        "$PYTHON" -m cagefs keygen -o "$dir/key" >>"$log" 2>&1
+        "$PYTHON" -m cagefs init "$STORE" --identity "$dir/key" >>"$log" 2>&1
+        "$PYTHON" -m cagefs mount "$STORE" "$dir/mnt" -i "$dir/key" --strategy "$target" \
             -f "$@" >>"$log" 2>&1 &
     fi
     DAEMON=$! MNT=$dir/mnt
@@ -56,13 +71,14 @@ mount_target() {  # mount_target TARGET DIR LOG [cagefs mount options]: DIR/stor
     die "$target: the mount did not come up"
 }
 
-# After an unmount: every backing file opens with the Go age CLI, and no temp version is left.
-check_backing() {  # check_backing DIR: prints "backing files N, age -d failures N, temps left N"
-    local dir=$1 files=0 bad=0 temps=0 path
+# After the FUSE unmount (the store's disk still mounted): every backing file opens with the Go
+# age CLI, and no temp version is left. Prints "backing files N, age -d failures N, temps left N".
+check_backing() {  # check_backing STORE KEY
+    local store=$1 key=$2 files=0 bad=0 temps=0 path
     while IFS= read -r -d '' path; do
         files=$((files + 1))
-        age -d -i "$dir/key" "$path" >/dev/null 2>&1 || bad=$((bad + 1))
-    done < <(find "$dir/store" -path "$dir/store/.cagefs" -prune -o -name '*.age' -type f -print0)
-    [[ -d $dir/store/.cagefs/tmp ]] && temps=$(find "$dir/store/.cagefs/tmp" -type f | wc -l)
+        age -d -i "$key" "$path" >/dev/null 2>&1 || bad=$((bad + 1))
+    done < <(find "$store" -path "$store/.cagefs" -prune -o -name '*.age' -type f -print0)
+    [[ -d $store/.cagefs/tmp ]] && temps=$(find "$store/.cagefs/tmp" -type f | wc -l)
     echo "backing files $files, age -d failures $bad, temps left $temps"
 }

@@ -49,7 +49,7 @@ count_tap() {
 run_target() {
     local target=$1 dir=$WORK/$1 total_pass=0 total_fail=0 files=0 hung=0
     local counts=$OUT/$target.counts
-    mount_target "$target" "$dir" "$OUT/$target.daemon.log"
+    mount_target "$target" "$dir" "$OUT/$target.daemon.log" -o allow_other
     : >"$counts"
     local subdirs=()
     if [[ -n ${TESTS:-} ]]; then

@@ -13,7 +13,8 @@
 #   SEED      fsx seed (default 1; fsx's own default)
 #   OUT       where the fsx and daemon logs go (default: a new directory, printed)
 #   WORKDIR   where the throwaway stores and mount points go (default: /var/tmp)
-#   STORE_SIZE    size of the loop-mounted disk each store lives on (default: 2G)
+#   STORE_SIZE    size of the loop-mounted disk each store lives on (default: 4G: pjdfstest's
+#                 open/25 writes past 2 GiB)
 # Every mount, daemon and store it made is removed on exit, also on errors and Ctrl-C.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)

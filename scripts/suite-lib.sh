@@ -1,8 +1,8 @@
 # Sourced by pjdfstest.sh and fsx.sh: mount a throwaway store of one target (a cagefs strategy
 # or gocryptfs) in the foreground, and take it down again. The caller sets PYTHON and a trap
-# that calls `unmount; unmount_disk`; MNT, DAEMON and DISK name what is mounted now. The store lives on a
-# loop-mounted ext4 of STORE_SIZE (default 2G), so that a test which writes without bound (a
-# 1 PB truncate) fills that, not the machine's disk.
+# that calls `unmount; unmount_disk`; MNT, DAEMON and DISK name what is mounted now. The store
+# lives on a loop-mounted ext4 of STORE_SIZE (default 4G), so that a test which writes without
+# bound (a 1 PB truncate) fills that, not the machine's disk.
 MNT="" DAEMON="" DISK=""
 GOCRYPTFS_PASS="echo suite-throwaway-password"
 TARGETS_ALL="auto stream memory tempfile gocryptfs"
@@ -44,7 +44,7 @@ mount_target() {  # mount_target TARGET DIR LOG [cagefs mount options]: DIR/stor
     shift 3
     STORE=$dir/disk/store
     mkdir -p "$dir/mnt" "$dir/disk"
-    truncate -s "${STORE_SIZE:-2G}" "$dir/disk.img"
+    truncate -s "${STORE_SIZE:-4G}" "$dir/disk.img"
     mkfs.ext4 -q -F "$dir/disk.img" >"$log" 2>&1
     mount -o loop "$dir/disk.img" "$dir/disk"
     DISK=$dir/disk

@@ -1,0 +1,218 @@
+"""The key verbs offline: `cagefs recipients`, `cagefs rekey`, `cagefs passwd`.
+
+Backing files are checked with the Go `age` CLI. An interrupted change is a real `kill -9` of
+the verb, caught once it has replaced some files (seen by their new inode numbers).
+"""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import KeyFile
+from support import cagefs
+
+from cagefs.age.keys import parse_recipient
+from cagefs.cli.rekey import EXIT_PROBLEMS
+from cagefs.store import init_store, open_store
+from cagefs.store.auth import AuthKey, Kind
+from cagefs.store.keyring import tagger, write_age_file
+from cagefs.store.layout import AUTH_FILE, CANARY_FILE, CONFIG_FILE, KEYCHANGE_FILE, TMP_DIR
+
+
+def make_store(root: Path, keyfile: KeyFile, files: dict[str, bytes], *more: str) -> AuthKey:
+    """A store for `keyfile` (and `more` recipients) holding `files`, tagged as a mount
+    writes them; returns its authentication key."""
+    store = init_store(root, [parse_recipient(r) for r in more], identities=[keyfile.identity])
+    assert store.auth is not None
+    for name, plaintext in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        write_age_file(
+            root, f"{name}.age", plaintext, store.recipients, tagger(store.auth, Kind.FILE)
+        )
+    return store.auth
+
+
+def go_age(path: Path, keyfile: KeyFile) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["age", "-d", "-i", str(keyfile.path), str(path)], capture_output=True, timeout=120
+    )
+
+
+def backing(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.age") if ".cagefs" not in p.relative_to(root).parts)
+
+
+def one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got {lines}"
+    return lines[0]
+
+
+FILES = {"a.txt": b"alpha\n", "empty": b"", "d/big.bin": os.urandom(3 << 20), "d/e/f": b"f" * 70000}
+
+
+def test_add_then_remove_with_go_age(tmp_path: Path, keyfile: KeyFile, new_keyfile) -> None:
+    root = tmp_path / "store"
+    make_store(root, keyfile, FILES)
+    os.chmod(root / "a.txt.age", 0o640)
+    os.utime(root / "a.txt.age", ns=(1_000_000_000, 2_000_000_000))
+    colleague = new_keyfile("colleague.txt")
+    added = cagefs("recipients", "add", root, colleague.recipient, "-i", keyfile.path)
+    assert added.returncode == 0, added.stderr
+    listed = cagefs("recipients", "list", root).stdout.decode().split()
+    assert listed == [keyfile.recipient, colleague.recipient]
+    for path in [*backing(root), root / CANARY_FILE, root / AUTH_FILE]:
+        assert go_age(path, colleague).returncode == 0, path
+    for name, plaintext in FILES.items():
+        assert go_age(root / f"{name}.age", colleague).stdout == plaintext, name
+    st = os.stat(root / "a.txt.age")
+    assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o640, 2_000_000_000)
+    assert cagefs("verify", root, "-i", colleague.path).returncode == 0
+
+    old_auth = go_age(root / AUTH_FILE, colleague).stdout
+    removed = cagefs("recipients", "remove", root, colleague.recipient, "-i", keyfile.path)
+    assert removed.returncode == 0, removed.stderr
+    for path in [*backing(root), root / CANARY_FILE, root / AUTH_FILE]:
+        assert go_age(path, colleague).returncode != 0, f"{path} still opens with a removed key"
+    for name, plaintext in FILES.items():
+        assert go_age(root / f"{name}.age", keyfile).stdout == plaintext, name
+    assert go_age(root / AUTH_FILE, keyfile).stdout != old_auth, "the auth key was not rotated"
+    assert cagefs("verify", root, "-i", keyfile.path).returncode == 0
+    assert os.listdir(root / TMP_DIR) == []
+    assert not (root / KEYCHANGE_FILE).exists()
+
+
+def test_a_file_the_removed_key_wrote_with_the_old_auth_key_is_refused(
+    tmp_path: Path, keyfile: KeyFile, new_keyfile
+) -> None:
+    """A removed recipient knew the authentication key: after removal, what they tag with it
+    is not the store's."""
+    root = tmp_path / "store"
+    colleague = new_keyfile("colleague.txt")
+    old_auth = make_store(root, keyfile, {"a": b"a"}, colleague.recipient)
+    assert (
+        cagefs("recipients", "remove", root, colleague.recipient, "-i", keyfile.path).returncode
+        == 0
+    )
+    store = open_store(root, [keyfile.identity])
+    write_age_file(root, "planted.age", b"evil", store.recipients, tagger(old_auth, Kind.FILE))
+    proc = cagefs("verify", root, "-i", keyfile.path)
+    assert proc.returncode == EXIT_PROBLEMS
+    assert proc.stdout.decode().startswith("planted.age: tagged under another")
+
+
+def test_bad_input_is_one_line_and_changes_nothing(
+    tmp_path: Path, keyfile: KeyFile, new_keyfile
+) -> None:
+    root = tmp_path / "store"
+    make_store(root, keyfile, FILES)
+    stranger = new_keyfile("stranger.txt")
+    before = {p: p.read_bytes() for p in [*backing(root), root / CONFIG_FILE]}
+    cases: list[tuple[list[object], str]] = [
+        (["add", root, stranger.recipient, "-i", stranger.path], "cannot read store"),
+        (["add", root, "age1notakey", "-i", keyfile.path], "recipient"),
+        (["add", root, keyfile.recipient, "-i", keyfile.path], "already a recipient"),
+        (["add", root, "-i", keyfile.path], "no recipient given"),
+        (["remove", root, stranger.recipient, "-i", keyfile.path], "not a recipient"),
+        (["remove", root, keyfile.recipient, "-i", keyfile.path], "at least one recipient"),
+        (["add", tmp_path / "nowhere", stranger.recipient, "-i", keyfile.path], "no such store"),
+    ]
+    for args, expected in cases:
+        proc = cagefs("recipients", *args)
+        assert proc.returncode in (1, 2), (args, proc.stderr)
+        assert expected in one_line(proc), args
+    assert cagefs("rekey", root, "-i", stranger.path).returncode == 1
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (root / KEYCHANGE_FILE).exists()
+
+
+def test_removing_the_key_doing_it_is_refused(
+    tmp_path: Path, keyfile: KeyFile, new_keyfile
+) -> None:
+    root = tmp_path / "store"
+    other = new_keyfile("other.txt")
+    make_store(root, keyfile, {"a": b"a"}, other.recipient)
+    proc = cagefs("recipients", "remove", root, keyfile.recipient, "-i", keyfile.path)
+    assert proc.returncode == 1
+    assert "would not be a recipient afterwards" in one_line(proc)
+    proc = cagefs("recipients", "remove", root, keyfile.recipient, "-i", other.path)
+    assert proc.returncode == 0, proc.stderr
+    assert go_age(root / "a.age", keyfile).returncode != 0
+
+
+def test_damaged_and_planted_files_are_listed_and_left_as_they_are(
+    tmp_path: Path, keyfile: KeyFile, new_keyfile
+) -> None:
+    root = tmp_path / "store"
+    make_store(root, keyfile, {"ok": b"fine", "bad": os.urandom(200_000)})
+    damaged = bytearray((root / "bad.age").read_bytes())
+    damaged[-100] ^= 1
+    (root / "bad.age").write_bytes(bytes(damaged))
+    subprocess.run(
+        ["age", "-r", keyfile.recipient, "-o", str(root / "planted.age")], input=b"x", check=True
+    )
+    planted = (root / "planted.age").read_bytes()
+    proc = cagefs("rekey", root, "-i", keyfile.path)
+    assert proc.returncode == EXIT_PROBLEMS, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["bad.age", "planted.age"]
+    assert "authenticated" in lines[0] and "untagged" in lines[1]
+    assert (root / "bad.age").read_bytes() == bytes(damaged)
+    assert (root / "planted.age").read_bytes() == planted
+    assert go_age(root / "ok.age", keyfile).stdout == b"fine"
+    assert not (root / KEYCHANGE_FILE).exists()
+    assert os.listdir(root / TMP_DIR) == []
+
+
+def replaced(paths: dict[Path, int]) -> int:
+    return sum(1 for path, ino in paths.items() if os.stat(path).st_ino != ino)
+
+
+@pytest.mark.parametrize("verb", [["recipients", "remove"], ["rekey"]])
+def test_a_change_killed_midway_is_finished_by_running_it_again(
+    tmp_path: Path, keyfile: KeyFile, new_keyfile: Callable[[str], KeyFile], verb: list[str]
+) -> None:
+    root = tmp_path / "store"
+    colleague = new_keyfile("colleague.txt")
+    files = {f"d{i % 4}/f{i:03}": os.urandom(50_000 + i) for i in range(150)}
+    make_store(root, keyfile, files, colleague.recipient)
+    inodes = {path: os.stat(path).st_ino for path in backing(root)}
+    args = [*verb, str(root), *([colleague.recipient] if verb[0] == "recipients" else [])]
+    change = subprocess.Popen(
+        [sys.executable, "-m", "cagefs", *args, "-i", str(keyfile.path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while replaced(inodes) < 10 and change.poll() is None:
+        assert time.monotonic() < deadline, "nothing replaced in 2 minutes"
+        time.sleep(0.002)
+    change.kill()
+    change.wait()
+    at_kill = replaced(inodes)
+    assert 0 < at_kill < len(files), f"not caught midway: {at_kill} of {len(files)}"
+
+    refused = cagefs("verify", root, "-i", keyfile.path)
+    assert refused.returncode == 1 and "interrupted" in one_line(refused)
+    again = cagefs(*args, "-i", keyfile.path)
+    assert again.returncode == 0, again.stderr
+    assert b"finishing an interrupted key change" in again.stderr
+    assert replaced(inodes) == len(files)
+    assert [p.relative_to(root) for p in backing(root)] == sorted(
+        Path(f"{n}.age") for n in files
+    ), "a file was lost or doubled"
+    for name, plaintext in files.items():
+        path = root / f"{name}.age"
+        assert go_age(path, keyfile).stdout == plaintext, name
+        if verb[0] == "recipients":
+            assert go_age(path, colleague).returncode != 0, f"{name} opens with a removed key"
+    assert cagefs("verify", root, "-i", keyfile.path).returncode == 0
+    expected = (
+        [keyfile.recipient] if verb[0] == "recipients" else [keyfile.recipient, colleague.recipient]
+    )
+    assert cagefs("recipients", "list", root).stdout.decode().split() == expected
+    assert os.listdir(root / TMP_DIR) == []

@@ -1,0 +1,90 @@
+"""Key verbs on stores written through real mounts: an added recipient mounts the store and
+opens every backing file with Go `age`; a removed one opens none after the rekey; nothing
+changes keys while the store is mounted."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .helpers import Daemon, cagefs, decrypt_backing, one_line
+
+FILES = {"a.txt": b"alpha\n", "empty": b"", "d/big.bin": bytes(range(256)) * 20_000}
+
+
+def write_files(mnt: Path) -> None:
+    for name, data in FILES.items():
+        (mnt / name).parent.mkdir(parents=True, exist_ok=True)
+        (mnt / name).write_bytes(data)
+    (mnt / "link").symlink_to("a.txt")
+
+
+def backing(store: Path) -> list[Path]:
+    return sorted(p for p in store.rglob("*.age") if ".cagefs" not in p.relative_to(store).parts)
+
+
+def keygen(path: Path) -> str:
+    proc = cagefs("keygen", "-o", path)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr.split("Public key: ")[-1].strip()
+
+
+def test_an_added_recipient_mounts_the_store(
+    tmp_path: Path, daemons: Callable[..., Daemon], store: Path, identity: Path
+) -> None:
+    colleague = tmp_path / "colleague.txt"
+    recipient = keygen(colleague)
+    first = daemons("auto")
+    first.start()
+    write_files(first.mnt)
+    for verb in (["recipients", "add", store, recipient], ["rekey", store]):
+        refused = cagefs(*verb, "-i", identity)
+        assert refused.returncode == 1 and "mounted on" in one_line(refused.stderr)
+    first.stop_clean()
+
+    added = cagefs("recipients", "add", store, recipient, "-i", identity)
+    assert added.returncode == 0, added.stderr
+    for path in [*backing(store), store / ".cagefs/canary.age", store / ".cagefs/auth.age"]:
+        decrypt_backing(path, colleague)  # fails the test if Go age cannot
+    theirs = Daemon(store, tmp_path / "mnt2", colleague, tmp_path / "theirs.log")
+    (tmp_path / "mnt2").mkdir()
+    try:
+        theirs.start()
+        for name, data in FILES.items():
+            assert (theirs.mnt / name).read_bytes() == data, name
+        assert (theirs.mnt / "link").readlink() == Path("a.txt")
+        (theirs.mnt / "from-colleague").write_bytes(b"hello")
+        theirs.stop_clean()
+    finally:
+        problems = theirs.close()
+    assert not problems, problems
+    assert decrypt_backing(store / "from-colleague.age", identity) == b"hello"
+
+
+def test_a_removed_recipient_opens_nothing_after_the_rekey(
+    tmp_path: Path, daemons: Callable[..., Daemon], store: Path, identity: Path
+) -> None:
+    colleague = tmp_path / "colleague.txt"
+    recipient = keygen(colleague)
+    assert cagefs("recipients", "add", store, recipient, "-i", identity).returncode == 0
+    daemon = daemons("stream")
+    daemon.start()
+    write_files(daemon.mnt)
+    daemon.stop_clean()
+    for path in backing(store):
+        decrypt_backing(path, colleague)
+
+    removed = cagefs("recipients", "remove", store, recipient, "-i", identity)
+    assert removed.returncode == 0, removed.stderr
+    for path in [*backing(store), store / ".cagefs/canary.age", store / ".cagefs/auth.age"]:
+        with pytest.raises(AssertionError, match="no identity matched"):
+            decrypt_backing(path, colleague)
+    daemon.start()
+    for name, data in FILES.items():
+        assert (daemon.mnt / name).read_bytes() == data, name
+    daemon.stop_clean()
+
+    mnt = tmp_path / "mnt3"
+    mnt.mkdir()
+    proc = cagefs("mount", store, mnt, "-i", colleague)
+    assert proc.returncode == 1 and "cannot read store" in one_line(proc.stderr)

@@ -20,7 +20,14 @@ from cagefs.cli.rekey import EXIT_PROBLEMS
 from cagefs.store import init_store, open_store
 from cagefs.store.auth import AuthKey, Kind
 from cagefs.store.keyring import tagger, write_age_file
-from cagefs.store.layout import AUTH_FILE, CANARY_FILE, CONFIG_FILE, KEYCHANGE_FILE, TMP_DIR
+from cagefs.store.layout import (
+    AUTH_FILE,
+    CANARY_FILE,
+    CONFIG_FILE,
+    IDENTITY_FILE,
+    KEYCHANGE_FILE,
+    TMP_DIR,
+)
 
 
 def make_store(root: Path, keyfile: KeyFile, files: dict[str, bytes], *more: str) -> AuthKey:
@@ -216,3 +223,67 @@ def test_a_change_killed_midway_is_finished_by_running_it_again(
     )
     assert cagefs("recipients", "list", root).stdout.decode().split() == expected
     assert os.listdir(root / TMP_DIR) == []
+
+
+# --- cagefs passwd ---------------------------------------------------------------------------
+
+
+def passfile(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text + "\n")
+    return path
+
+
+def test_passwd_with_passfiles(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    old, new = passfile(tmp_path, "old", "old phrase"), passfile(tmp_path, "new", "new phrase")
+    assert cagefs("init", root, "--passfile", old).returncode == 0
+    identity_before = (root / IDENTITY_FILE).read_bytes()
+
+    wrong = cagefs("passwd", root, "--passfile", new, "--new-passfile", old)
+    assert wrong.returncode == 1
+    assert one_line(wrong) == f"cagefs passwd: wrong passphrase for store {root}"
+    assert (root / IDENTITY_FILE).read_bytes() == identity_before
+
+    changed = cagefs("passwd", root, "--passfile", old, "--new-passfile", new)
+    assert changed.returncode == 0, changed.stderr
+    assert b"new phrase" not in (root / IDENTITY_FILE).read_bytes()
+    store = open_store(root, passfile=str(new))
+    assert [str(i.recipient()) for i in store.identities] == open_store_recipients(root)
+    refused = cagefs("verify", root, "--passfile", old)
+    assert refused.returncode == 1 and "wrong passphrase" in one_line(refused)
+    assert cagefs("verify", root, "--passfile", new).returncode == 0
+    assert os.listdir(root / TMP_DIR) == []
+
+
+def open_store_recipients(root: Path) -> list[str]:
+    return cagefs("recipients", "list", root).stdout.decode().split()
+
+
+def test_passwd_on_a_terminal(tmp_path: Path, on_tty) -> None:
+    root = tmp_path / "store"
+    old, new = passfile(tmp_path, "old", "old phrase"), passfile(tmp_path, "new", "typed new")
+    assert cagefs("init", root, "--passfile", old).returncode == 0
+    argv = [sys.executable, "-m", "cagefs", "passwd", str(root)]
+    rc, shown = on_tty(
+        argv,
+        [
+            (b"Passphrase for store", b"old phrase"),
+            (b"New passphrase: ", b"typed new"),
+            (b"Confirm passphrase: ", b"typed new"),
+        ],
+    )
+    assert rc == 0, shown
+    assert b"typed new" not in shown and b"old phrase" not in shown  # never echoed
+    assert cagefs("verify", root, "--passfile", new).returncode == 0
+    rc, shown = on_tty(argv, [(b"Passphrase for store", b"not it")])
+    assert rc == 1 and b"wrong passphrase" in shown
+
+
+def test_passwd_refusals(tmp_path: Path, keyfile: KeyFile) -> None:
+    root = tmp_path / "store"
+    make_store(root, keyfile, {})
+    proc = cagefs("passwd", root, "--passfile", keyfile.path, "--new-passfile", keyfile.path)
+    assert proc.returncode == 1 and "keeps no identity of its own" in one_line(proc)
+    proc = cagefs("passwd", tmp_path / "nowhere")
+    assert proc.returncode == 1 and "no such store" in one_line(proc)

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from cagefs.age.errors import AgeError
-from cagefs.cli import crypt, init, keygen, mount, recipients, rekey, umount, verify
+from cagefs.cli import crypt, init, keygen, mount, passwd, recipients, rekey, umount, verify
 from cagefs.errors import CageError
 
-VERBS = [keygen, init, crypt, mount, umount, verify, recipients, rekey]
+VERBS = [keygen, init, crypt, mount, umount, verify, recipients, rekey, passwd]
 
 
 class OneLineParser(argparse.ArgumentParser):

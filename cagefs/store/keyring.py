@@ -67,13 +67,26 @@ def unlock_identity(root: Path, passphrase: bytes) -> list[Identity]:
     identity.age is an `age -p` identity file, so it is opened like one given with -i; only a
     passphrase-encrypted one is accepted here, since the store's secret is never kept in clear.
     """
-    path = root / IDENTITY_FILE
+    text = identity_text(root, passphrase)
     try:
-        text = decrypt_identity_file(path.read_bytes(), str(path), passphrase)
-        return load_identity_file(text, str(path))
+        return load_identity_file(text.encode(), str(root / IDENTITY_FILE))
+    except AgeError as exc:
+        raise CageError(f"damaged store identity: {exc}") from None
+
+
+def identity_text(root: Path, passphrase: bytes) -> str:
+    """identity.age's text (secret); a passphrase that does not open it is refused."""
+    path = root / IDENTITY_FILE
+    if not path.is_file():
+        raise CageError(
+            f"store {root} keeps no identity of its own (made with --identity): protect that "
+            "identity file itself (age -p, or ssh-keygen -p)"
+        )
+    try:
+        return decrypt_identity_file(path.read_bytes(), str(path), passphrase).decode()
     except WrongPassphraseError:
         raise CageError(f"wrong passphrase for store {root}") from None
-    except AgeError as exc:
+    except (AgeError, UnicodeDecodeError) as exc:
         raise CageError(f"damaged store identity: {exc}") from None
 
 

@@ -9,7 +9,7 @@ it again: tagged files are skipped, and a stray temp is removed by the next upgr
 """
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cagefs.age.errors import AgeError
@@ -38,12 +38,16 @@ def give_auth_key(store: Store) -> AuthKey:
 
 
 TAGGED = "tagged now"  # check_file's answer for a file `upgrade` has just tagged
+GONE = "removed meanwhile"  # a file a mount removed or renamed while the store was checked
 
 
-def verify_store(store: Store, upgrade: bool) -> Iterator[tuple[str, str | None]]:
-    """(backing path relative to the store, problem, TAGGED or None) for each file in turn."""
+def verify_store(
+    store: Store, upgrade: bool, files: Iterable[str] | None = None
+) -> Iterator[tuple[str, str | None]]:
+    """(backing path relative to the store; problem, TAGGED, GONE or None) for each file in
+    turn: `files`, or every backing file. Only reads unless `upgrade`: safe beside a mount."""
     key = give_auth_key(store) if upgrade else store.auth
-    for relative in backing_files(store.root):
+    for relative in backing_files(store.root) if files is None else files:
         yield relative, check_file(store, relative, key, upgrade)
 
 
@@ -51,6 +55,8 @@ def check_file(store: Store, relative: str, key: AuthKey | None, upgrade: bool) 
     """What is wrong with one backing file; with `upgrade`, an untagged one is tagged."""
     try:
         fd = os.open(store.root / relative, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return GONE
     except OSError as exc:
         return f"cannot be opened: {exc.strerror}"
     try:

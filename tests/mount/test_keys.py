@@ -2,6 +2,8 @@
 opens every backing file with Go `age`; a removed one opens none after the rekey; nothing
 changes keys while the store is mounted."""
 
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,3 +90,36 @@ def test_a_removed_recipient_opens_nothing_after_the_rekey(
     mnt.mkdir()
     proc = cagefs("mount", store, mnt, "-i", colleague)
     assert proc.returncode == 1 and "cannot read store" in one_line(proc.stderr)
+
+
+def test_verify_is_safe_while_the_mount_writes(
+    daemons: Callable[..., Daemon], store: Path, identity: Path
+) -> None:
+    daemon = daemons("auto")
+    daemon.start()
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            path = daemon.mnt / f"churn{i % 20}"
+            path.write_bytes(os.urandom(1000 + i))
+            if i % 3 == 0:
+                path.rename(daemon.mnt / f"moved{i % 20}")
+            if i % 5 == 0:
+                path.unlink(missing_ok=True)
+            i += 1
+
+    for i in range(50):
+        (daemon.mnt / f"f{i}").write_bytes(os.urandom(70_000))
+    writer = threading.Thread(target=churn)
+    writer.start()
+    try:
+        for _ in range(3):
+            proc = cagefs("verify", store, "-i", identity)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        stop.set()
+        writer.join()
+    assert (daemon.mnt / "f7").stat().st_size == 70_000
+    daemon.stop_clean()

@@ -21,7 +21,6 @@ from cagefs.cli.rekey import EXIT_PROBLEMS
 from cagefs.store import init_store, open_store
 from cagefs.store.auth import AuthKey, Kind
 from cagefs.store.keyring import tagger, write_age_file
-from cagefs.store.verify import GONE, verify_store
 from cagefs.store.layout import (
     AUTH_FILE,
     CANARY_FILE,
@@ -30,6 +29,7 @@ from cagefs.store.layout import (
     KEYCHANGE_FILE,
     TMP_DIR,
 )
+from cagefs.store.verify import GONE, verify_store
 
 
 def make_store(root: Path, keyfile: KeyFile, files: dict[str, bytes], *more: str) -> AuthKey:

@@ -88,6 +88,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with -o ro: also serve files without the store's proof of origin (a migration)",
     )
+    parser.add_argument(
+        "--encrypt-only",
+        action="store_true",
+        help="no identity: create and write files (to config.toml's recipients), never read "
+        "them; needs --auth-key-file",
+    )
+    parser.add_argument(
+        "--auth-key-file",
+        metavar="FILE",
+        help="the store's authentication key for --encrypt-only (cagefs recipients "
+        "export-auth-key)",
+    )
     parser.add_argument("--debug", action="store_true", help="log every request")
     parser.set_defaults(run=run)
 
@@ -122,11 +134,12 @@ def parse_size(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.daemon import run_in_background, setup_logging
     from cagefs.cli.keyargs import load_identities
-    from cagefs.store import check_store, on_read_only_filesystem, open_store
+    from cagefs.store import check_store, on_read_only_filesystem, open_encrypt_only, open_store
     from cagefs.store.auth import check_accept_untagged, check_can_mount
 
     read_only, allow_other = parse_mount_options(args.options)
     check_accept_untagged(read_only, args.accept_untagged)
+    check_encrypt_only(args, read_only)
     strategy = args.strategy
     env_strategy = check_strategy(STRATEGY_ENV, os.environ.get(STRATEGY_ENV))
     if not os.path.exists("/dev/fuse"):
@@ -142,10 +155,14 @@ def run(args: argparse.Namespace) -> int:
     lock = lock_for_mount(args.store, mount_path(args.mountpoint))
     try:
         mountpoint = check_mountpoint(args.mountpoint, args.store)
-        # With -i, --passfile unlocks those files; without, the store's own identity.age.
-        identities = load_identities(args.identity, args.passfile)
-        store = open_store(args.store, identities, args.passfile)
-        check_can_mount(args.store, store.auth, args.accept_untagged)
+        if args.encrypt_only:
+            with open(args.auth_key_file, "rb") as f:
+                store = open_encrypt_only(args.store, f.read())
+        else:
+            # With -i, --passfile unlocks those files; without, the store's own identity.age.
+            identities = load_identities(args.identity, args.passfile)
+            store = open_store(args.store, identities, args.passfile)
+            check_can_mount(args.store, store.auth, args.accept_untagged)
         from cagefs.fs.mount import MountOptions  # loaded only once there is something to serve
 
         options = MountOptions(
@@ -156,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             cache_mib=_either(args.cache_mib, store.config.chunk_cache_mib),
             publish_interval=_either(args.publish_interval, store.config.publish_interval),
             accept_untagged=args.accept_untagged,
+            encrypt_only=args.encrypt_only,
         )
         fallback = setup_logging(
             args.log, args.foreground, args.debug, fallback_log_file(mountpoint)
@@ -176,6 +194,23 @@ def run(args: argparse.Namespace) -> int:
     # The daemon shares the lock through the fork and keeps it until it exits; this process
     # only exits (unlocking here would unlock the daemon's lock too).
     return run_in_background(work)
+
+
+def check_encrypt_only(args: argparse.Namespace, read_only: bool) -> None:
+    """An encrypt-only mount has no secret but the authentication key, and must write."""
+    if not args.encrypt_only:
+        if args.auth_key_file:
+            raise CageError("--auth-key-file is for --encrypt-only mounts")
+        return
+    if args.identity or args.passfile:
+        raise CageError("--encrypt-only takes no identity or passphrase (-i, --passfile)")
+    if read_only:
+        raise CageError("--encrypt-only with -o ro could do nothing: it cannot read")
+    if not args.auth_key_file:
+        raise CageError(
+            "--encrypt-only needs the store's authentication key to write files the store "
+            "accepts: --auth-key-file FILE (made by `cagefs recipients export-auth-key`)"
+        )
 
 
 def lock_for_mount(root: Path, mountpoint: str) -> "StoreLock":

@@ -3,6 +3,8 @@
 - `list` prints config.toml's recipients, one per line (no secret needed).
 - `add` gives every file (and the canary and auth.age) a new header that also wraps its file
   key for the new recipients; payloads are copied unchanged, so it runs at disk speed.
+- `export-auth-key` writes the store's authentication key to a new file, for an
+  `--encrypt-only` mount (write, not read).
 - `remove` takes recipients out, rotates the authentication key (they knew it) and, unless
   `--no-rekey`, gives every file a fresh file key (`cagefs rekey`): afterwards nothing in the
   store opens with a removed key.
@@ -49,6 +51,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         )
         add_identity_arguments(action)
         action.set_defaults(run=run)
+    export = actions.add_parser(
+        "export-auth-key",
+        help="write the store's authentication key to a file, for an --encrypt-only mount",
+        description="Write the store's authentication key (a secret: whoever has it can write "
+        "files the store accepts, but not read any) to FILE, created with mode 600.",
+    )
+    export.add_argument("store", metavar="STORE", type=Path)
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help="a new file")
+    add_identity_arguments(export)
+    export.set_defaults(run=run_export)
     remove = actions.choices["remove"]
     remove.add_argument(
         "--no-rekey",
@@ -113,3 +125,26 @@ def run_remove(args: argparse.Namespace) -> int:
         action = Action.REWRAP if args.no_rekey else Action.REKEY
         plan = Plan(tuple(t for t in current if t not in gone), action, rotate_auth=True)
         return carry_out(store, plan, "recipients") or status
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import os
+
+    from cagefs.cli.keyargs import load_identities
+    from cagefs.store import open_store
+    from cagefs.store.auth import check_can_mount
+
+    store = open_store(args.store, load_identities(args.identity, args.passfile), args.passfile)
+    check_can_mount(args.store, store.auth, accept_untagged=False)
+    assert store.auth is not None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(args.output, flags, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(store.auth.text())
+    print(
+        f"cagefs recipients: wrote the authentication key of {args.store} to {args.output}; "
+        "it lets its holder write (not read) the store: `cagefs rekey` or removing a recipient "
+        "replaces it",
+        file=sys.stderr,
+    )
+    return 0

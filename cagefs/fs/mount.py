@@ -44,6 +44,7 @@ class MountOptions:
     cache_mib: int = 64
     publish_interval: float = 1.0
     accept_untagged: bool = False  # serve files without a proof of origin (read-only mounts)
+    encrypt_only: bool = False  # no identity: create and write files, never read them
 
 
 def serve(
@@ -71,6 +72,7 @@ def serve(
         auth=FileAuth(store.auth, options.accept_untagged),
         policy=Policy(Strategy(options.strategy), options.memory_threshold, store.root),
         cache=ChunkCache(options.cache_mib * 1024 * 1024),
+        encrypt_only=options.encrypt_only,
     )
     table = InodeTable(store.root)
     publisher = Publisher(env, table, options.publish_interval)

@@ -14,6 +14,7 @@ from cagefs.secrets import AskPassphrase, get_passphrase, prompt_passphrase
 from cagefs.store.auth import AuthKey
 from cagefs.store.config import StoreConfig
 from cagefs.store.keyring import (
+    canary_key_id,
     check_canary,
     load_auth_key,
     save_auth_key,
@@ -136,6 +137,26 @@ def check_no_key_change(root: Path) -> None:
             f"a key change of {root} was interrupted: run the same `cagefs recipients` or "
             f"`cagefs rekey` command again to finish it"
         )
+
+
+def open_encrypt_only(root: Path, auth_key_text: bytes) -> Store:
+    """A store for a mount that writes but cannot read: its recipients and the authentication
+    key given (exported with `cagefs recipients export-auth-key`), no identity at all.
+
+    Without an identity neither the canary nor auth.age can be opened, so the key is checked
+    against the canary's public key id: a key of another store is refused at once.
+    """
+    check_store(root)
+    check_no_key_change(root)
+    config = StoreConfig.load(root)
+    try:
+        auth = AuthKey.from_text(auth_key_text)
+    except CageError:
+        raise CageError("not a cagefs authentication key file") from None
+    if canary_key_id(root) != auth.key_id:
+        raise CageError(f"this authentication key is not the one of store {root}")
+    recipients = [parse_recipient(text) for text in config.recipients]
+    return Store(root, config, [], recipients, auth)
 
 
 def check_store(root: Path) -> None:

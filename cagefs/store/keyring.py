@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cagefs.age.errors import AgeError, NoIdentityMatchError
-from cagefs.age.file import ExtraStanzas, HeaderCheck, open_file, start_file
+from cagefs.age.file import ExtraStanzas, HeaderCheck, open_file, read_header_at, start_file
 from cagefs.age.keys import load_identity_file
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import DEFAULT_LOG_N, ScryptRecipient
 from cagefs.errors import CageError
 from cagefs.secrets import WrongPassphraseError, decrypt_identity_file
 from cagefs.store.atomic import replace_atomically
-from cagefs.store.auth import AuthKey, Kind, Proof
+from cagefs.store.auth import STANZA_TYPE, AuthKey, Kind, Proof
 from cagefs.store.layout import AUTH_FILE, CANARY_FILE, IDENTITY_FILE
 
 CANARY_TEXT = b"cagefs canary v1: the key that reads this file reads this store.\n"
@@ -100,6 +100,19 @@ def canary_proof(root: Path, identities: Sequence[Identity], auth: AuthKey) -> P
         root / CANARY_FILE, identities, lambda h, k: proofs.append(auth.proof(h, k, Kind.CANARY))
     )
     return proofs[0]
+
+
+def canary_key_id(root: Path) -> str | None:
+    """The public id of the key the canary's proof is under (readable without any secret)."""
+    fd = os.open(root / CANARY_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        header = read_header_at(fd)
+    except AgeError as exc:
+        raise CageError(f"{root / CANARY_FILE} is damaged: {exc}") from None
+    finally:
+        os.close(fd)
+    proofs = [s for s in header.stanzas if s.type == STANZA_TYPE and len(s.args) == 1]
+    return proofs[0].args[0] if proofs else None
 
 
 def save_auth_key(root: Path, auth: AuthKey, recipients: Sequence[Recipient]) -> None:

@@ -3,6 +3,7 @@ opens every backing file with Go `age`; a removed one opens none after the rekey
 changes keys while the store is mounted."""
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -123,3 +124,86 @@ def test_verify_is_safe_while_the_mount_writes(
         writer.join()
     assert (daemon.mnt / "f7").stat().st_size == 70_000
     daemon.stop_clean()
+
+
+class EncryptOnlyDaemon(Daemon):
+    """A mount with no identity at all: only config.toml's recipients and the auth key."""
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "cagefs", "mount", str(self.store), str(self.mnt), "-f"]
+        return [*cmd, "--encrypt-only", *self.options]
+
+
+def test_an_encrypt_only_mount_writes_what_it_cannot_read(
+    tmp_path: Path, daemons: Callable[..., Daemon], store: Path, identity: Path
+) -> None:
+    full = daemons("auto")
+    full.start()
+    (full.mnt / "old.txt").write_bytes(b"written with the identity\n")
+    full.stop_clean()
+    key = tmp_path / "auth.key"
+    exported = cagefs("recipients", "export-auth-key", store, "-o", key, "-i", identity)
+    assert exported.returncode == 0, exported.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+
+    mnt = tmp_path / "drop"
+    mnt.mkdir()
+    drop = EncryptOnlyDaemon(
+        store, mnt, identity, tmp_path / "drop.log", "stream", options=["--auth-key-file", str(key)]
+    )
+    big = os.urandom(5 << 20)
+    try:
+        drop.start()
+        assert (mnt / "old.txt").stat().st_size == 26  # tree and sizes are listed
+        for attempt in (
+            lambda: (mnt / "old.txt").read_bytes(),
+            lambda: (mnt / "old.txt").open("ab").write(b"more"),
+            lambda: (mnt / "old.txt").write_bytes(b"replaced"),
+            lambda: os.truncate(mnt / "old.txt", 0),
+        ):
+            with pytest.raises(PermissionError):
+                attempt()
+        (mnt / "backup").mkdir()
+        with (mnt / "backup/big.bin").open("wb") as f:  # streamed, 1 MiB at a time
+            for i in range(0, len(big), 1 << 20):
+                f.write(big[i : i + (1 << 20)])
+        (mnt / "small.txt").write_bytes(b"small\n")
+        assert (mnt / "backup/big.bin").stat().st_size == len(big)
+        with pytest.raises(PermissionError):
+            (mnt / "small.txt").read_bytes()
+        drop.stop_clean()
+    finally:
+        problems = drop.close()
+    assert not problems, problems
+    assert decrypt_backing(store / "backup/big.bin.age", identity) == big
+    verified = cagefs("verify", store, "-i", identity)
+    assert verified.returncode == 0, verified.stdout + verified.stderr  # proofs are the store's
+    full.start()
+    assert (full.mnt / "small.txt").read_bytes() == b"small\n"
+    assert (full.mnt / "old.txt").read_bytes() == b"written with the identity\n"
+    full.stop_clean()
+
+
+def test_encrypt_only_refusals(tmp_path: Path, store: Path, identity: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    other = tmp_path / "other"
+    assert cagefs("init", other, "--identity", identity).returncode == 0
+    other_key = tmp_path / "other.key"
+    assert (
+        cagefs("recipients", "export-auth-key", other, "-o", other_key, "-i", identity).returncode
+        == 0
+    )
+    cases = [
+        (["--encrypt-only"], "needs the store's authentication key"),
+        (["--encrypt-only", "-i", identity], "takes no identity"),
+        (["--encrypt-only", "--auth-key-file", other_key], "not the one of store"),
+        (["--encrypt-only", "--auth-key-file", identity], "not a cagefs authentication key"),
+        (["--auth-key-file", other_key, "-i", identity], "for --encrypt-only mounts"),
+    ]
+    for args, expected in cases:
+        proc = cagefs("mount", store, mnt, *args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert expected in one_line(proc.stderr), args
+    again = cagefs("recipients", "export-auth-key", other, "-o", other_key, "-i", identity)
+    assert again.returncode == 1 and "File exists" in one_line(again.stderr)

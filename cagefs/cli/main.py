@@ -6,10 +6,22 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from cagefs.age.errors import AgeError
-from cagefs.cli import crypt, init, keygen, mount, passwd, recipients, rekey, umount, verify
+from cagefs.cli import (
+    crypt,
+    export,
+    import_,
+    init,
+    keygen,
+    mount,
+    passwd,
+    recipients,
+    rekey,
+    umount,
+    verify,
+)
 from cagefs.errors import CageError
 
-VERBS = [keygen, init, crypt, mount, umount, verify, recipients, rekey, passwd]
+VERBS = [keygen, init, crypt, mount, umount, verify, recipients, rekey, passwd, import_, export]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -11,12 +11,12 @@ Two ways, both under a proof of origin (store/auth.py) for the new header:
 
 import errno
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from cagefs.age.header import Header, Stanza, encode_header
 from cagefs.age.recipients import Recipient
-from cagefs.age.stream import PayloadReader
+from cagefs.age.stream import Buffer, PayloadReader
 from cagefs.store.atomic import replace_atomically
 from cagefs.store.auth import STANZA_TYPE, AuthKey, FileAuth, Kind
 from cagefs.store.sealer import SealerError, SealerPool, SealJob
@@ -64,9 +64,33 @@ def reencrypt_file(
     """Replace `root/relative` (open as `fd`, read by `reader`) by the same plaintext under a
     fresh file key for `recipients`, with a proof under `key`."""
     st = os.fstat(fd)
+    version = write_version(root, recipients, key, sealers, plaintext_blocks(reader), reader.size)
+    publish(version, root, relative, st)
+
+
+def write_version(
+    root: Path,
+    recipients: Sequence[Recipient],
+    key: AuthKey,
+    sealers: SealerPool,
+    blocks: Iterable[Buffer],
+    size: int,
+) -> NewVersion:
+    """A sealed new version of `size` plaintext bytes from `blocks`, in `.cagefs/tmp/`; on
+    failure nothing is left behind."""
     version = NewVersion(root, recipients, FileAuth(key))
     try:
-        _seal(version, _blocks(reader), sealers, reader.size)
+        _seal(version, blocks, sealers, size)
+    except BaseException:
+        version.discard()
+        raise
+    return version
+
+
+def publish(version: NewVersion, root: Path, relative: str, st: os.stat_result) -> None:
+    """Give a sealed version `st`'s owner, mode and times, make it durable and rename it to
+    `root/relative` (I3); on failure the temp is removed."""
+    try:
         keep_attributes(version.fd, st)
         os.fsync(version.fd)
         os.rename(version.path, root / relative)
@@ -77,9 +101,7 @@ def reencrypt_file(
     fsync_dir(str((root / relative).parent))
 
 
-def _seal(
-    version: NewVersion, blocks: Iterator[memoryview], sealers: SealerPool, size: int
-) -> None:
+def _seal(version: NewVersion, blocks: Iterable[Buffer], sealers: SealerPool, size: int) -> None:
     """Seal the payload as a mount's stream is sealed (fs/streaming.py, which the store cannot
     import): past INLINE_UNTIL, by a sealer process, so that decrypting the old version here
     and encrypting the new one there use both cores."""
@@ -102,7 +124,7 @@ def _seal(
         raise SealerError(errno.EIO, f"sealer wrote {sealed} bytes of {size}")
 
 
-def _blocks(reader: PayloadReader) -> Iterator[memoryview]:
+def plaintext_blocks(reader: PayloadReader) -> Iterator[memoryview]:
     """The plaintext, block by block, in one reused buffer (each block is consumed, copied or
     sealed, before the next is read)."""
     buffer = memoryview(bytearray(min(BLOCK, max(reader.size, 1))))

@@ -344,3 +344,27 @@ def test_a_file_removed_while_verify_runs_is_not_damage(tmp_path: Path, keyfile:
         ("a.age", None),
         ("gone.age", GONE),
     ]
+
+
+def test_a_crash_after_the_plan_was_removed_leaves_nothing_that_matters(
+    tmp_path: Path, keyfile: KeyFile, new_keyfile
+) -> None:
+    """The plan goes before auth-next.age: a crash between the two leaves only a stray key
+    file (encrypted to the recipients), which the store ignores and the next change removes."""
+    root = tmp_path / "store"
+    colleague = new_keyfile("colleague.txt")
+    make_store(root, keyfile, {"a": b"a"}, colleague.recipient)
+    assert cagefs("rekey", root, "-i", keyfile.path).returncode == 0
+    stray = root / ".cagefs/auth-next.age"
+    write_age_file(
+        root, ".cagefs/auth-next.age", AuthKey.generate().text(), [keyfile.identity.recipient()]
+    )
+    assert cagefs("verify", root, "-i", keyfile.path).returncode == 0
+    assert (
+        cagefs(
+            "recipients", "remove", root, colleague.recipient, "--no-rekey", "-i", keyfile.path
+        ).returncode
+        == 0
+    )
+    assert not stray.exists()
+    assert cagefs("verify", root, "-i", keyfile.path).returncode == 0

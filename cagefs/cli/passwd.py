@@ -2,8 +2,8 @@
 
 Asks the old passphrase and the new one twice on the terminal, or reads them from
 `--passfile OLD` and `--new-passfile NEW` (first line of each). identity.age is replaced
-atomically: the old file stays until the new one is on disk. Mounts already running are not
-affected (they hold the identity in memory); the next mount asks the new passphrase.
+atomically: the old file stays until the new one is on disk. Like every verb that writes the
+store, it takes the store lock, so it refuses a mounted store.
 """
 
 import argparse

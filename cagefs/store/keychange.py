@@ -14,7 +14,7 @@ one). It is made durable before any file is touched:
    with rotation, a file is done when it carries a valid proof under the new key; without (an
    added recipient), when its header has as many stanzas of each type as the target set makes;
 4. the canary and auth.age are written for the target set, config.toml lists it, and the plan
-   and auth-next.age are removed.
+   and then auth-next.age are removed.
 
 Running any key verb again after a crash finds the plan and finishes it: files done are
 skipped, the rest are done, nothing is doubled or lost, and a file is never left readable only
@@ -115,6 +115,9 @@ def begin(root: Path, plan: Plan) -> None:
     if plan.rotate_auth:
         target = [parse_recipient(text) for text in plan.recipients]
         write_age_file(root, NEXT_AUTH_FILE, AuthKey.generate().text(), target)
+    else:  # one a crash left after its plan was done
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root / NEXT_AUTH_FILE)
     plan.save(root)
 
 
@@ -251,7 +254,8 @@ def _finish(
     write_canary(root, target, keys.new)
     save_auth_key(root, keys.new, target)
     config_save(list(plan.recipients))
-    for relative in (NEXT_AUTH_FILE, PLAN_FILE):
+    # The plan first: while it exists, a resumed run needs auth-next.age.
+    for relative in (PLAN_FILE, NEXT_AUTH_FILE):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(root / relative)
     fsync_dir(str(root / META_DIR))

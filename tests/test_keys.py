@@ -4,6 +4,7 @@ Backing files are checked with the Go `age` CLI. An interrupted change is a real
 the verb, caught once it has replaced some files (seen by their new inode numbers).
 """
 
+import io
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from conftest import KeyFile
 from support import cagefs
 
 from cagefs.age.keys import parse_recipient
+from cagefs.cli.progress import Progress
 from cagefs.cli.rekey import EXIT_PROBLEMS
 from cagefs.store import init_store, open_store
 from cagefs.store.auth import AuthKey, Kind
@@ -368,3 +370,24 @@ def test_a_crash_after_the_plan_was_removed_leaves_nothing_that_matters(
     )
     assert not stray.exists()
     assert cagefs("verify", root, "-i", keyfile.path).returncode == 0
+
+
+def test_progress_line_and_plain_output_when_piped() -> None:
+    out = io.StringIO()
+    progress = Progress("rekey", files=4, size=4 * 10**6, out=out)
+    progress("a", 10**6)
+    line = progress.line(time.monotonic() + 1)
+    assert line.startswith("cagefs rekey: 1/4 files, 976.6 KiB/3.8 MiB, ")
+    assert line.endswith(" left") and "MB/s" in line
+    progress.close()
+    assert "\r" not in out.getvalue()  # not a terminal: never redrawn in place
+
+
+def test_progress_is_redrawn_on_a_terminal(tmp_path: Path, keyfile: KeyFile, on_tty) -> None:
+    root = tmp_path / "store"
+    make_store(root, keyfile, {f"f{i:02}": os.urandom(1 << 20) for i in range(60)})
+    rc, shown = on_tty(
+        [sys.executable, "-m", "cagefs", "rekey", str(root), "-i", str(keyfile.path)], []
+    )
+    assert rc == 0, shown
+    assert b"\r\x1b[Kcagefs rekey: " in shown and b" files, " in shown and b" left" in shown

@@ -7,6 +7,7 @@
 - `passphrase_identity(passfile)`: the identity for files encrypted to a passphrase (`-p`).
 """
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,24 @@ from cagefs.age.scrypt import STANZA_TYPE as SCRYPT
 from cagefs.age.scrypt import ScryptIdentity
 from cagefs.errors import CageError
 from cagefs.secrets import Passphrase, WrongPassphraseError, identities_in_file, passphrase_from
+
+
+def add_identity_arguments(parser: argparse.ArgumentParser) -> None:
+    """`-i FILE` and `--passfile FILE`, as every verb that needs the store's secret takes them."""
+    parser.add_argument(
+        "-i",
+        "--identity",
+        action="append",
+        default=[],
+        metavar="IDENTITY_FILE",
+        help="unlock with this identity file instead of the store's passphrase",
+    )
+    parser.add_argument(
+        "--passfile",
+        metavar="FILE",
+        help="read the passphrase from FILE's first line: the store's own, or with -i the one "
+        "protecting the identity file",
+    )
 
 
 def load_recipients(recipients: Sequence[str], recipient_files: Sequence[str]) -> list[Recipient]:

@@ -8,11 +8,37 @@ from typing import NoReturn
 
 from cagefs import __version__
 from cagefs.age.errors import AgeError, NoIdentityMatchError
-from cagefs.cli import crypt, init, keygen, mount, status, umount, verify
+from cagefs.cli import (
+    crypt,
+    export,
+    import_,
+    init,
+    keygen,
+    mount,
+    passwd,
+    recipients,
+    rekey,
+    status,
+    umount,
+    verify,
+)
 from cagefs.cli.mountopts import helper_argv, looks_like_helper_call
 from cagefs.errors import CageError, ExitCode, UsageError
 
-VERBS = [keygen, init, crypt, mount, umount, status, verify]
+VERBS = [
+    keygen,
+    init,
+    crypt,
+    mount,
+    umount,
+    status,
+    verify,
+    recipients,
+    rekey,
+    passwd,
+    import_,
+    export,
+]
 
 
 class OneLineParser(argparse.ArgumentParser):

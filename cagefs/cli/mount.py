@@ -112,6 +112,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="unmount (saving everything) after DURATION with no open file and no request, "
         "e.g. 90s, 30m, 2h",
     )
+    parser.add_argument(
+        "--encrypt-only",
+        action="store_true",
+        help="no identity: create and write files (to config.toml's recipients), never read "
+        "them; needs --auth-key-file",
+    )
+    parser.add_argument(
+        "--auth-key-file",
+        metavar="FILE",
+        help="the store's authentication key for --encrypt-only (cagefs recipients "
+        "export-auth-key)",
+    )
     parser.add_argument("--debug", action="store_true", help="log every request")
     parser.set_defaults(run=run, read_only=False, allow_other=False, fsname=None)
 
@@ -177,12 +189,13 @@ def apply_mount_options(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.daemon import run_in_background, setup_logging
     from cagefs.cli.keyargs import load_identities
-    from cagefs.store import check_store, on_read_only_filesystem, open_store
+    from cagefs.store import check_store, on_read_only_filesystem, open_encrypt_only, open_store
     from cagefs.store.auth import check_accept_untagged, check_can_mount
 
     kernel_flags = apply_mount_options(args)
     read_only, allow_other = args.read_only, args.allow_other
     check_accept_untagged(read_only, args.accept_untagged)
+    check_encrypt_only(args, read_only)
     strategy = args.strategy
     env_strategy = check_strategy(STRATEGY_ENV, os.environ.get(STRATEGY_ENV))
     if not os.path.exists("/dev/fuse"):
@@ -200,10 +213,14 @@ def run(args: argparse.Namespace) -> int:
     lock = lock_for_mount(args.store, mount_path(args.mountpoint))
     try:
         mountpoint = check_mountpoint(args.mountpoint, args.store)
-        # With -i, --passfile unlocks those files; without, the store's own identity.age.
-        identities = load_identities(args.identity, args.passfile)
-        store = open_store(args.store, identities, args.passfile)
-        check_can_mount(args.store, store.auth, args.accept_untagged)
+        if args.encrypt_only:
+            with open(args.auth_key_file, "rb") as f:
+                store = open_encrypt_only(args.store, f.read())
+        else:
+            # With -i, --passfile unlocks those files; without, the store's own identity.age.
+            identities = load_identities(args.identity, args.passfile)
+            store = open_store(args.store, identities, args.passfile)
+            check_can_mount(args.store, store.auth, args.accept_untagged)
         filesystem = _filesystem()  # loaded only once there is something to serve
         options = filesystem.MountOptions(
             strategy=strategy or env_strategy or store.config.strategy,
@@ -217,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
             kernel_flags=tuple(kernel_flags),
             idle=args.idle,
             status_socket=status_socket(mountpoint),
+            encrypt_only=args.encrypt_only,
         )
         fallback = setup_logging(
             args.log, args.foreground, args.debug, fallback_log_file(mountpoint)
@@ -247,6 +265,23 @@ def _filesystem() -> types.ModuleType:
     except ImportError as exc:
         raise FuseUnavailableError(f"cannot load the filesystem: {exc}") from None
     return cagefs.fs.mount
+
+
+def check_encrypt_only(args: argparse.Namespace, read_only: bool) -> None:
+    """An encrypt-only mount has no secret but the authentication key, and must write."""
+    if not args.encrypt_only:
+        if args.auth_key_file:
+            raise UsageError("--auth-key-file is for --encrypt-only mounts")
+        return
+    if args.identity or args.passfile:
+        raise UsageError("--encrypt-only takes no identity or passphrase (-i, --passfile)")
+    if read_only:
+        raise UsageError("--encrypt-only with -o ro could do nothing: it cannot read")
+    if not args.auth_key_file:
+        raise UsageError(
+            "--encrypt-only needs the store's authentication key to write files the store "
+            "accepts: --auth-key-file FILE (made by `cagefs recipients export-auth-key`)"
+        )
 
 
 def lock_for_mount(root: Path, mountpoint: str) -> "StoreLock":

@@ -8,10 +8,12 @@ authentication key and tags its untagged files first (resumable: run it again af
 
 import argparse
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from cagefs.cli.keyargs import add_identity_arguments
 from cagefs.errors import ExitCode
 
 EXIT_DAMAGE = ExitCode.DAMAGE
@@ -25,16 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"origin; list each bad one as 'PATH: problem'. Exit status {EXIT_DAMAGE} if any.",
     )
     parser.add_argument("store", metavar="STORE", type=Path)
+    add_identity_arguments(parser)
     parser.add_argument(
-        "-i",
-        "--identity",
-        action="append",
-        default=[],
-        metavar="IDENTITY_FILE",
-        help="unlock with this identity file instead of the store's passphrase",
-    )
-    parser.add_argument(
-        "--passfile", metavar="FILE", help="read the passphrase from FILE's first line"
+        "--json",
+        action="store_true",
+        help="print one JSON object (store, checked, problems: [{path, problem}]) on stdout",
     )
     parser.add_argument(
         "--upgrade",
@@ -47,8 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.keyargs import load_identities
+    from cagefs.cli.progress import Progress
     from cagefs.store import open_store
-    from cagefs.store.verify import TAGGED, verify_store
+    from cagefs.store.verify import GONE, TAGGED, backing_files, verify_store
 
     identities = load_identities(args.identity, args.passfile)
     store = open_store(args.store, identities, args.passfile)
@@ -58,17 +56,44 @@ def run(args: argparse.Namespace) -> int:
             "evidence): no file can be trusted until `cagefs verify --upgrade`",
             file=sys.stderr,
         )
-    checked = damaged = tagged = 0
+    problems: list[dict[str, str]] = []
+    checked = tagged = 0
     with _writing(args.store, args.upgrade):
-        for relative, problem in verify_store(store, args.upgrade):
-            checked += 1
-            tagged += problem == TAGGED
-            if problem not in (None, TAGGED):
-                damaged += 1
-                print(f"{relative}: {problem}", flush=True)
+        files = [(relative, _size(store.root / relative)) for relative in backing_files(store.root)]
+        progress = Progress("verify", len(files), sum(size for _, size in files))
+        try:
+            for (relative, problem), (_, size) in zip(
+                verify_store(store, args.upgrade, [relative for relative, _ in files]),
+                files,
+                strict=True,
+            ):
+                progress(relative, size)
+                if problem == GONE:
+                    continue
+                checked += 1
+                tagged += problem == TAGGED
+                if problem not in (None, TAGGED):
+                    problems.append({"path": relative, "problem": problem})
+                    if not args.json:
+                        progress.note(f"{relative}: {problem}")
+        finally:
+            progress.close()
+    if args.json:
+        report = {"store": str(args.store), "checked": checked, "problems": problems}
+        print(json.dumps(report | ({"tagged": tagged} if args.upgrade else {}), indent=1))
     done = f", {tagged} tagged now" if args.upgrade else ""
-    print(f"cagefs verify: {checked} files checked, {damaged} with problems{done}", file=sys.stderr)
-    return EXIT_DAMAGE if damaged else 0
+    print(
+        f"cagefs verify: {checked} files checked, {len(problems)} with problems{done}",
+        file=sys.stderr,
+    )
+    return EXIT_DAMAGE if problems else 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
 
 
 @contextlib.contextmanager

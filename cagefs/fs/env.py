@@ -24,6 +24,9 @@ class Env:
     auth: FileAuth
     policy: Policy
     cache: ChunkCache
+    # No identity, only recipients and the authentication key: files can be created and
+    # written, never read or edited (a backup target that cannot read what it keeps).
+    encrypt_only: bool = False
     sealers: SealerPool = field(default_factory=SealerPool)
     publish_queue: "set[FileContent]" = field(default_factory=set)
 

@@ -54,6 +54,7 @@ class MountOptions:
     kernel_flags: tuple[str, ...] = ()  # dev, suid, exec, noatime... as given with -o
     idle: float | None = None  # unmount after this many seconds with nothing open, no request
     status_socket: Path | None = None  # where `cagefs status` asks (fs/status.py)
+    encrypt_only: bool = False  # no identity: create and write files, never read them
 
 
 def serve(
@@ -84,6 +85,7 @@ def serve(
         auth=FileAuth(store.auth, options.accept_untagged),
         policy=Policy(Strategy(options.strategy), options.memory_threshold, store.root),
         cache=ChunkCache(options.cache_mib * 1024 * 1024),
+        encrypt_only=options.encrypt_only,
     )
     table = InodeTable(store.root)
     publisher = Publisher(env, table, options.publish_interval)

@@ -192,6 +192,8 @@ class Operations(pyfuse3.Operations):
     def _content(self, node: Node) -> FileContent:
         """The node's open content, opening the backing file if nobody has it open yet."""
         if node.content is None:
+            if self.env.encrypt_only:  # no identity: nothing stored can be read or edited
+                raise pyfuse3.FUSEError(errno.EACCES)
             path = self.table.backing_of(node)
             if path is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -380,6 +382,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if self.env.encrypt_only:  # not even what this mount wrote: it is the store's now
+            raise pyfuse3.FUSEError(errno.EACCES)
         handle = self._handles[fh]
         async with handle.content.lock:
             handle.content.kernel_cached = True

@@ -14,6 +14,7 @@ from cagefs.secrets import AskPassphrase, get_passphrase, prompt_passphrase
 from cagefs.store.auth import AuthKey
 from cagefs.store.config import StoreConfig
 from cagefs.store.keyring import (
+    canary_key_id,
     check_canary,
     load_auth_key,
     save_auth_key,
@@ -21,7 +22,13 @@ from cagefs.store.keyring import (
     unlock_identity,
     write_canary,
 )
-from cagefs.store.layout import CONFIG_FILE, IDENTITY_FILE, META_DIR, create_meta_dirs
+from cagefs.store.layout import (
+    CONFIG_FILE,
+    IDENTITY_FILE,
+    KEYCHANGE_FILE,
+    META_DIR,
+    create_meta_dirs,
+)
 from cagefs.store.lock import lock_store
 from cagefs.store.versions import fsync_dir
 
@@ -100,11 +107,56 @@ def open_store(
     loaded too (None for a store made before tamper evidence: the caller decides).
     """
     check_store(root)
+    check_no_key_change(root)
+    store = unlock_store(root, identities, passfile, ask_passphrase)
+    store.auth = load_auth_key(root, store.identities)
+    return store
+
+
+def unlock_store(
+    root: Path,
+    identities: Sequence[Identity] = (),
+    passfile: str | None = None,
+    ask_passphrase: AskPassphrase = prompt_passphrase,
+) -> Store:
+    """`open_store` without the authentication key (`auth` is None): for the key verbs, which
+    load it themselves, also in the middle of a key change (store/keychange.py)."""
+    check_store(root)
     config = StoreConfig.load(root)
     recipients = [parse_recipient(text) for text in config.recipients]
     keys = list(identities) or _unlock(root, passfile, ask_passphrase)
     check_canary(root, keys)
-    return Store(root, config, keys, recipients, load_auth_key(root, keys))
+    return Store(root, config, keys, recipients, None)
+
+
+def check_no_key_change(root: Path) -> None:
+    """A store mid-change has files under two recipient sets and two authentication keys:
+    only the key verbs, which finish the change, may use it."""
+    if (root / KEYCHANGE_FILE).exists():
+        raise CageError(
+            f"a key change of {root} was interrupted: run the same `cagefs recipients` or "
+            f"`cagefs rekey` command again to finish it"
+        )
+
+
+def open_encrypt_only(root: Path, auth_key_text: bytes) -> Store:
+    """A store for a mount that writes but cannot read: its recipients and the authentication
+    key given (exported with `cagefs recipients export-auth-key`), no identity at all.
+
+    Without an identity neither the canary nor auth.age can be opened, so the key is checked
+    against the canary's public key id: a key of another store is refused at once.
+    """
+    check_store(root)
+    check_no_key_change(root)
+    config = StoreConfig.load(root)
+    try:
+        auth = AuthKey.from_text(auth_key_text)
+    except CageError:
+        raise CageError("not a cagefs authentication key file") from None
+    if canary_key_id(root) != auth.key_id:
+        raise CageError(f"this authentication key is not the one of store {root}")
+    recipients = [parse_recipient(text) for text in config.recipients]
+    return Store(root, config, [], recipients, auth)
 
 
 def check_store(root: Path) -> None:

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cagefs.age.errors import AgeError, KeyFormatError, NoIdentityMatchError
-from cagefs.age.file import ExtraStanzas, HeaderCheck, open_file, start_file
+from cagefs.age.file import ExtraStanzas, HeaderCheck, open_file, read_header_at, start_file
 from cagefs.age.keys import load_identity_file
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import DEFAULT_LOG_N, ScryptRecipient
 from cagefs.errors import CageError, WrongKeyError
 from cagefs.secrets import WrongPassphraseError, decrypt_identity_file
 from cagefs.store.atomic import replace_atomically
-from cagefs.store.auth import AuthKey, Kind, Proof
+from cagefs.store.auth import STANZA_TYPE, AuthKey, Kind, Proof
 from cagefs.store.layout import AUTH_FILE, CANARY_FILE, IDENTITY_FILE
 
 CANARY_TEXT = b"cagefs canary v1: the key that reads this file reads this store.\n"
@@ -67,13 +67,26 @@ def unlock_identity(root: Path, passphrase: bytes) -> list[Identity]:
     identity.age is an `age -p` identity file, so it is opened like one given with -i; only a
     passphrase-encrypted one is accepted here, since the store's secret is never kept in clear.
     """
-    path = root / IDENTITY_FILE
+    text = identity_text(root, passphrase)
     try:
-        text = decrypt_identity_file(path.read_bytes(), str(path), passphrase)
-        return load_identity_file(text, str(path))
+        return load_identity_file(text.encode(), str(root / IDENTITY_FILE))
+    except AgeError as exc:
+        raise CageError(f"damaged store identity: {exc}") from None
+
+
+def identity_text(root: Path, passphrase: bytes) -> str:
+    """identity.age's text (secret); a passphrase that does not open it is refused."""
+    path = root / IDENTITY_FILE
+    if not path.is_file():
+        raise CageError(
+            f"store {root} keeps no identity of its own (made with --identity): protect that "
+            "identity file itself (age -p, or ssh-keygen -p)"
+        )
+    try:
+        return decrypt_identity_file(path.read_bytes(), str(path), passphrase).decode()
     except WrongPassphraseError:
         raise WrongKeyError(f"wrong passphrase for store {root}") from None
-    except AgeError as exc:
+    except (AgeError, UnicodeDecodeError) as exc:
         raise CageError(f"damaged store identity: {exc}") from None
 
 
@@ -87,6 +100,19 @@ def canary_proof(root: Path, identities: Sequence[Identity], auth: AuthKey) -> P
         root / CANARY_FILE, identities, lambda h, k: proofs.append(auth.proof(h, k, Kind.CANARY))
     )
     return proofs[0]
+
+
+def canary_key_id(root: Path) -> str | None:
+    """The public id of the key the canary's proof is under (readable without any secret)."""
+    fd = os.open(root / CANARY_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        header = read_header_at(fd)
+    except AgeError as exc:
+        raise CageError(f"{root / CANARY_FILE} is damaged: {exc}") from None
+    finally:
+        os.close(fd)
+    proofs = [s for s in header.stanzas if s.type == STANZA_TYPE and len(s.args) == 1]
+    return proofs[0].args[0] if proofs else None
 
 
 def save_auth_key(root: Path, auth: AuthKey, recipients: Sequence[Recipient]) -> None:

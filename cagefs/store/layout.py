@@ -15,6 +15,9 @@ CONFIG_FILE = f"{META_DIR}/config.toml"
 IDENTITY_FILE = f"{META_DIR}/identity.age"
 CANARY_FILE = f"{META_DIR}/canary.age"
 AUTH_FILE = f"{META_DIR}/auth.age"
+# An unfinished key change (store/keychange.py): its plan, and the authentication key it rotates to.
+KEYCHANGE_FILE = f"{META_DIR}/keychange.json"
+NEXT_AUTH_FILE = f"{META_DIR}/auth-next.age"
 NAME_MAX = 255 - len(SUFFIX)
 TEMP_PREFIX = "v-"
 

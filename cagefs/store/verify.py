@@ -8,24 +8,20 @@ old one (I3). Each file is done on its own, so a run killed at any point is fini
 it again: tagged files are skipped, and a stray temp is removed by the next upgrade or mount.
 """
 
-import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cagefs.age.errors import AgeError
 from cagefs.age.file import read_header_at
-from cagefs.age.header import Header, encode_header
+from cagefs.age.header import Header
 from cagefs.age.recipients import unwrap_file_key
 from cagefs.age.stream import PayloadReader
 from cagefs.store import Store
-from cagefs.store.atomic import replace_atomically
 from cagefs.store.auth import AuthKey, Kind, Proof, proof_under
 from cagefs.store.keyring import canary_proof, save_auth_key, write_canary
 from cagefs.store.layout import META_DIR, plain_file_name
-
-_BLOCK = 4 * 1024 * 1024
-_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
+from cagefs.store.rewrap import BLOCK, rewrap_file
 
 
 def give_auth_key(store: Store) -> AuthKey:
@@ -42,12 +38,16 @@ def give_auth_key(store: Store) -> AuthKey:
 
 
 TAGGED = "tagged now"  # check_file's answer for a file `upgrade` has just tagged
+GONE = "removed meanwhile"  # a file a mount removed or renamed while the store was checked
 
 
-def verify_store(store: Store, upgrade: bool) -> Iterator[tuple[str, str | None]]:
-    """(backing path relative to the store, problem, TAGGED or None) for each file in turn."""
+def verify_store(
+    store: Store, upgrade: bool, files: Iterable[str] | None = None
+) -> Iterator[tuple[str, str | None]]:
+    """(backing path relative to the store; problem, TAGGED, GONE or None) for each file in
+    turn: `files`, or every backing file. Only reads unless `upgrade`: safe beside a mount."""
     key = give_auth_key(store) if upgrade else store.auth
-    for relative in backing_files(store.root):
+    for relative in backing_files(store.root) if files is None else files:
         yield relative, check_file(store, relative, key, upgrade)
 
 
@@ -55,6 +55,8 @@ def check_file(store: Store, relative: str, key: AuthKey | None, upgrade: bool) 
     """What is wrong with one backing file; with `upgrade`, an untagged one is tagged."""
     try:
         fd = os.open(store.root / relative, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return GONE
     except OSError as exc:
         return f"cannot be opened: {exc.strerror}"
     try:
@@ -79,7 +81,7 @@ def authenticate_payload(reader: PayloadReader) -> None:
     if reader.size == 0:
         reader.read(0, 0)
         return
-    buffer = memoryview(bytearray(min(_BLOCK, reader.size)))
+    buffer = memoryview(bytearray(min(BLOCK, reader.size)))
     for offset in range(0, reader.size, len(buffer)):
         reader.readinto(offset, buffer[: min(len(buffer), reader.size - offset)])
 
@@ -88,35 +90,7 @@ def tag_file(
     root: Path, relative: str, fd: int, header: Header, file_key: bytes, key: AuthKey
 ) -> None:
     """Replace the file by a version with the same key and payload and a proof (I3)."""
-    stanzas = list(header.stanzas)
-    new_header = encode_header([*stanzas, key.tag(file_key, stanzas, Kind.FILE)], file_key)
-    st = os.fstat(fd)
-    with replace_atomically(root, relative, st.st_mode & 0o7777) as out:
-        out.write(new_header)
-        out.flush()
-        copy_range(fd, out.fileno(), header.length, st.st_size - header.length, len(new_header))
-        os.fchown(out.fileno(), st.st_uid, st.st_gid)
-        os.fchmod(out.fileno(), st.st_mode & 0o7777)  # chown cleared set-id bits
-        os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def copy_range(src: int, dst: int, offset: int, count: int, dst_offset: int) -> None:
-    """Copy in the kernel (copy_file_range) where it can, else through a buffer."""
-    done = 0
-    try:
-        while done < count:
-            copied = os.copy_file_range(src, dst, count - done, offset + done, dst_offset + done)
-            if copied == 0:
-                raise OSError(errno.EIO, "file shrank while being copied")
-            done += copied
-    except OSError as exc:
-        if exc.errno not in _NO_COPY_RANGE:
-            raise
-    while done < count:
-        block = os.pread(src, min(_BLOCK, count - done), offset + done)
-        if not block:
-            raise OSError(errno.EIO, "file shrank while being copied")
-        done += os.pwrite(dst, block, dst_offset + done)
+    rewrap_file(root, relative, fd, header, file_key, header.stanzas, key)
 
 
 def backing_files(root: Path, relative: str = "") -> Iterator[str]:

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cagefs.age import PayloadReader, PayloadState, Recipient, open_file, start_file
+from cagefs.age.header import Stanza
 from cagefs.age.recipients import Identity
 from cagefs.age.stream import NONCE_SIZE, payload_size
+from cagefs.errors import CageError
 from cagefs.store.auth import FileAuth
 from cagefs.store.layout import META_DIR, SUFFIX, TEMP_PREFIX, tmp_dir
 
@@ -74,14 +76,22 @@ class _EarlyWriteback:
 class NewVersion:
     """A version being written to a temp file; sealed once complete, then published or dropped.
 
-    Its header carries the store's proof of origin (`auth`), so the mount will accept it.
+    Its header carries the store's proof of origin (`auth`), so the mount will accept it. The
+    version keeps its file key, to be read back (I8) without unwrapping it again: an
+    encrypt-only mount has no identity that could.
     """
 
     def __init__(self, root: Path, recipients: Sequence[Recipient], auth: FileAuth) -> None:
         self.path = _unique_temp_path(root)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._file_key = b""
+
+        def tag(file_key: bytes, stanzas: Sequence[Stanza]) -> Sequence[Stanza]:
+            self._file_key = file_key
+            return auth.tag(file_key, stanzas)
+
         try:
-            self._writer = start_file(_EarlyWriteback(self.fd), recipients, auth.tag)
+            self._writer = start_file(_EarlyWriteback(self.fd), recipients, tag)
             self._header_size = os.fstat(self.fd).st_size - NONCE_SIZE
         except BaseException:  # a full disk fails the header: leave no empty temp behind
             self.discard()
@@ -109,9 +119,10 @@ class NewVersion:
         """Stop writing here: another writer (a sealer process) appends the rest to `fd`."""
         return self._writer.hand_over()
 
-    def open_reader(self, identities: Sequence[Identity]) -> PayloadReader:
-        """Random access to the sealed version (served until it is published, I8)."""
-        return open_file(self.fd, identities).reader
+    def open_reader(self, identities: Sequence[Identity] = ()) -> PayloadReader:
+        """Random access to the sealed version (served until it is published, I8), through
+        its own file key (`identities` are only a fallback, never needed: kept for callers)."""
+        return open_file(self.fd, [_KnownKey(self._file_key), *identities]).reader
 
     def remove(self) -> None:
         """Delete the unpublished temp; a reader holding `fd` keeps working (like unlink(2))."""
@@ -144,6 +155,19 @@ def check_room(root: Path, size: int, new_size: int) -> None:
     st = os.statvfs(root)
     if payload_size(new_size) - payload_size(size) > st.f_bavail * st.f_frsize:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _KnownKey:
+    """An identity for one file whose key we made: the header's MAC is still checked."""
+
+    def __init__(self, file_key: bytes) -> None:
+        self._file_key = file_key
+
+    def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
+        return self._file_key or None
+
+    def recipient(self) -> Recipient:
+        raise CageError("a version's own file key has no recipient")
 
 
 def _unique_temp_path(root: Path) -> str:

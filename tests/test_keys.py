@@ -134,9 +134,9 @@ def test_bad_input_is_one_line_and_changes_nothing(
     ]
     for args, expected in cases:
         proc = cagefs("recipients", *args)
-        assert proc.returncode in (1, 2), (args, proc.stderr)
+        assert proc.returncode in (1, 2, 3, 4), (args, proc.stderr)  # failure, usage, key, store
         assert expected in one_line(proc), args
-    assert cagefs("rekey", root, "-i", stranger.path).returncode == 1
+    assert cagefs("rekey", root, "-i", stranger.path).returncode == 3  # wrong key
     assert {p: p.read_bytes() for p in before} == before
     assert not (root / KEYCHANGE_FILE).exists()
 
@@ -267,7 +267,7 @@ def test_passwd_with_passfiles(tmp_path: Path) -> None:
     identity_before = (root / IDENTITY_FILE).read_bytes()
 
     wrong = cagefs("passwd", root, "--passfile", new, "--new-passfile", old)
-    assert wrong.returncode == 1
+    assert wrong.returncode == 3
     assert one_line(wrong) == f"cagefs passwd: wrong passphrase for store {root}"
     assert (root / IDENTITY_FILE).read_bytes() == identity_before
 
@@ -277,7 +277,7 @@ def test_passwd_with_passfiles(tmp_path: Path) -> None:
     store = open_store(root, passfile=str(new))
     assert [str(i.recipient()) for i in store.identities] == open_store_recipients(root)
     refused = cagefs("verify", root, "--passfile", old)
-    assert refused.returncode == 1 and "wrong passphrase" in one_line(refused)
+    assert refused.returncode == 3 and "wrong passphrase" in one_line(refused)
     assert cagefs("verify", root, "--passfile", new).returncode == 0
     assert os.listdir(root / TMP_DIR) == []
 
@@ -303,7 +303,7 @@ def test_passwd_on_a_terminal(tmp_path: Path, on_tty) -> None:
     assert b"typed new" not in shown and b"old phrase" not in shown  # never echoed
     assert cagefs("verify", root, "--passfile", new).returncode == 0
     rc, shown = on_tty(argv, [(b"Passphrase for store", b"not it")])
-    assert rc == 1 and b"wrong passphrase" in shown
+    assert rc == 3 and b"wrong passphrase" in shown
 
 
 def test_passwd_refusals(tmp_path: Path, keyfile: KeyFile) -> None:
@@ -312,7 +312,7 @@ def test_passwd_refusals(tmp_path: Path, keyfile: KeyFile) -> None:
     proc = cagefs("passwd", root, "--passfile", keyfile.path, "--new-passfile", keyfile.path)
     assert proc.returncode == 1 and "keeps no identity of its own" in one_line(proc)
     proc = cagefs("passwd", tmp_path / "nowhere")
-    assert proc.returncode == 1 and "no such store" in one_line(proc)
+    assert proc.returncode == 4 and "no such store" in one_line(proc)
 
 
 # --- cagefs verify --json ----------------------------------------------------------------------

@@ -134,14 +134,14 @@ def test_import_and_export_refusals(tmp_path: Path, keyfile: KeyFile, new_keyfil
     stranger = new_keyfile("stranger.txt")
     (tmp_path / "f").write_bytes(b"f")
     cases = [
-        (["import", tmp_path / "nothing", root, "-i", keyfile.path], "no such file"),
-        (["import", tmp_path / "f", tmp_path / "nostore", "-i", keyfile.path], "no such store"),
-        (["import", tmp_path / "f", root, "-i", stranger.path], "cannot read store"),
-        (["import", tmp_path / "f", root, "--auth-key-file", keyfile.path], "not a cagefs auth"),
-        (["export", root, tmp_path / "out", "-i", stranger.path], "cannot read store"),
+        (["import", tmp_path / "nothing", root, "-i", keyfile.path], "no such file", 1),
+        (["import", tmp_path / "f", tmp_path / "nostore", "-i", keyfile.path], "no such store", 4),
+        (["import", tmp_path / "f", root, "-i", stranger.path], "cannot read store", 3),
+        (["import", tmp_path / "f", root, "--auth-key-file", keyfile.path], "not a cagefs auth", 1),
+        (["export", root, tmp_path / "out", "-i", stranger.path], "cannot read store", 3),
     ]
-    for args, expected in cases:
+    for args, expected, code in cases:
         proc = cagefs(*args)
         lines = proc.stderr.decode().strip().splitlines()
-        assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], (args, lines)
+        assert proc.returncode == code and len(lines) == 1 and expected in lines[0], (args, lines)
     assert not (root / "f.age").exists()

@@ -42,7 +42,7 @@ def test_an_added_recipient_mounts_the_store(
     write_files(first.mnt)
     for verb in (["recipients", "add", store, recipient], ["rekey", store]):
         refused = cagefs(*verb, "-i", identity)
-        assert refused.returncode == 1 and "mounted on" in one_line(refused.stderr)
+        assert refused.returncode == 5 and "mounted on" in one_line(refused.stderr)  # busy
     first.stop_clean()
 
     added = cagefs("recipients", "add", store, recipient, "-i", identity)
@@ -90,7 +90,7 @@ def test_a_removed_recipient_opens_nothing_after_the_rekey(
     mnt = tmp_path / "mnt3"
     mnt.mkdir()
     proc = cagefs("mount", store, mnt, "-i", colleague)
-    assert proc.returncode == 1 and "cannot read store" in one_line(proc.stderr)
+    assert proc.returncode == 3 and "cannot read store" in one_line(proc.stderr)  # wrong key
 
 
 def test_verify_is_safe_while_the_mount_writes(
@@ -195,15 +195,15 @@ def test_encrypt_only_refusals(tmp_path: Path, store: Path, identity: Path) -> N
         == 0
     )
     cases = [
-        (["--encrypt-only"], "needs the store's authentication key"),
-        (["--encrypt-only", "-i", identity], "takes no identity"),
-        (["--encrypt-only", "--auth-key-file", other_key], "not the one of store"),
-        (["--encrypt-only", "--auth-key-file", identity], "not a cagefs authentication key"),
-        (["--auth-key-file", other_key, "-i", identity], "for --encrypt-only mounts"),
+        (["--encrypt-only"], "needs the store's authentication key", 2),
+        (["--encrypt-only", "-i", identity], "takes no identity", 2),
+        (["--encrypt-only", "--auth-key-file", other_key], "not the one of store", 1),
+        (["--encrypt-only", "--auth-key-file", identity], "not a cagefs authentication key", 1),
+        (["--auth-key-file", other_key, "-i", identity], "for --encrypt-only mounts", 2),
     ]
-    for args, expected in cases:
+    for args, expected, code in cases:
         proc = cagefs("mount", store, mnt, *args)
-        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.returncode == code, (args, proc.stderr)
         assert expected in one_line(proc.stderr), args
     again = cagefs("recipients", "export-auth-key", other, "-o", other_key, "-i", identity)
     assert again.returncode == 1 and "File exists" in one_line(again.stderr)

@@ -13,9 +13,10 @@ import trio
 
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
-from cagefs.fs.inodes import InodeTable, Node
+from cagefs.fs.inodes import InodeTable, Kind, Node
 from cagefs.store import reclaim
-from cagefs.store.versions import NewVersion, fsync_dirs, syncfs
+from cagefs.store.paths import fsync_dirs, open_listing
+from cagefs.store.versions import NewVersion, syncfs
 
 log = logging.getLogger("cagefs")
 
@@ -63,8 +64,8 @@ class Publisher:
                 await trio.to_thread.run_sync(fsync_dirs, [dest])
             self._let_go_of_replaced()
 
-    def _claim(self, content: FileContent, version: NewVersion) -> str | None:
-        """Rename a durable version over its backing file; returns where it went.
+    def _claim(self, content: FileContent, version: NewVersion) -> int | None:
+        """Rename a durable version over its backing file; returns its directory (to fsync).
 
         The rename is done here, on the event loop, with the namespace as it is at this instant.
 
@@ -74,16 +75,21 @@ class Publisher:
         if content.pending is not version:
             return None
         node = self._owner(content)
-        dest = self._table.backing_of(node) if node else None
-        if dest is None:
+        if node is None or node.path is None:
             content.discard_pending()
             return None
-        self._replaced.append(reclaim.hold(dest))
-        os.rename(version.path, dest)
+        with self._table.at(node.path, Kind.FILE) as (dir_fd, name):
+            directory = open_listing(dir_fd)
+            try:
+                self._replaced.append(reclaim.hold(name, dir_fd))
+                os.rename(version.path, name, dst_dir_fd=dir_fd)
+            except BaseException:
+                os.close(directory)
+                raise
         content.published()
         self._table.unpublished.discard(node)
         self._table.drop_if_unused(node)
-        return dest
+        return directory
 
     def _let_go_of_replaced(self) -> None:
         """The old versions are freed only now, so that freeing them (seconds for a large

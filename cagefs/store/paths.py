@@ -1,0 +1,86 @@
+"""Backing entries reached through directory descriptors, never through whole path strings.
+
+A plaintext directory `a/b` is found by opening `a` in the store root, then `b` in `a`, each
+with `O_NOFOLLOW | O_DIRECTORY`; the entry itself is then named to an `*at()` call on that
+directory. So only each component's length limits a path (STORE + path + ".age" may be longer
+than PATH_MAX), and a symlink swapped into the store in place of a directory or an entry is
+never followed. Nothing is cached: a request opens the few descriptors it needs.
+"""
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+# O_PATH: walking needs search permission only, as a path lookup does, not read permission.
+_WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class StoreDirs:
+    """The store root, held open for the mount's life, and directories under it by path."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.fd = os.open(root, _WALK)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def open(self, path: str) -> int:
+        """A new descriptor (O_PATH) of the store directory at plaintext path `path`."""
+        fd = os.open(".", _WALK, dir_fd=self.fd)
+        for name in path.split("/") if path else ():
+            try:
+                fd_below = os.open(name, _WALK, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = fd_below
+        return fd
+
+    @contextlib.contextmanager
+    def at(self, path: str) -> Iterator[int]:
+        """The store directory at plaintext path `path`, for the block's `*at()` calls."""
+        fd = self.open(path)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+
+def open_listing(dir_fd: int) -> int:
+    """A descriptor of the directory `dir_fd` that can be read (os.scandir) or fsync'ed."""
+    return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
+def open_file(dir_fd: int, name: str) -> int:
+    """Open a backing file for reading; a symlink or FIFO put in its place is not followed
+    or waited on (ELOOP, or a read of nothing)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    return os.open(name, flags, dir_fd=dir_fd)
+
+
+def chmod_at(dir_fd: int, name: str, mode: int) -> None:
+    """chmod of the entry itself, never of what a symlink there points to (Linux has no
+    working fchmodat(AT_SYMLINK_NOFOLLOW): go through an O_PATH descriptor of the entry)."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            return  # a symlink's mode means nothing on Linux
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
+
+
+def fsync_dirs(dir_fds: Sequence[int]) -> None:
+    """Make renames into these directories durable: fsync each directory once, close all."""
+    seen = set()
+    try:
+        for fd in dir_fds:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                os.fsync(fd)
+    finally:
+        for fd in dir_fds:
+            os.close(fd)

@@ -6,13 +6,14 @@ import contextlib
 import errno
 import os
 import shutil
+import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .helpers import SUFFIX, Daemon
+from .helpers import SUFFIX, Daemon, opened
 
 NAME = 250  # a long component: 250 + ".age" still fits NAME_MAX
 
@@ -138,4 +139,71 @@ def test_a_directory_made_behind_the_mounts_back_keeps_everything_working(
     expect_errno(errno.ENOENT, lambda: os.stat(mount.mnt / "x"))
     expect_errno(errno.EEXIST, lambda: (mount.mnt / "x").write_bytes(b"refused"))
     assert (mount.mnt / "other").read_bytes() == b"other"
+    mount.assert_store_matches()
+
+
+# --- 12.8: special files ---------------------------------------------------------------------
+
+
+def make_specials(root: Path) -> None:
+    os.mkfifo(root / "fifo", 0o640)
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:  # bound through /proc: the test's own path may exceed a socket address's 108 bytes
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(f"/proc/self/fd/{dir_fd}/sock")
+    finally:
+        os.close(dir_fd)
+    os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(root / "blk", 0o600 | stat.S_IFBLK, os.makedev(7, 200))
+
+
+def specials(root: Path) -> dict[str, tuple[int, ...]]:
+    """What each special file in `root` shows: type, mode, device, owner, and times for the
+    one whose times were set."""
+    out = {}
+    for name in sorted(os.listdir(root)):
+        st = os.lstat(root / name)
+        out[name] = (
+            stat.S_IFMT(st.st_mode),
+            stat.S_IMODE(st.st_mode),
+            st.st_rdev,
+            st.st_uid,
+            st.st_gid,
+            *((st.st_atime_ns, st.st_mtime_ns) if name == "null" else ()),
+        )
+    return out
+
+
+def test_special_files_are_made_shown_changed_and_kept(mount: Daemon, plain: Path) -> None:
+    """FIFOs, sockets and devices: the same node as in a plain directory, with its mode,
+    owner, times and device number; chmod, chown, utime, rename and unlink as there."""
+    for root in (mount.mnt, plain):
+        make_specials(root)
+        os.chmod(root / "fifo", 0o604)
+        os.chown(root / "sock", 1234, 5678)
+        os.utime(root / "null", ns=(1_000_000_123, 2_000_000_456))
+        os.rename(root / "blk", root / "blk2")
+        os.unlink(root / "sock")
+    got, want = specials(mount.mnt), specials(plain)
+    assert got == want
+    with opened(mount.mnt / "fifo", os.O_RDWR) as fd:  # a FIFO through the mount works
+        os.write(fd, b"through the pipe")
+        assert os.read(fd, 100) == b"through the pipe"
+    fifo_times = os.lstat(mount.mnt / "fifo").st_mtime_ns, os.lstat(mount.mnt / "fifo").st_ctime_ns
+    mount.remount()
+    assert specials(mount.mnt) == want
+    after = os.lstat(mount.mnt / "fifo")
+    assert (after.st_mtime_ns, after.st_ctime_ns) == fifo_times
+    mount.assert_store_matches()
+
+
+def test_special_file_names_collide_like_any_other(mount: Daemon) -> None:
+    m = mount.mnt
+    (m / "f").write_bytes(b"file f")
+    expect_errno(errno.EEXIST, lambda: os.mkfifo(m / "f.age"))
+    os.mkfifo(m / "p.age")
+    expect_errno(errno.EEXIST, lambda: (m / "p").write_bytes(b"would destroy fifo p.age"))
+    expect_errno(errno.EEXIST, lambda: os.rename(m / "f", m / "p"))
+    assert sorted(os.listdir(m)) == ["f", "p.age"]
+    assert stat.S_ISFIFO(os.lstat(m / "p.age").st_mode)
     mount.assert_store_matches()

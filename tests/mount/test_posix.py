@@ -3,6 +3,7 @@ flags, readdir, inode numbers, timestamps, nlink. Where POSIX says what must hap
 operations run on a plain directory (`plain`) and the results are compared."""
 
 import contextlib
+import ctypes
 import errno
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import SUFFIX, Daemon, opened
+from .helpers import SUFFIX, Daemon, opened, sh
 
 NAME = 250  # a long component: 250 + ".age" still fits NAME_MAX
 
@@ -206,4 +207,104 @@ def test_special_file_names_collide_like_any_other(mount: Daemon) -> None:
     expect_errno(errno.EEXIST, lambda: os.rename(m / "f", m / "p"))
     assert sorted(os.listdir(m)) == ["f", "p.age"]
     assert stat.S_ISFIFO(os.lstat(m / "p.age").st_mode)
+    mount.assert_store_matches()
+
+
+# --- 12.12: the caller's mode ----------------------------------------------------------------
+
+
+def test_mkdir_and_mknod_honour_the_callers_mode_and_umask(mount: Daemon, plain: Path) -> None:
+    """`(umask 000; mkdir d)` gives 0777 as anywhere else: the daemon's own umask never
+    applies, the caller's always does; a setgid directory passes on its group and bit."""
+    script = (
+        "(umask 000; mkdir d0 && mkfifo p0 && mkdir -m 1777 t && touch f0);"
+        "(umask 027; mkdir d27 && mkfifo p27 && touch f27);"
+        "mkdir g && chown :4321 g && chmod 2775 g && (umask 000; mkdir g/sub && touch g/f)"
+    )
+    for root in (mount.mnt, plain):
+        sh(script, root)
+    for name in ("d0", "p0", "t", "f0", "d27", "p27", "f27", "g", "g/sub", "g/f"):
+        got, want = os.lstat(mount.mnt / name), os.lstat(plain / name)
+        assert (oct(got.st_mode), got.st_gid) == (oct(want.st_mode), want.st_gid), name
+    mount.assert_store_matches()
+
+
+# --- 18.3: rename flags ----------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    if _libc.renameat2(-100, os.fsencode(old), -100, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def test_rename_refuses_the_flags_it_does_not_implement(mount: Daemon) -> None:
+    a, b, c = mount.mnt / "a", mount.mnt / "b", mount.mnt / "c"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    for flags in (RENAME_WHITEOUT, RENAME_NOREPLACE | RENAME_WHITEOUT):
+        expect_errno(errno.EINVAL, lambda flags=flags: renameat2(a, c, flags))
+    for flags in (RENAME_WHITEOUT, RENAME_EXCHANGE):  # the kernel wants b to exist for EXCHANGE
+        expect_errno(errno.EINVAL, lambda flags=flags: renameat2(a, b, flags))
+    expect_errno(errno.EEXIST, lambda: renameat2(a, b, RENAME_NOREPLACE))
+    assert sorted(os.listdir(mount.mnt)) == ["a", "b"]
+    renameat2(a, c, RENAME_NOREPLACE)
+    assert sorted(os.listdir(mount.mnt)) == ["b", "c"] and c.read_bytes() == b"a"
+    mount.assert_store_matches()
+
+
+# --- 18.4, 18.5: readdir ---------------------------------------------------------------------
+
+
+class Dirent(ctypes.Structure):
+    _fields_ = [
+        ("d_ino", ctypes.c_uint64),
+        ("d_off", ctypes.c_int64),
+        ("d_reclen", ctypes.c_ushort),
+        ("d_type", ctypes.c_ubyte),
+        ("d_name", ctypes.c_char * 256),
+    ]
+
+
+_libc.opendir.restype = ctypes.c_void_p
+_libc.readdir.restype = ctypes.POINTER(Dirent)
+_libc.readdir.argtypes = _libc.rewinddir.argtypes = _libc.closedir.argtypes = [ctypes.c_void_p]
+
+
+def read_names(handle: int) -> list[str]:
+    """Every name readdir(3) returns from here to the end, `.` and `..` included."""
+    names = []
+    while entry := _libc.readdir(handle):
+        names.append(os.fsdecode(entry.contents.d_name))
+    return names
+
+
+def test_readdir_shows_dot_entries_and_rewinddir_shows_new_names(
+    mount: Daemon, plain: Path
+) -> None:
+    """`.` and `..` are listed; after rewinddir(3) the listing is the directory as it is now
+    (names created since opendir included, names removed left out)."""
+    seen = {}
+    for root in (mount.mnt, plain):
+        for i in range(300):
+            (root / f"old-{i:03d}").write_bytes(b"")
+        handle = _libc.opendir(os.fsencode(root))
+        assert handle
+        try:
+            first = read_names(handle)
+            for i in range(300):
+                (root / f"new-{i:03d}").write_bytes(b"")
+            os.unlink(root / "old-000")
+            _libc.rewinddir(handle)
+            seen[root] = (sorted(first), sorted(read_names(handle)))
+        finally:
+            _libc.closedir(handle)
+    pairs = zip(seen[mount.mnt], seen[plain], ("opendir", "rewinddir"), strict=True)
+    for got, want, when in pairs:
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        assert got == want, f"after {when}: missing {missing[:8]}, extra {extra[:8]}"
+    assert {".", ".."} <= set(seen[plain][1]) and "new-299" in seen[plain][1]
     mount.assert_store_matches()

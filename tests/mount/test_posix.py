@@ -308,3 +308,38 @@ def test_readdir_shows_dot_entries_and_rewinddir_shows_new_names(
         assert got == want, f"after {when}: missing {missing[:8]}, extra {extra[:8]}"
     assert {".", ".."} <= set(seen[plain][1]) and "new-299" in seen[plain][1]
     mount.assert_store_matches()
+
+
+# --- 12.9: inode numbers ---------------------------------------------------------------------
+
+
+def drop_caches() -> None:
+    """Make the kernel forget every inode it can (it sends FORGET for them)."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("2")
+
+
+def test_a_path_keeps_its_inode_number(mounted: Daemon) -> None:
+    """Across the kernel's forget, publishes and renames (tar, rsync, find and git compare
+    st_ino); only a new file at a removed file's name may get a new one."""
+    m = mounted.mnt
+    (m / "d" / "sub").mkdir(parents=True)
+    (m / "d" / "sub" / "f").write_bytes(b"f" * 100_000)
+    (m / "g").write_bytes(b"unpublished when first seen")
+    os.symlink("t", m / "l")
+    os.mkfifo(m / "p")
+    names = ["d", "d/sub", "d/sub/f", "g", "l", "p"]
+    first = {name: os.lstat(m / name).st_ino for name in names}
+    assert len(set(first.values())) == len(names)
+    with open(m / "g", "rb+") as f:
+        os.fsync(f.fileno())
+    drop_caches()
+    assert {name: os.lstat(m / name).st_ino for name in names} == first
+    os.rename(m / "d", m / "e")
+    os.rename(m / "g", m / "e" / "g")
+    drop_caches()
+    moved = {"e": "d", "e/sub": "d/sub", "e/sub/f": "d/sub/f", "e/g": "g", "l": "l", "p": "p"}
+    assert {new: os.lstat(m / new).st_ino for new in moved} == {
+        new: first[old] for new, old in moved.items()
+    }
+    mounted.assert_store_matches()

@@ -343,3 +343,27 @@ def test_a_path_keeps_its_inode_number(mounted: Daemon) -> None:
         new: first[old] for new, old in moved.items()
     }
     mounted.assert_store_matches()
+
+
+# --- 18.10: nlink of what has no name left ---------------------------------------------------
+
+
+def test_an_open_entry_without_a_name_has_no_links(mount: Daemon, plain: Path) -> None:
+    """fstat on a directory replaced by rename or removed, and on a removed file, while
+    open: nlink 0, as on any local filesystem."""
+    got = {}
+    for root in (mount.mnt, plain):
+        for name in ("replaced", "other", "removed"):
+            (root / name).mkdir()
+        (root / "f").write_bytes(b"f")
+        fds = {name: os.open(root / name, os.O_RDONLY) for name in ("replaced", "removed", "f")}
+        try:
+            os.rename(root / "other", root / "replaced")
+            os.rmdir(root / "removed")
+            os.unlink(root / "f")
+            got[root] = {name: os.fstat(fd).st_nlink for name, fd in fds.items()}
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+    assert got[mount.mnt] == got[plain]
+    mount.assert_store_matches()

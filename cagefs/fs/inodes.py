@@ -71,6 +71,28 @@ def backing_name(name: str, kind: Kind) -> str:
     return backing_file_name(name) if kind is Kind.FILE else name
 
 
+class PublishedCtimes:
+    """The ctime each published file showed before its publish, which the rename that
+    published it moved on disk (ctime cannot be set). Kept while the backing file's ctime
+    is the one the publish left: any later change (chmod, rename) shows its own time. Lost
+    at unmount: a remounted file shows the time of its publish."""
+
+    LIMIT = 100_000  # about 200 bytes each
+
+    def __init__(self) -> None:
+        self._shown: OrderedDict[tuple[int, int], tuple[int, int]] = OrderedDict()
+
+    def remember(self, st: os.stat_result, shown_ns: int) -> None:
+        self._shown[st.st_dev, st.st_ino] = (st.st_ctime_ns, shown_ns)
+        self._shown.move_to_end((st.st_dev, st.st_ino))
+        if len(self._shown) > self.LIMIT:
+            self._shown.popitem(last=False)
+
+    def shown(self, st: os.stat_result) -> int:
+        on_disk, shown = self._shown.get((st.st_dev, st.st_ino), (None, 0))
+        return shown if on_disk == st.st_ctime_ns else st.st_ctime_ns
+
+
 class InodeTable:
     def __init__(self, root: Path) -> None:
         self.dirs = StoreDirs(root)
@@ -78,6 +100,7 @@ class InodeTable:
         self.by_path: dict[str, Node] = {"": self.nodes[pyfuse3.ROOT_INODE]}
         self.inos: OrderedDict[str, int] = OrderedDict()  # paths forgotten by the kernel
         self.unpublished: set[Node] = set()
+        self.ctimes = PublishedCtimes()
         self._next_ino = pyfuse3.ROOT_INODE + 1
 
     def get(self, ino: int) -> Node:

@@ -25,7 +25,7 @@ from cagefs.fs.inodes import InodeTable, Kind, Node, Probed, backing_name, check
 from cagefs.fs.publisher import Publisher
 from cagefs.store import reclaim
 from cagefs.store.layout import NAME_MAX, is_meta, plain_file_name
-from cagefs.store.paths import chmod_at, fsync_dirs, open_file, open_listing
+from cagefs.store.paths import chmod_at, fsync_dirs, open_file, open_listing, touch_dir
 
 log = logging.getLogger("cagefs")
 _WRITE_MODES = os.O_WRONLY | os.O_RDWR
@@ -81,8 +81,11 @@ class Operations(pyfuse3.Operations):
         entry = backing_name(node.path.rpartition("/")[2], node.kind) if node.path else "."
         if st is None:
             st = os.lstat(entry, dir_fd=dir_fd)
-        size = self.headers.plaintext_size(dir_fd, entry, st) if node.kind is Kind.FILE else None
-        return entry_attributes(node, st, size)
+        if node.kind is not Kind.FILE:
+            return entry_attributes(node, st)
+        attrs = entry_attributes(node, st, self.headers.plaintext_size(dir_fd, entry, st))
+        attrs.st_ctime_ns = self.table.ctimes.shown(st)
+        return attrs
 
     def _lookup(self, parent: Node, name: str, dir_fd: int) -> tuple[Node, os.stat_result | None]:
         """The node `name` names in `parent` (whose store directory is `dir_fd`), and the
@@ -213,6 +216,7 @@ class Operations(pyfuse3.Operations):
                 fd = open_file(dir_fd, entry)
             with about(node.path):
                 content = FileContent.open_existing(self.env, fd)
+            content.attrs.st_ctime_ns = self.table.ctimes.shown(os.fstat(content.current.fd))
             self.table.attach(node, content)
         return node.content
 
@@ -408,6 +412,7 @@ class Operations(pyfuse3.Operations):
     ) -> Node:
         with self._new_entry(parent_inode, name, Kind.FILE) as (dir_fd, path, _):
             uid, gid = self._owner(dir_fd, ctx)
+            touch_dir(dir_fd)
         file_mode = stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask)
         node = self.table.node_for(path, Kind.FILE)
         self.table.attach(node, FileContent.create(self.env, file_mode, uid, gid))
@@ -598,6 +603,7 @@ class Operations(pyfuse3.Operations):
             # replaces stays on disk until then, as the old version a crash may leave.
             held.take(old[1], old[0])
             _remove_shadowed(*old)
+            touch_dir(new[0])
             return
         held.take(new[1], new[0])  # whatever the rename replaces, shadowed by a new file or not
         os.rename(old[1], new[1], src_dir_fd=old[0], dst_dir_fd=new[0])
@@ -671,9 +677,11 @@ async def _freed_off_the_loop() -> AsyncIterator[reclaim.Held]:
 
 
 def _remove_shadowed(dir_fd: int, entry: str) -> None:
-    """An unpublished file leaves its name: drop the older file it had replaced there."""
+    """An unpublished file leaves its name: drop the older file it had replaced there. The
+    directory changes now, whether there was one or not."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(entry, dir_fd=dir_fd)
+    touch_dir(dir_fd)
 
 
 def _dot_attributes(ino: int) -> pyfuse3.EntryAttributes:

@@ -15,7 +15,7 @@ from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
 from cagefs.fs.inodes import InodeTable, Kind, Node
 from cagefs.store import reclaim
-from cagefs.store.paths import fsync_dirs, open_listing
+from cagefs.store.paths import fsync_dirs, open_listing, rename_into
 from cagefs.store.versions import NewVersion, syncfs
 
 log = logging.getLogger("cagefs")
@@ -82,7 +82,10 @@ class Publisher:
             directory = open_listing(dir_fd)
             try:
                 self._replaced.append(reclaim.hold(name, dir_fd))
-                os.rename(version.path, name, dst_dir_fd=dir_fd)
+                rename_into(version.path, dir_fd, name)
+                self._table.ctimes.remember(
+                    os.lstat(name, dir_fd=dir_fd), content.attrs.st_ctime_ns
+                )
             except BaseException:
                 os.close(directory)
                 raise

@@ -10,6 +10,7 @@ never followed. Nothing is cached: a request opens the few descriptors it needs.
 import contextlib
 import os
 import stat
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -70,6 +71,21 @@ def chmod_at(dir_fd: int, name: str, mode: int) -> None:
         os.chmod(f"/proc/self/fd/{fd}", mode)
     finally:
         os.close(fd)
+
+
+def touch_dir(dir_fd: int) -> None:
+    """The directory's mtime and ctime become now, as when a name in it comes or goes: for
+    names that reach the store only later (a new file is written there at its publish)."""
+    st = os.lstat(".", dir_fd=dir_fd)
+    os.utime(".", ns=(st.st_atime_ns, time.time_ns()), dir_fd=dir_fd)
+
+
+def rename_into(source: str, dir_fd: int, name: str) -> None:
+    """Rename `source` (an absolute path) to `name` in `dir_fd`, leaving the directory's times
+    as they were: the name was already there for whoever looked (a publish, not a change)."""
+    st = os.lstat(".", dir_fd=dir_fd)
+    os.rename(source, name, dst_dir_fd=dir_fd)
+    os.utime(".", ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd)
 
 
 def fsync_dirs(dir_fds: Sequence[int]) -> None:

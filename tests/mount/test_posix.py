@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -367,3 +368,94 @@ def test_an_open_entry_without_a_name_has_no_links(mount: Daemon, plain: Path) -
                 os.close(fd)
     assert got[mount.mnt] == got[plain]
     mount.assert_store_matches()
+
+
+# --- 12.10, 18.9: timestamps -----------------------------------------------------------------
+
+
+def times(path: Path) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_mtime_ns, st.st_ctime_ns
+
+
+def publish(mount: Daemon, path: Path) -> None:
+    """Make sure `path`'s last version is published (fsync publishes at once)."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def test_a_directory_changes_times_when_its_names_do(mounted: Daemon, plain: Path) -> None:
+    """create, unlink, rename, mkdir, rmdir, symlink, mknod each move the directory's mtime
+    and ctime at once, as the directory shows them (no waiting for a publish)."""
+    steps = [
+        lambda d: (d / "f").write_bytes(b"new file"),
+        lambda d: os.rename(d / "f", d / "g"),
+        lambda d: os.unlink(d / "g"),
+        lambda d: (d / "h").write_bytes(b"h") or os.rename(d / "h", d / "sub"),
+        lambda d: os.mkdir(d / "e"),
+        lambda d: os.rmdir(d / "e"),
+        lambda d: os.symlink("t", d / "l"),
+        lambda d: os.mkfifo(d / "p"),
+    ]
+    changed = {}
+    for root in (mounted.mnt, plain):
+        d = root / "d"
+        d.mkdir()
+        os.utime(d, ns=(0, 0))
+        old = (0, times(d)[1])
+        changed[root] = []
+        for step in steps:
+            step(d)
+            now = times(d)
+            changed[root].append((now[0] != old[0], now[1] != old[1]))
+            os.utime(d, ns=(0, 0))
+            old = (0, times(d)[1])
+    assert changed[mounted.mnt] == changed[plain]
+    mounted.assert_store_matches()
+
+
+def test_publishing_moves_no_time(mounted: Daemon) -> None:
+    """What a file and its directory show does not change when the file is published (nor
+    after the kernel forgets them): a file's ctime and a directory's mtime stay put."""
+    m = mounted.mnt
+    (m / "d").mkdir()
+    f = m / "d" / "f"
+    f.write_bytes(b"first version")
+    shown = times(f), times(m / "d")[0]
+    time.sleep(0.01)  # so that a later clock reading would differ (not a wait for anything)
+    publish(mounted, f)
+    drop_caches()
+    assert (times(f), times(m / "d")[0]) == shown
+    mounted.remount()
+    assert times(m / "d")[0] == shown[1]
+    mounted.assert_store_matches()
+
+
+def test_times_round_trip_exactly(mounted: Daemon, plain: Path) -> None:
+    """Before 1970, far in the future, with nanoseconds; reading changes no ctime."""
+    stamps = [(-1_000_000_001, -86_400_000_000_123), (1, 999_999_999), (2**40 + 7, 2**33 + 1)]
+    for root in (mounted.mnt, plain):
+        for i, ns in enumerate(stamps):
+            (root / f"f{i}").write_bytes(b"x" * i)
+            (root / f"d{i}").mkdir()
+            os.symlink("t", root / f"l{i}")
+            for name in (f"f{i}", f"d{i}", f"l{i}"):
+                os.utime(root / name, ns=ns, follow_symlinks=False)
+
+    def shown(root: Path) -> dict[str, tuple[int, int]]:
+        out = {}
+        for name in sorted(os.listdir(root)):
+            st = os.lstat(root / name)
+            out[name] = (st.st_atime_ns, st.st_mtime_ns)
+        return out
+
+    want = shown(plain)
+    assert shown(mounted.mnt) == want
+    ctime = os.lstat(mounted.mnt / "f2").st_ctime_ns
+    (mounted.mnt / "f2").read_bytes()
+    drop_caches()
+    assert os.lstat(mounted.mnt / "f2").st_ctime_ns == ctime
+    mounted.remount()
+    got = shown(mounted.mnt)
+    assert {k: v[1] for k, v in got.items()} == {k: v[1] for k, v in want.items()}
+    mounted.assert_store_matches()

@@ -563,10 +563,11 @@ class Operations(pyfuse3.Operations):
             new = (new_fd, backing_name(new_name, source.kind))
             async with _freed_off_the_loop() as held:
                 if replaced is not None:
-                    assert target is not None
                     self._unlink_replaced(new_fd, new_name, replaced, new[1], held)
+                self._rename_backing(source, old, new, held)  # may fail: ENOTEMPTY
+                if replaced is not None:
+                    assert target is not None
                     self.table.detach(replaced, target[2])
-                self._rename_backing(source, old, new, held)
                 self.table.move(source, new_path)
 
     def _check_replace(self, source: Node, target: Probed | None) -> Node | None:

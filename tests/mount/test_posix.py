@@ -459,3 +459,15 @@ def test_times_round_trip_exactly(mounted: Daemon, plain: Path) -> None:
     got = shown(mounted.mnt)
     assert {k: v[1] for k, v in got.items()} == {k: v[1] for k, v in want.items()}
     mounted.assert_store_matches()
+
+
+def test_a_refused_rename_changes_nothing(mount: Daemon, plain: Path) -> None:
+    """A directory renamed over a non-empty one fails; both stay as they were, usable."""
+    for root in (mount.mnt, plain):
+        (root / "a").mkdir()
+        (root / "b" / "inner").mkdir(parents=True)
+        expect_errno(errno.ENOTEMPTY, lambda root=root: os.rename(root / "a", root / "b"))
+        os.rmdir(root / "b" / "inner")
+        os.rename(root / "a", root / "b")
+    assert os.listdir(mount.mnt) == os.listdir(plain) == ["b"]
+    mount.assert_store_matches()

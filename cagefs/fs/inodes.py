@@ -72,10 +72,10 @@ def backing_name(name: str, kind: Kind) -> str:
 
 
 class PublishedCtimes:
-    """The ctime each published file showed before its publish, which the rename that
-    published it moved on disk (ctime cannot be set). Kept while the backing file's ctime
-    is the one the publish left: any later change (chmod, rename) shows its own time. Lost
-    at unmount: a remounted file shows the time of its publish."""
+    """The ctime a published file, and its directory, showed before the publish, which the
+    rename moved on disk (ctime cannot be set). Kept while the backing entry's ctime is the
+    one the publish left: any later change (chmod, rename) shows its own time. Lost at
+    unmount: after a remount they show the time of the publish."""
 
     LIMIT = 100_000  # about 200 bytes each
 

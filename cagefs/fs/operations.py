@@ -81,9 +81,8 @@ class Operations(pyfuse3.Operations):
         entry = backing_name(node.path.rpartition("/")[2], node.kind) if node.path else "."
         if st is None:
             st = os.lstat(entry, dir_fd=dir_fd)
-        if node.kind is not Kind.FILE:
-            return entry_attributes(node, st)
-        attrs = entry_attributes(node, st, self.headers.plaintext_size(dir_fd, entry, st))
+        size = self.headers.plaintext_size(dir_fd, entry, st) if node.kind is Kind.FILE else None
+        attrs = entry_attributes(node, st, size)
         attrs.st_ctime_ns = self.table.ctimes.shown(st)
         return attrs
 

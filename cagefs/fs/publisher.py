@@ -82,10 +82,7 @@ class Publisher:
             directory = open_listing(dir_fd)
             try:
                 self._replaced.append(reclaim.hold(name, dir_fd))
-                rename_into(version.path, dir_fd, name)
-                self._table.ctimes.remember(
-                    os.lstat(name, dir_fd=dir_fd), content.attrs.st_ctime_ns
-                )
+                self._keep_ctimes(content, *rename_into(version.path, dir_fd, name), dir_fd, name)
             except BaseException:
                 os.close(directory)
                 raise
@@ -93,6 +90,19 @@ class Publisher:
         self._table.unpublished.discard(node)
         self._table.drop_if_unused(node)
         return directory
+
+    def _keep_ctimes(
+        self,
+        content: FileContent,
+        dir_before: os.stat_result,
+        dir_after: os.stat_result,
+        dir_fd: int,
+        name: str,
+    ) -> None:
+        """The file and its directory keep showing the ctimes they had before the publish."""
+        ctimes = self._table.ctimes
+        ctimes.remember(dir_after, ctimes.shown(dir_before))
+        ctimes.remember(os.lstat(name, dir_fd=dir_fd), content.attrs.st_ctime_ns)
 
     def _let_go_of_replaced(self) -> None:
         """The old versions are freed only now, so that freeing them (seconds for a large

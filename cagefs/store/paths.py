@@ -80,12 +80,14 @@ def touch_dir(dir_fd: int) -> None:
     os.utime(".", ns=(st.st_atime_ns, time.time_ns()), dir_fd=dir_fd)
 
 
-def rename_into(source: str, dir_fd: int, name: str) -> None:
+def rename_into(source: str, dir_fd: int, name: str) -> tuple[os.stat_result, os.stat_result]:
     """Rename `source` (an absolute path) to `name` in `dir_fd`, leaving the directory's times
-    as they were: the name was already there for whoever looked (a publish, not a change)."""
-    st = os.lstat(".", dir_fd=dir_fd)
+    as they were (the name was already there for whoever looked: a publish, not a change),
+    but its ctime, which cannot be set. Returns the directory's stat before and after."""
+    before = os.lstat(".", dir_fd=dir_fd)
     os.rename(source, name, dst_dir_fd=dir_fd)
-    os.utime(".", ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd)
+    os.utime(".", ns=(before.st_atime_ns, before.st_mtime_ns), dir_fd=dir_fd)
+    return before, os.lstat(".", dir_fd=dir_fd)
 
 
 def fsync_dirs(dir_fds: Sequence[int]) -> None:

@@ -77,7 +77,8 @@ def touch_dir(dir_fd: int) -> None:
     """The directory's mtime and ctime become now, as when a name in it comes or goes: for
     names that reach the store only later (a new file is written there at its publish)."""
     st = os.lstat(".", dir_fd=dir_fd)
-    os.utime(".", ns=(st.st_atime_ns, time.time_ns()), dir_fd=dir_fd)
+    with contextlib.suppress(PermissionError):  # a directory the daemon does not own
+        os.utime(".", ns=(st.st_atime_ns, time.time_ns()), dir_fd=dir_fd)
 
 
 def rename_into(source: str, dir_fd: int, name: str) -> tuple[os.stat_result, os.stat_result]:
@@ -86,7 +87,8 @@ def rename_into(source: str, dir_fd: int, name: str) -> tuple[os.stat_result, os
     but its ctime, which cannot be set. Returns the directory's stat before and after."""
     before = os.lstat(".", dir_fd=dir_fd)
     os.rename(source, name, dst_dir_fd=dir_fd)
-    os.utime(".", ns=(before.st_atime_ns, before.st_mtime_ns), dir_fd=dir_fd)
+    with contextlib.suppress(PermissionError):  # a directory the daemon does not own
+        os.utime(".", ns=(before.st_atime_ns, before.st_mtime_ns), dir_fd=dir_fd)
     return before, os.lstat(".", dir_fd=dir_fd)
 
 

@@ -36,7 +36,7 @@ class Listing:
     """An open directory: the names its last read from the start saw, in offset order."""
 
     node: Node
-    names: list[str]
+    names: list[str] | None = None
 
 
 @dataclass
@@ -311,7 +311,7 @@ class Operations(pyfuse3.Operations):
         if node.kind is not Kind.DIR or node.path is None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self._new_fh()
-        self._dirs[fh] = Listing(node, [])
+        self._dirs[fh] = Listing(node)
         return fh
 
     def _list(self, node: Node, dir_fd: int) -> list[str]:
@@ -351,7 +351,7 @@ class Operations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, dot.encode(), _dot_attributes(ino), offset):
                     return
         with self.table.dir_at(directory) as dir_fd:
-            if start_id == 0:
+            if start_id == 0 or listing.names is None:  # (a seekdir on a new handle)
                 listing.names = self._list(directory, dir_fd)
             names = listing.names
             for index in range(max(start_id - 2, 0), len(names)):

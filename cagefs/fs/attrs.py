@@ -42,7 +42,7 @@ class HeaderLengths:
     @staticmethod
     def _read_length(dir_fd: int, name: str) -> int:
         try:
-            fd = open_file(dir_fd, name)
+            fd = open_file(dir_fd, name, noatime=True)  # a stat is no read of the file
         except OSError:
             return 0
         try:

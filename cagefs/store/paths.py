@@ -54,10 +54,14 @@ def open_listing(dir_fd: int) -> int:
     return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
 
 
-def open_file(dir_fd: int, name: str) -> int:
+def open_file(dir_fd: int, name: str, noatime: bool = False) -> int:
     """Open a backing file for reading; a symlink or FIFO put in its place is not followed
-    or waited on (ELOOP, or a read of nothing)."""
+    or waited on (ELOOP, or a read of nothing). `noatime`: reading it is not an access that
+    shows (where the daemon may ask for that: it owns the file, or is root)."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    if noatime:
+        with contextlib.suppress(PermissionError):
+            return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
     return os.open(name, flags, dir_fd=dir_fd)
 
 

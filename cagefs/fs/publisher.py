@@ -77,6 +77,8 @@ class Publisher:
         node = self._owner(content)
         if node is None or node.path is None:
             content.discard_pending()
+            if node is not None:
+                self._table.drop_if_unused(node)  # nothing left to publish: let go of it
             return None
         with self._table.at(node.path, Kind.FILE) as (dir_fd, name):
             directory = open_listing(dir_fd)

@@ -474,3 +474,23 @@ def test_a_refused_rename_changes_nothing(mount: Daemon, plain: Path) -> None:
         os.rename(root / "a", root / "b")
     assert os.listdir(mount.mnt) == os.listdir(plain) == ["b"]
     mount.assert_store_matches()
+
+
+def test_files_unlinked_before_their_publish_leave_nothing_open(mount: Daemon) -> None:
+    """A file removed while its version waits to be published: the version is dropped and
+    the daemon keeps no descriptor of it (pjdfstest left 208 behind)."""
+    for i in range(20):
+        (mount.mnt / f"f{i}").write_bytes(b"short-lived")
+        os.unlink(mount.mnt / f"f{i}")
+    fd = os.open(mount.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)  # a publish round: every waiting version is published or dropped
+    finally:
+        os.close(fd)
+    drop_caches()
+    held = [
+        target
+        for link in Path(f"/proc/{mount.pid}/fd").iterdir()
+        if "/.cagefs/tmp/" in (target := os.readlink(link))
+    ]
+    assert held == []

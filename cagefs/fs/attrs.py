@@ -13,6 +13,7 @@ import pyfuse3
 
 from cagefs.age import CHUNK_SIZE, AgeError, plaintext_size, read_header_at
 from cagefs.fs.inodes import Kind, Node
+from cagefs.store.paths import open_file
 
 log = logging.getLogger("cagefs")
 ATTR_TIMEOUT = 1.0
@@ -23,12 +24,13 @@ class HeaderLengths:
     def __init__(self) -> None:
         self._lengths: OrderedDict[tuple[int, int, int, int], int] = OrderedDict()
 
-    def plaintext_size(self, path: str, st: os.stat_result) -> int:
-        """Plaintext size of a backing file; 0 (and a log line) for one that is not age."""
+    def plaintext_size(self, dir_fd: int, name: str, st: os.stat_result) -> int:
+        """Plaintext size of backing file `name` in `dir_fd`; 0 (and a log line) for one that
+        is not age."""
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         length = self._lengths.get(key)
         if length is None:
-            length = self._read_length(path)
+            length = self._read_length(dir_fd, name)
             self._lengths[key] = length
             if len(self._lengths) > _HEADER_CACHE_LIMIT:
                 self._lengths.popitem(last=False)
@@ -38,15 +40,15 @@ class HeaderLengths:
             return 0
 
     @staticmethod
-    def _read_length(path: str) -> int:
+    def _read_length(dir_fd: int, name: str) -> int:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_file(dir_fd, name, noatime=True)  # a stat is no read of the file
         except OSError:
             return 0
         try:
             return read_header_at(fd).length
         except AgeError as exc:
-            log.warning("%s: not a valid age file (%s)", path, exc)
+            log.warning("%s: not a valid age file (%s)", name, exc)
             return 0
         finally:
             os.close(fd)
@@ -71,10 +73,15 @@ def entry_attributes(node: Node, st: StatLike, size: int | None = None) -> pyfus
     entry.entry_timeout = ATTR_TIMEOUT
     entry.attr_timeout = ATTR_TIMEOUT
     entry.st_mode = st.st_mode
-    entry.st_nlink = st.st_nlink if node.kind is Kind.DIR else 1
+    if node.path is None:
+        entry.st_nlink = 0  # unlinked, or replaced by a rename, and still open
+    else:
+        entry.st_nlink = st.st_nlink if node.kind is Kind.DIR else 1
     entry.st_uid = st.st_uid
     entry.st_gid = st.st_gid
-    entry.st_rdev = 0
+    if node.kind is Kind.SPECIAL:
+        assert isinstance(st, os.stat_result)  # a special file never has open content
+        entry.st_rdev = st.st_rdev
     entry.st_size = size if size is not None else st.st_size
     entry.st_blksize = CHUNK_SIZE
     entry.st_blocks = -(-entry.st_size // 512)

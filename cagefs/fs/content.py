@@ -108,8 +108,8 @@ class FileContent:
         self.node: Node | None = None  # set by the inode table when attached
 
     @classmethod
-    def open_existing(cls, env: Env, backing: str) -> "FileContent":
-        fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC)
+    def open_existing(cls, env: Env, fd: int) -> "FileContent":
+        """The content of the backing file open at `fd` (which it takes over)."""
         try:
             opened = open_file(fd, env.identities, env.auth.check)  # tamper evidence
             attrs = Attributes.of(os.fstat(fd))

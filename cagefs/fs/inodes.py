@@ -1,26 +1,37 @@
 """The inode table: stable FUSE inode numbers for plaintext paths, and what each one is.
 
 Publishing by rename gives a backing file a new `st_ino`, so FUSE inodes cannot be backing
-inodes. Instead each path the kernel knows gets a number for as long as the kernel holds a
-lookup on it, and renames move the path, not the number.
+inodes. Instead each path gets a number the first time the kernel looks it up, and keeps it for
+the life of the mount: across the kernel's forget, publishes and renames (renames move the
+number with the path); unlink and rmdir drop it. The path → number map costs about 200 bytes
+per path ever looked up and still there, up to `REMEMBERED_PATHS`; past that, the paths the
+kernel has longest forgotten lose their number (they get a new one if looked up again).
 """
 
+import contextlib
 import enum
 import errno
 import os
+import stat
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 
 from cagefs.fs.content import FileContent
-from cagefs.store.layout import NAME_MAX, backing_file_name, is_meta
+from cagefs.store.layout import NAME_MAX, SUFFIX, backing_file_name, is_meta
+from cagefs.store.paths import StoreDirs
+
+REMEMBERED_PATHS = 500_000
 
 
 class Kind(enum.Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
+    SPECIAL = "special"  # FIFO, socket, device: mirrored as the same node, no data (I1 holds)
 
 
 @dataclass(eq=False)
@@ -30,6 +41,10 @@ class Node:
     kind: Kind
     lookups: int = 0
     content: FileContent | None = None
+    last: os.stat_result | None = None  # the backing entry's stat as its last name went
+
+
+Probed = tuple[str, Kind, os.stat_result | None]
 
 
 def join(parent: str, name: str) -> str:
@@ -41,22 +56,51 @@ def check_name(name: str) -> None:
         raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
 
 
-def kind_of_mode(mode: int) -> Kind | None:
-    if (mode & 0o170000) == 0o100000:
+def kind_of_mode(mode: int) -> Kind:
+    if stat.S_ISREG(mode):
         return Kind.FILE
-    if (mode & 0o170000) == 0o040000:
+    if stat.S_ISDIR(mode):
         return Kind.DIR
-    if (mode & 0o170000) == 0o120000:
+    if stat.S_ISLNK(mode):
         return Kind.SYMLINK
-    return None
+    return Kind.SPECIAL
+
+
+def backing_name(name: str, kind: Kind) -> str:
+    """A plaintext name's entry in its backing directory: files get the suffix, nothing else."""
+    return backing_file_name(name) if kind is Kind.FILE else name
+
+
+class PublishedCtimes:
+    """The ctime a published file, and its directory, showed before the publish, which the
+    rename moved on disk (ctime cannot be set). Kept while the backing entry's ctime is the
+    one the publish left: any later change (chmod, rename) shows its own time. Lost at
+    unmount: after a remount they show the time of the publish."""
+
+    LIMIT = 100_000  # about 200 bytes each
+
+    def __init__(self) -> None:
+        self._shown: OrderedDict[tuple[int, int], tuple[int, int]] = OrderedDict()
+
+    def remember(self, st: os.stat_result, shown_ns: int) -> None:
+        self._shown[st.st_dev, st.st_ino] = (st.st_ctime_ns, shown_ns)
+        self._shown.move_to_end((st.st_dev, st.st_ino))
+        if len(self._shown) > self.LIMIT:
+            self._shown.popitem(last=False)
+
+    def shown(self, st: os.stat_result) -> int:
+        on_disk, shown = self._shown.get((st.st_dev, st.st_ino), (None, 0))
+        return shown if on_disk == st.st_ctime_ns else st.st_ctime_ns
 
 
 class InodeTable:
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.dirs = StoreDirs(root)
         self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, "", Kind.DIR)}
         self.by_path: dict[str, Node] = {"": self.nodes[pyfuse3.ROOT_INODE]}
+        self.inos: OrderedDict[str, int] = OrderedDict()  # paths forgotten by the kernel
         self.unpublished: set[Node] = set()
+        self.ctimes = PublishedCtimes()
         self._next_ino = pyfuse3.ROOT_INODE + 1
 
     def get(self, ino: int) -> Node:
@@ -65,39 +109,66 @@ class InodeTable:
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
-    def backing(self, path: str, kind: Kind) -> str:
-        if kind is Kind.FILE:
-            head, _, name = path.rpartition("/")
-            path = join(head, backing_file_name(name))
-        return str(self.root / path) if path else str(self.root)
+    @contextlib.contextmanager
+    def at(self, path: str | None, kind: Kind) -> Iterator[tuple[int, str]]:
+        """The store directory holding `path`'s backing entry, and the entry's name there."""
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        head, _, name = path.rpartition("/")
+        with self.dirs.at(head) as dir_fd:
+            yield dir_fd, backing_name(name, kind) if path else "."
 
-    def backing_of(self, node: Node) -> str | None:
-        return None if node.path is None else self.backing(node.path, node.kind)
-
-    def probe(self, parent: Node, name: str) -> tuple[str, Kind, os.stat_result | None] | None:
-        """What `name` in `parent` is: (path, kind, backing stat or None if not yet published)."""
-        if parent.kind is not Kind.DIR or parent.path is None:
+    def dir_at(self, node: Node) -> contextlib.AbstractContextManager[int]:
+        """The store directory a directory node stands for."""
+        if node.kind is not Kind.DIR or node.path is None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return self.dirs.at(node.path)
+
+    def probe(self, parent: Node, name: str, dir_fd: int | None = None) -> Probed | None:
+        """What `name` in `parent` is: (path, kind, backing stat or None if not yet published).
+
+        `dir_fd`, if given, is the parent's store directory, already open.
+        """
+        if dir_fd is None:
+            with self.dir_at(parent) as fd:
+                return self.probe(parent, name, fd)
+        assert parent.path is not None
         if is_meta(parent.path, name):
             return None
         path = join(parent.path, name)
         node = self.by_path.get(path)
         if node is not None and node in self.unpublished:
             return path, Kind.FILE, None
-        try:
-            st = os.lstat(self.backing(path, Kind.FILE))
-            if kind_of_mode(st.st_mode) is Kind.FILE:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(backing_file_name(name), dir_fd=dir_fd)
+            if stat.S_ISREG(st.st_mode):
                 return path, Kind.FILE, st
-        except FileNotFoundError:
-            pass
         try:
-            st = os.lstat(self.backing(path, Kind.DIR))
+            st = os.lstat(name, dir_fd=dir_fd)
         except FileNotFoundError:
             return None
         kind = kind_of_mode(st.st_mode)
-        if kind in (Kind.DIR, Kind.SYMLINK):
-            return path, kind, st
-        return None  # a foreign file (no suffix) or a device: not ours, never shown
+        if kind is Kind.FILE:
+            return None  # a foreign file (no suffix): not ours, never shown
+        return path, kind, st
+
+    def backing_taken(self, dir_fd: int, parent: str, name: str, kind: Kind) -> bool:
+        """Whether the backing name of `name` as a `kind` is held by another entry: `x.age` is
+        both file `x`'s backing name and that of a directory, symlink or special file named
+        `x.age`. Such a name is refused (EEXIST), so that no publish or rename destroys the
+        other entry."""
+        wanted = backing_name(name, kind)
+        try:
+            st = os.lstat(wanted, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISREG(st.st_mode) is not (kind is Kind.FILE):
+                return True
+        if kind is not Kind.FILE and name.endswith(SUFFIX):
+            owner = self.by_path.get(join(parent, name[: -len(SUFFIX)]))
+            return owner is not None and owner in self.unpublished
+        return False
 
     def node_for(self, path: str, kind: Kind) -> Node:
         node = self.by_path.get(path)
@@ -105,8 +176,11 @@ class InodeTable:
             return node
         if node is not None:
             self.detach(node)
-        node = Node(self._next_ino, path, kind)
-        self._next_ino += 1
+        ino = self.inos.pop(path, None)
+        if ino is None or ino in self.nodes:
+            ino = self._next_ino
+            self._next_ino += 1
+        node = Node(ino, path, kind)
         self.nodes[node.ino] = node
         self.by_path[path] = node
         return node
@@ -116,19 +190,24 @@ class InodeTable:
         content.node = node
         return content
 
-    def detach(self, node: Node) -> None:
-        """The name is gone (unlink, replaced by rename); open handles keep the node alive."""
+    def detach(self, node: Node, last: os.stat_result | None = None) -> None:
+        """The name is gone (unlink, replaced by rename); open handles keep the node alive,
+        and see `last` (the entry's stat before it went) with no link left."""
         if node.path is not None and self.by_path.get(node.path) is node:
             del self.by_path[node.path]
+        if node.path is not None:
+            self.inos.pop(node.path, None)  # a directory that goes is empty: nothing below
         node.path = None
+        node.last = last
         self.unpublished.discard(node)
         self.drop_if_unused(node)
 
     def move(self, node: Node, new_path: str) -> None:
-        """Rename a node and, for a directory, every known node below it."""
+        """Rename a node and, for a directory, every known node and number below it."""
         old_path = node.path
         assert old_path is not None
         prefix = old_path + "/"
+        self.inos.pop(new_path, None)  # what the rename replaces is gone (an empty dir, if one)
         moved = [node] + [n for p, n in self.by_path.items() if p.startswith(prefix)]
         for n in moved:
             assert n.path is not None
@@ -137,6 +216,12 @@ class InodeTable:
             assert n.path is not None
             n.path = new_path + n.path[len(old_path) :]
             self.by_path[n.path] = n
+        if node.kind is Kind.DIR:
+            below = [(p, i) for p, i in self.inos.items() if p.startswith(prefix)]
+            for p, _ in below:
+                del self.inos[p]
+            for p, i in below:
+                self.inos[new_path + p[len(old_path) :]] = i
 
     def has_unpublished_below(self, path: str) -> bool:
         prefix = path + "/" if path else ""
@@ -149,7 +234,8 @@ class InodeTable:
             self.drop_if_unused(node)
 
     def drop_if_unused(self, node: Node) -> None:
-        """Forget a node the kernel no longer knows and that holds no content."""
+        """Forget a node the kernel no longer knows and that holds no content; its path keeps
+        the number."""
         if node.content is not None and node.content.idle:
             node.content.close()
             node.content = None
@@ -158,3 +244,6 @@ class InodeTable:
         self.nodes.pop(node.ino, None)
         if node.path is not None and self.by_path.get(node.path) is node:
             del self.by_path[node.path]
+            self.inos[node.path] = node.ino
+            if len(self.inos) > REMEMBERED_PATHS:
+                self.inos.popitem(last=False)

@@ -9,7 +9,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyfuse3
@@ -21,14 +21,22 @@ from cagefs.fs.attrs import HeaderLengths, entry_attributes
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
 from cagefs.fs.errors import about, fuse_errors, shown
-from cagefs.fs.inodes import InodeTable, Kind, Node, check_name, join
+from cagefs.fs.inodes import InodeTable, Kind, Node, Probed, backing_name, check_name, join
 from cagefs.fs.publisher import Publisher
 from cagefs.store import reclaim
 from cagefs.store.layout import NAME_MAX, is_meta, plain_file_name
-from cagefs.store.versions import fsync_dir
+from cagefs.store.paths import chmod_at, fsync_dirs, open_file, open_listing, touch_dir
 
 log = logging.getLogger("cagefs")
 _WRITE_MODES = os.O_WRONLY | os.O_RDWR
+
+
+@dataclass
+class Listing:
+    """An open directory: the names its last read from the start saw, in offset order."""
+
+    node: Node
+    names: list[str] | None = None
 
 
 @dataclass
@@ -55,36 +63,44 @@ class Operations(pyfuse3.Operations):
         self.publisher = publisher
         self.headers = HeaderLengths()
         self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, tuple[Node, list[str]]] = {}
+        self._dirs: dict[int, Listing] = {}
         self._next_fh = 1
 
     # --- names and attributes -------------------------------------------------------------
 
-    def _attributes(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
-        """The node's attributes; `st`, when given, is a fresh lstat of its backing file."""
+    def _attributes(
+        self, node: Node, st: os.stat_result | None = None, dir_fd: int | None = None
+    ) -> pyfuse3.EntryAttributes:
+        """The node's attributes. `st`, when given, is a fresh lstat of its backing entry;
+        `dir_fd`, when given, the store directory that holds the entry."""
         if node.content is not None:
             return entry_attributes(node, node.content.attrs, node.content.size)
-        path = self.table.backing_of(node)
-        if path is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.path is None:
+            if node.last is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return entry_attributes(node, node.last, 0 if node.kind is Kind.FILE else None)
+        if dir_fd is None:
+            with self.table.at(node.path, node.kind) as (fd, _):
+                return self._attributes(node, st, fd)
+        entry = backing_name(node.path.rpartition("/")[2], node.kind) if node.path else "."
         if st is None:
-            st = os.lstat(path)
-        size = self.headers.plaintext_size(path, st) if node.kind is Kind.FILE else None
-        return entry_attributes(node, st, size)
+            st = os.lstat(entry, dir_fd=dir_fd)
+        size = self.headers.plaintext_size(dir_fd, entry, st) if node.kind is Kind.FILE else None
+        attrs = entry_attributes(node, st, size)
+        attrs.st_ctime_ns = self.table.ctimes.shown(st)
+        return attrs
 
-    def _lookup_node(self, parent: Node, name: str) -> Node:
-        return self._lookup(parent, name)[0]
-
-    def _lookup(self, parent: Node, name: str) -> tuple[Node, os.stat_result | None]:
-        """The node `name` names in `parent`, and the backing lstat the lookup already did."""
-        found = self.table.probe(parent, name)
+    def _lookup(self, parent: Node, name: str, dir_fd: int) -> tuple[Node, os.stat_result | None]:
+        """The node `name` names in `parent` (whose store directory is `dir_fd`), and the
+        backing lstat the lookup already did."""
+        found = self.table.probe(parent, name, dir_fd)
         if found is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         path, kind, st = found
         return self.table.node_for(path, kind), st
 
-    def _remember(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
-        attrs = self._attributes(node, st)
+    def _remember(self, node: Node, dir_fd: int | None = None) -> pyfuse3.EntryAttributes:
+        attrs = self._attributes(node, dir_fd=dir_fd)
         node.lookups += 1
         return attrs
 
@@ -94,7 +110,12 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         text = os.fsdecode(name)
         check_name(text)
-        return self._remember(*self._lookup(self.table.get(parent_inode), text))
+        parent = self.table.get(parent_inode)
+        with self.table.dir_at(parent) as dir_fd:
+            node, st = self._lookup(parent, text, dir_fd)
+            attrs = self._attributes(node, st, dir_fd)
+        node.lookups += 1
+        return attrs
 
     @fuse_errors
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -143,26 +164,28 @@ class Operations(pyfuse3.Operations):
         atime: int | None,
         mtime: int | None,
     ) -> None:
-        path = self.table.backing_of(node)
-        if path is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        follow = node.kind is not Kind.SYMLINK
-        if mode is not None and follow:
-            os.chmod(path, stat.S_IMODE(mode))
-        if uid is not None or gid is not None:
-            os.chown(
-                path, -1 if uid is None else uid, -1 if gid is None else gid, follow_symlinks=follow
-            )
-        if atime is not None or mtime is not None:
-            st = os.lstat(path)
-            os.utime(
-                path,
-                ns=(
-                    atime if atime is not None else st.st_atime_ns,
-                    mtime if mtime is not None else st.st_mtime_ns,
-                ),
-                follow_symlinks=follow,
-            )
+        with self.table.at(node.path, node.kind) as (dir_fd, entry):
+            if mode is not None:
+                chmod_at(dir_fd, entry, stat.S_IMODE(mode))
+            if uid is not None or gid is not None:
+                os.chown(
+                    entry,
+                    -1 if uid is None else uid,
+                    -1 if gid is None else gid,
+                    dir_fd=dir_fd,
+                    follow_symlinks=False,
+                )
+            if atime is not None or mtime is not None:
+                st = os.lstat(entry, dir_fd=dir_fd)
+                os.utime(
+                    entry,
+                    ns=(
+                        atime if atime is not None else st.st_atime_ns,
+                        mtime if mtime is not None else st.st_mtime_ns,
+                    ),
+                    dir_fd=dir_fd,
+                    follow_symlinks=False,
+                )
 
     async def _truncate(self, node: Node, size: int) -> None:
         if node.kind is not Kind.FILE:
@@ -194,20 +217,19 @@ class Operations(pyfuse3.Operations):
         if node.content is None:
             if self.env.encrypt_only:  # no identity: nothing stored can be read or edited
                 raise pyfuse3.FUSEError(errno.EACCES)
-            path = self.table.backing_of(node)
-            if path is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+            with self.table.at(node.path, Kind.FILE) as (dir_fd, entry):
+                fd = open_file(dir_fd, entry)
             with about(node.path):
-                content = FileContent.open_existing(self.env, path)
+                content = FileContent.open_existing(self.env, fd)
+            content.attrs.st_ctime_ns = self.table.ctimes.shown(os.fstat(content.current.fd))
             self.table.attach(node, content)
         return node.content
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        path = self.table.backing_of(self.table.get(inode))
-        if path is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return os.fsencode(os.readlink(path))
+        node = self.table.get(inode)
+        with self.table.at(node.path, node.kind) as (dir_fd, entry):
+            return os.fsencode(os.readlink(entry, dir_fd=dir_fd))
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -229,38 +251,65 @@ class Operations(pyfuse3.Operations):
 
     # --- directories ----------------------------------------------------------------------
 
-    def _new_name(self, parent_inode: int, name: bytes) -> str:
-        """Check a name about to be created: valid, not taken, not our metadata directory."""
+    @contextlib.contextmanager
+    def _new_entry(
+        self, parent_inode: int, name: bytes, kind: Kind
+    ) -> Iterator[tuple[int, str, str]]:
+        """Check a name about to be created as a `kind`: valid, not taken (nor its backing
+        name), not our metadata directory. Yields the parent's store directory, the new path
+        and its backing name there."""
         parent = self.table.get(parent_inode)
         text = os.fsdecode(name)
         check_name(text)
-        if self.table.probe(parent, text) is not None:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        assert parent.path is not None  # probe() refused an unlinked parent
-        if is_meta(parent.path, text):
-            raise pyfuse3.FUSEError(errno.EACCES)
-        return join(parent.path, text)
+        with self.table.dir_at(parent) as dir_fd:
+            assert parent.path is not None  # dir_at() refused an unlinked parent
+            if is_meta(parent.path, text):
+                raise pyfuse3.FUSEError(errno.EACCES)
+            if self.table.probe(parent, text, dir_fd) is not None or self.table.backing_taken(
+                dir_fd, parent.path, text, kind
+            ):
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            yield dir_fd, join(parent.path, text), backing_name(text, kind)
+
+    @staticmethod
+    def _owner(dir_fd: int, ctx: pyfuse3.RequestContext) -> tuple[int, int]:
+        """Who owns a new entry: the caller, in the directory's group if it is setgid."""
+        parent = os.fstat(dir_fd)
+        return ctx.uid, parent.st_gid if parent.st_mode & stat.S_ISGID else ctx.gid
+
+    def _make_own(
+        self, dir_fd: int, entry: str, mode: int, ctx: pyfuse3.RequestContext, keep: int = 0
+    ) -> None:
+        """Give a new backing entry the caller's owner and mode: the mode as asked (less the
+        caller's umask), never the daemon's umask; `keep` are mode bits the kernel set."""
+        os.chown(entry, *self._owner(dir_fd, ctx), dir_fd=dir_fd, follow_symlinks=False)
+        mode = stat.S_IMODE(mode) & ~ctx.umask
+        if keep:
+            mode |= os.lstat(entry, dir_fd=dir_fd).st_mode & keep
+        chmod_at(dir_fd, entry, mode)
 
     @fuse_errors
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        path = self._new_name(parent_inode, name)
-        backing = self.table.backing(path, Kind.DIR)
-        os.mkdir(backing, stat.S_IMODE(mode) & ~ctx.umask)
-        os.chown(backing, ctx.uid, ctx.gid)
-        return self._remember(self.table.node_for(path, Kind.DIR))
+        with self._new_entry(parent_inode, name, Kind.DIR) as (dir_fd, path, entry):
+            os.mkdir(entry, 0o700, dir_fd=dir_fd)
+            self._make_own(dir_fd, entry, mode, ctx, keep=stat.S_ISGID)
+            return self._remember(self.table.node_for(path, Kind.DIR), dir_fd)
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        node = self._lookup_node(self.table.get(parent_inode), os.fsdecode(name))
-        if node.kind is not Kind.DIR:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        assert node.path is not None
-        if self.table.has_unpublished_below(node.path):
-            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        os.rmdir(self.table.backing(node.path, Kind.DIR))
-        self.table.detach(node)
+        parent = self.table.get(parent_inode)
+        text = os.fsdecode(name)
+        with self.table.dir_at(parent) as dir_fd:
+            node, st = self._lookup(parent, text, dir_fd)
+            if node.kind is not Kind.DIR:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            assert node.path is not None
+            if self.table.has_unpublished_below(node.path):
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            os.rmdir(text, dir_fd=dir_fd)
+            self.table.detach(node, st)
 
     @fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
@@ -268,23 +317,25 @@ class Operations(pyfuse3.Operations):
         if node.kind is not Kind.DIR or node.path is None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self._new_fh()
-        self._dirs[fh] = (node, self._list(node))
+        self._dirs[fh] = Listing(node)
         return fh
 
-    def _list(self, node: Node) -> list[str]:
+    def _list(self, node: Node, dir_fd: int) -> list[str]:
         """A sorted snapshot of the names shown, so readdir offsets stay stable."""
         assert node.path is not None
         names = set()
-        with os.scandir(self.table.backing(node.path, Kind.DIR)) as scan:
-            for entry in scan:
-                if is_meta(node.path, entry.name):
-                    continue
-                if entry.is_dir(follow_symlinks=False) or entry.is_symlink():
-                    names.add(entry.name)
-                elif entry.is_file(follow_symlinks=False):
-                    shown = plain_file_name(entry.name)
-                    if shown is not None:
+        listing = open_listing(dir_fd)
+        try:
+            with os.scandir(listing) as scan:
+                for entry in scan:
+                    if is_meta(node.path, entry.name):
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        names.add(entry.name)  # directories, symlinks, special files
+                    elif (shown := plain_file_name(entry.name)) is not None:
                         names.add(shown)
+        finally:
+            os.close(listing)
         names.update(
             n.path.rpartition("/")[2]
             for n in self.table.unpublished
@@ -294,16 +345,37 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        directory, names = self._dirs[fh]
-        for index in range(start_id, len(names)):
-            try:
-                node, st = self._lookup(directory, names[index])
-                attrs = self._attributes(node, st)
-            except (pyfuse3.FUSEError, FileNotFoundError):
-                continue  # removed since the snapshot
-            if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attrs, index + 1):
-                break
-            node.lookups += 1
+        """`.` and `..` first (offsets 1 and 2), then the snapshot; a read from the start
+        (opendir, rewinddir) takes a new snapshot, so it shows the directory as it is now."""
+        listing = self._dirs[fh]
+        directory = listing.node
+        if directory.path is None:
+            return  # removed: nothing in it, and `.`/`..` are gone with it
+        for offset, dot in ((1, "."), (2, "..")):
+            if start_id < offset:
+                ino = self._dot_ino(directory, dot)
+                if not pyfuse3.readdir_reply(token, dot.encode(), _dot_attributes(ino), offset):
+                    return
+        with self.table.dir_at(directory) as dir_fd:
+            if start_id == 0 or listing.names is None:  # (a seekdir on a new handle)
+                listing.names = self._list(directory, dir_fd)
+            names = listing.names
+            for index in range(max(start_id - 2, 0), len(names)):
+                try:
+                    node, st = self._lookup(directory, names[index], dir_fd)
+                    attrs = self._attributes(node, st, dir_fd)
+                except (pyfuse3.FUSEError, FileNotFoundError):
+                    continue  # removed since the snapshot
+                if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attrs, index + 3):
+                    break
+                node.lookups += 1
+
+    def _dot_ino(self, directory: Node, dot: str) -> int:
+        """The inode number `.` or `..` of `directory` shows (the kernel takes no lookup)."""
+        if dot == "." or not directory.path:
+            return directory.ino
+        parent = self.table.by_path.get(directory.path.rpartition("/")[0])
+        return parent.ino if parent is not None else pyfuse3.ROOT_INODE
 
     @fuse_errors
     async def releasedir(self, fh: int) -> None:
@@ -311,10 +383,11 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        node, _ = self._dirs[fh]
+        node = self._dirs[fh].node
         await self.publisher.publish_all()
         if node.path is not None:
-            fsync_dir(self.table.backing(node.path, Kind.DIR))
+            with self.table.dir_at(node) as dir_fd:
+                fsync_dirs([open_listing(dir_fd)])
 
     # --- files ----------------------------------------------------------------------------
 
@@ -347,10 +420,12 @@ class Operations(pyfuse3.Operations):
     def _create_file(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> Node:
-        path = self._new_name(parent_inode, name)
+        with self._new_entry(parent_inode, name, Kind.FILE) as (dir_fd, path, _):
+            uid, gid = self._owner(dir_fd, ctx)
+            touch_dir(dir_fd)
         file_mode = stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask)
         node = self.table.node_for(path, Kind.FILE)
-        self.table.attach(node, FileContent.create(self.env, file_mode, ctx.uid, ctx.gid))
+        self.table.attach(node, FileContent.create(self.env, file_mode, uid, gid))
         self.table.unpublished.add(node)
         return node
 
@@ -358,12 +433,16 @@ class Operations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)  # devices, fifos, sockets cannot be age files
-        node = self._create_file(parent_inode, name, mode, ctx)
-        assert node.content is not None
-        await node.content.finalize()
-        return self._remember(node)
+        if stat.S_ISREG(mode):
+            node = self._create_file(parent_inode, name, mode, ctx)
+            assert node.content is not None
+            await node.content.finalize()
+            return self._remember(node)
+        # A FIFO, socket or device holds no data: the same node in the store gives nothing away.
+        with self._new_entry(parent_inode, name, Kind.SPECIAL) as (dir_fd, path, entry):
+            os.mknod(entry, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=dir_fd)
+            self._make_own(dir_fd, entry, mode, ctx)
+            return self._remember(self.table.node_for(path, Kind.SPECIAL), dir_fd)
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -482,17 +561,20 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        node = self._lookup_node(self.table.get(parent_inode), os.fsdecode(name))
-        if node.kind is Kind.DIR:
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        backing = self.table.backing_of(node)
-        async with _freed_off_the_loop() as held:
-            held.take(backing)
-            if node in self.table.unpublished:
-                self._remove_shadowed(node)
-            else:
-                os.unlink(backing)
-            self.table.detach(node)
+        parent = self.table.get(parent_inode)
+        text = os.fsdecode(name)
+        with self.table.dir_at(parent) as dir_fd:
+            node, st = self._lookup(parent, text, dir_fd)
+            if node.kind is Kind.DIR:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            entry = backing_name(text, node.kind)
+            async with _freed_off_the_loop() as held:
+                held.take(entry, dir_fd)
+                if node in self.table.unpublished:
+                    _remove_shadowed(dir_fd, entry)
+                else:
+                    os.unlink(entry, dir_fd=dir_fd)
+                self.table.detach(node, st)
 
     @fuse_errors
     async def rename(
@@ -504,33 +586,40 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        source = self._lookup_node(self.table.get(parent_inode_old), os.fsdecode(name_old))
+        if flags & ~pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE, RENAME_WHITEOUT, unknown
+        old_parent = self.table.get(parent_inode_old)
         new_parent = self.table.get(parent_inode_new)
-        new_name = os.fsdecode(name_new)
+        old_name, new_name = os.fsdecode(name_old), os.fsdecode(name_new)
         check_name(new_name)
         if is_meta(new_parent.path, new_name):
             raise pyfuse3.FUSEError(errno.EACCES)
-        target = self.table.probe(new_parent, new_name)
-        if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        assert new_parent.path is not None and source.path is not None
-        new_path = join(new_parent.path, new_name)
-        if new_path == source.path:
-            return
-        if source.kind is Kind.DIR and (new_path + "/").startswith(source.path + "/"):
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        replaced = self._check_replace(source, target)
-        async with _freed_off_the_loop() as held:
-            self._rename_backing(source, new_path, replaced, held)
-            if replaced is not None:
-                self.table.detach(replaced)
-            self.table.move(source, new_path)
+        with self.table.dir_at(old_parent) as old_fd, self.table.dir_at(new_parent) as new_fd:
+            source, _ = self._lookup(old_parent, old_name, old_fd)
+            target = self.table.probe(new_parent, new_name, new_fd)
+            if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            assert new_parent.path is not None and source.path is not None
+            new_path = join(new_parent.path, new_name)
+            if new_path == source.path:
+                return
+            if source.kind is Kind.DIR and (new_path + "/").startswith(source.path + "/"):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            replaced = self._check_replace(source, target)
+            if self.table.backing_taken(new_fd, new_parent.path, new_name, source.kind):
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            old = (old_fd, backing_name(old_name, source.kind))
+            new = (new_fd, backing_name(new_name, source.kind))
+            async with _freed_off_the_loop() as held:
+                if replaced is not None:
+                    self._unlink_replaced(new_fd, new_name, replaced, new[1], held)
+                self._rename_backing(source, old, new, held)  # may fail: ENOTEMPTY
+                if replaced is not None:
+                    assert target is not None
+                    self.table.detach(replaced, target[2])
+                self.table.move(source, new_path)
 
-    def _check_replace(
-        self, source: Node, target: tuple[str, Kind, os.stat_result | None] | None
-    ) -> Node | None:
+    def _check_replace(self, source: Node, target: Probed | None) -> Node | None:
         """The node a rename replaces, after POSIX's checks on what may replace what."""
         if target is None:
             return None
@@ -543,39 +632,40 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         return self.table.node_for(path, kind)
 
+    @staticmethod
+    def _unlink_replaced(
+        dir_fd: int, name: str, replaced: Node, new_entry: str, held: reclaim.Held
+    ) -> None:
+        """A rename's target whose backing name differs from the source's (a symlink replaced
+        by a file, or the reverse) goes first; one with the same name is renamed over."""
+        entry = backing_name(name, replaced.kind)
+        if entry != new_entry:
+            held.take(entry, dir_fd)
+            with contextlib.suppress(FileNotFoundError):  # an unpublished file may have none
+                os.unlink(entry, dir_fd=dir_fd)
+
     def _rename_backing(
-        self, source: Node, new_path: str, replaced: Node | None, held: reclaim.Held
+        self, source: Node, old: tuple[int, str], new: tuple[int, str], held: reclaim.Held
     ) -> None:
         """Rename on disk; `held` takes every large file that loses its last name here."""
-        new_backing = self.table.backing(new_path, source.kind)
-        if replaced is not None and replaced not in self.table.unpublished:
-            replaced_backing = self.table.backing_of(replaced)
-            if replaced_backing != new_backing:  # a symlink replaced by a file, or the reverse
-                held.take(replaced_backing)
-                os.unlink(replaced_backing)
         if source in self.table.unpublished:
             # Not on disk yet: its version will be published under the new name. A file it
             # replaces stays on disk until then, as the old version a crash may leave.
-            held.take(self.table.backing_of(source))
-            self._remove_shadowed(source)
+            held.take(old[1], old[0])
+            _remove_shadowed(*old)
+            touch_dir(new[0])
             return
-        held.take(new_backing)  # whatever the rename replaces, shadowed by a new file or not
-        os.rename(self.table.backing_of(source), new_backing)
-
-    def _remove_shadowed(self, node: Node) -> None:
-        """An unpublished file leaves its name: drop the older file it had replaced there."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.table.backing_of(node))
+        held.take(new[1], new[0])  # whatever the rename replaces, shadowed by a new file or not
+        os.rename(old[1], new[1], src_dir_fd=old[0], dst_dir_fd=new[0])
 
     @fuse_errors
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        path = self._new_name(parent_inode, name)
-        backing = self.table.backing(path, Kind.SYMLINK)
-        os.symlink(os.fsdecode(target), backing)
-        os.chown(backing, ctx.uid, ctx.gid, follow_symlinks=False)
-        return self._remember(self.table.node_for(path, Kind.SYMLINK))
+        with self._new_entry(parent_inode, name, Kind.SYMLINK) as (dir_fd, path, entry):
+            os.symlink(os.fsdecode(target), entry, dir_fd=dir_fd)
+            os.chown(entry, *self._owner(dir_fd, ctx), dir_fd=dir_fd, follow_symlinks=False)
+            return self._remember(self.table.node_for(path, Kind.SYMLINK), dir_fd)
 
     @fuse_errors
     async def link(
@@ -640,3 +730,19 @@ async def _acquire(lock: trio.Lock) -> None:
         lock.acquire_nowait()
     except trio.WouldBlock:
         await lock.acquire()
+
+
+def _remove_shadowed(dir_fd: int, entry: str) -> None:
+    """An unpublished file leaves its name: drop the older file it had replaced there. The
+    directory changes now, whether there was one or not."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(entry, dir_fd=dir_fd)
+    touch_dir(dir_fd)
+
+
+def _dot_attributes(ino: int) -> pyfuse3.EntryAttributes:
+    """Enough for a `.` or `..` entry: the kernel reads only its number and type."""
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_ino = ino
+    attrs.st_mode = stat.S_IFDIR
+    return attrs

@@ -6,6 +6,7 @@ application publishes its file at once instead. Until its rename, a version is s
 temp file, so nothing about publishing is visible through the mount.
 """
 
+import contextlib
 import errno
 import logging
 import os
@@ -15,9 +16,10 @@ import trio
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
 from cagefs.fs.errors import shown
-from cagefs.fs.inodes import InodeTable, Node
+from cagefs.fs.inodes import InodeTable, Kind, Node
 from cagefs.store import reclaim
-from cagefs.store.versions import NewVersion, fsync_dirs, syncfs
+from cagefs.store.paths import fsync_dirs, open_listing, rename_into
+from cagefs.store.versions import NewVersion, syncfs
 
 log = logging.getLogger("cagefs")
 
@@ -94,8 +96,8 @@ class Publisher:
                 await trio.to_thread.run_sync(fsync_dirs, [dest])
             self._let_go_of_replaced()
 
-    def _claim(self, content: FileContent, version: NewVersion) -> str | None:
-        """Rename a durable version over its backing file; returns where it went.
+    def _claim(self, content: FileContent, version: NewVersion) -> int | None:
+        """Rename a durable version over its backing file; returns its directory (to fsync).
 
         The rename is done here, on the event loop, with the namespace as it is at this instant.
 
@@ -105,22 +107,41 @@ class Publisher:
         if content.pending is not version:
             return None
         node = self._owner(content)
-        dest = self._table.backing_of(node) if node else None
-        if dest is None:
+        if node is None or node.path is None:
             content.discard_pending()
+            if node is not None:
+                self._table.drop_if_unused(node)  # nothing left to publish: let go of it
             return None
-        held = reclaim.hold(dest)
-        try:
-            os.rename(version.path, dest)
-        except OSError:
-            reclaim.close_later(held)
-            raise
-        self._replaced.append(held)
+        with self._table.at(node.path, Kind.FILE) as (dir_fd, name):
+            directory = open_listing(dir_fd)
+            held = reclaim.hold(name, dir_fd)
+            try:
+                renamed = rename_into(version.path, dir_fd, name)
+            except BaseException:
+                reclaim.close_later(held)
+                os.close(directory)
+                raise
+            self._replaced.append(held)
+            with contextlib.suppress(OSError):  # published all the same: only times are shown
+                self._keep_ctimes(content, *renamed, dir_fd, name)
         self._reported.discard(version.path)
         content.published()
         self._table.unpublished.discard(node)
         self._table.drop_if_unused(node)
-        return dest
+        return directory
+
+    def _keep_ctimes(
+        self,
+        content: FileContent,
+        dir_before: os.stat_result,
+        dir_after: os.stat_result,
+        dir_fd: int,
+        name: str,
+    ) -> None:
+        """The file and its directory keep showing the ctimes they had before the publish."""
+        ctimes = self._table.ctimes
+        ctimes.remember(dir_after, ctimes.shown(dir_before))
+        ctimes.remember(os.lstat(name, dir_fd=dir_fd), content.attrs.st_ctime_ns)
 
     def _not_published(
         self, content: FileContent, version: NewVersion, exc: OSError, last: bool

@@ -27,10 +27,11 @@ _closer = LazyPool("cagefs-reclaim", lambda: 1)  # one thread: closes happen in 
 _last: Future[None] | None = None
 
 
-def hold(path: str) -> int | None:
-    """A reference that keeps the file at `path` alive after its name goes; None if none."""
+def hold(path: str, dir_fd: int | None = None) -> int | None:
+    """A reference that keeps the file at `path` (in `dir_fd`) alive after its name goes;
+    None if there is none."""
     try:
-        return os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
 
@@ -59,9 +60,10 @@ class Held:
     def __bool__(self) -> bool:
         return bool(self._fds)
 
-    def take(self, path: str) -> None:
-        """Hold the file at `path` if it is large (nothing happens if there is none)."""
-        fd = hold(path)
+    def take(self, path: str, dir_fd: int | None = None) -> None:
+        """Hold the file at `path` (in `dir_fd`) if it is large (nothing happens if there is
+        none)."""
+        fd = hold(path, dir_fd)
         if fd is None:
             return
         if os.fstat(fd).st_blocks * 512 < LARGE:

@@ -174,12 +174,6 @@ def _unique_temp_path(root: Path) -> str:
     return str(tmp_dir(root) / f"{TEMP_PREFIX}{os.urandom(12).hex()}")
 
 
-def fsync_dirs(published: Sequence[str]) -> None:
-    """Make the renames of these published files durable: fsync each parent directory once."""
-    for directory in {os.path.dirname(path) for path in published}:
-        fsync_dir(directory)
-
-
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -350,9 +350,17 @@ def tree(root: Path, modes: bool = False) -> dict[str, Entry]:
             out[name] = ("link", os.readlink(entry.path))
         elif entry.is_dir(follow_symlinks=False):
             out[name] = ("dir", *mode)
+        elif not entry.is_file(follow_symlinks=False):
+            out[name] = special(entry)
         else:
             out[name] = ("file", *file_digest(Path(entry.path)), *mode)
     return out
+
+
+def special(entry: os.DirEntry) -> Entry:
+    """A FIFO, socket or device, by type and device number (it holds no data)."""
+    st = entry.stat(follow_symlinks=False)
+    return ("special", stat.S_IFMT(st.st_mode), st.st_rdev)
 
 
 def backing_tree(store: Path, identity: Path, foreign: frozenset[str] = frozenset()):
@@ -369,6 +377,8 @@ def backing_tree(store: Path, identity: Path, foreign: frozenset[str] = frozense
             out[name] = ("link", os.readlink(entry.path))
         elif entry.is_dir(follow_symlinks=False):
             out[name] = ("dir",)
+        elif not entry.is_file(follow_symlinks=False):
+            out[name] = special(entry)
         elif name.endswith(SUFFIX):
             backing[name[: -len(SUFFIX)]] = Path(entry.path)
         else:

@@ -3,7 +3,8 @@
 Runs go in rounds: every workload on every target once per round, each on a fresh mount, so that
 a slow phase of a shared machine hits every target alike; each figure is the median of the
 rounds. While a workload runs, the resident memory of the process serving the mount and its
-children (cagefs's sealers) is sampled; mount time is recorded per mount. A workload that fails
+children (cagefs's sealers) is sampled, and their CPU time counted; mount time is recorded per
+mount. A workload that fails
 on a target is recorded as an error for it (the others go on) and makes the exit status 1.
 The results, a table and charts go to a new directory under --results-dir (see bench/README.md).
 """
@@ -26,6 +27,7 @@ from bench.harness import (
     Settings,
     Work,
     Workload,
+    server_cpu_seconds,
     targets,
     work_dir,
 )
@@ -40,6 +42,10 @@ MOUNT = Metric("mount", "mount time", "s", lower_is_better=True)
 
 def rss_metric(workload: Workload) -> Metric:
     return Metric(f"rss.{workload.name}", f"daemon RSS peak: {workload.title}", "MiB", True)
+
+
+def cpu_metric(workload: Workload) -> Metric:
+    return Metric(f"cpu.{workload.name}", f"daemon CPU time: {workload.title}", "CPU-s", True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,12 +128,14 @@ def run_rounds(
                     with target.mount(work) as mounted:
                         if mounted.mount_seconds is not None:
                             results.add("resources", {MOUNT: mounted.mount_seconds}, target.key)
+                        cpu = server_cpu_seconds(mounted.servers)
                         with RssPeak(mounted.servers) as rss:
                             figures = workload.measure(mounted, settings)
+                        cpu = server_cpu_seconds(mounted.servers) - cpu
                     results.add(workload.name, figures, target.key)
                     if mounted.servers:
-                        peak = {rss_metric(workload): rss.peak / MIB}
-                        results.add("resources", peak, target.key)
+                        used = {rss_metric(workload): rss.peak / MIB, cpu_metric(workload): cpu}
+                        results.add("resources", used, target.key)
                 except Exception as error:
                     results.error(workload.name, target.key, round_number, error)
                     progress(f"  error: {str(error)[:500]}")

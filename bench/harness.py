@@ -9,6 +9,7 @@ that fails raises `RuntimeError` with its stderr, and the suite records it again
 
 import contextlib
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -54,15 +55,27 @@ def drop_caches() -> None:
         f.write("3\n")
 
 
-def busy_seconds() -> float:
-    """CPU time the whole machine has spent busy so far (every core, process and the kernel).
+def cpu_seconds(servers: list[int], own: bool = False) -> float:
+    """CPU time (user + system) used so far by the processes serving a mount and everything
+    below them, by this process's waited-for children (dd, fio, age), and with `own` by this
+    process too. Unlike the whole machine's CPU time, it leaves out what other work on a shared
+    host spends meanwhile; kernel threads (writeback) are left out as well."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = children.ru_utime + children.ru_stime
+    if own:
+        mine = resource.getrusage(resource.RUSAGE_SELF)
+        total += mine.ru_utime + mine.ru_stime
+    return total + server_cpu_seconds(servers)
 
-    Per GiB moved, it is steadier than MB/s on a shared host whose speed comes and goes, and it
-    counts everything a target costs: dd, the kernel's FUSE work, a daemon and its helpers.
-    """
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+def server_cpu_seconds(servers: list[int]) -> float:
+    """CPU time (user + system) used so far by `servers` and every process below them."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in with_descendants(servers) if servers else []:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 def tree_bytes(root: Path) -> int:

@@ -5,9 +5,9 @@
   read:  `sync; echo 3 > /proc/sys/vm/drop_caches`, then `dd if=DIR/big of=/dev/null bs=1M`
          (cold: neither the mount's page cache nor the backing files are cached).
 A fresh file is written before every read, so the read is also cold for cagefs's own cache of
-decrypted chunks (it is keyed by version). Alongside, the CPU time the whole machine spent per
-GiB (`/proc/stat`: dd, FUSE, a daemon and its helpers all count) and the bytes the target's
-backing directory holds per byte written.
+decrypted chunks (it is keyed by version). Alongside, the CPU time spent per GiB by dd and the
+processes serving the mount (a daemon and its sealers, or gocryptfs; `harness.cpu_seconds`) and
+the bytes the target's backing directory holds per byte written.
 
 Two references that are not mounts: the ceiling, raw ChaCha20-Poly1305 in 64 KiB chunks from
 `cryptography` (no framing, no FUSE) sealing N MiB of zeros into a file with one write per 4 MiB
@@ -32,7 +32,7 @@ from bench.harness import (
     Settings,
     Work,
     Workload,
-    busy_seconds,
+    cpu_seconds,
     drop_caches,
     run,
     timed,
@@ -42,18 +42,21 @@ from cagefs.age.stream import CHUNK_SIZE
 
 WRITE = Metric("write", "dd write (conv=fsync)", "MB/s")
 READ = Metric("read", "dd cold read", "MB/s")
-WRITE_CPU = Metric("write_cpu", "machine CPU per GiB written", "CPU-s", lower_is_better=True)
-READ_CPU = Metric("read_cpu", "machine CPU per GiB read", "CPU-s", lower_is_better=True)
+WRITE_CPU = Metric("write_cpu", "CPU per GiB written", "CPU-s", lower_is_better=True)
+READ_CPU = Metric("read_cpu", "CPU per GiB read", "CPU-s", lower_is_better=True)
 CHUNKS_PER_BLOCK = BLOCK // CHUNK_SIZE
 STORED = Metric("stored", "backing bytes per byte written", "x", lower_is_better=True)
 
 
 @contextlib.contextmanager
-def cpu_per_gib(into: dict[Metric, float], metric: Metric, mib: int) -> Iterator[None]:
-    """Set `into[metric]` to the machine's CPU seconds per GiB spent moving `mib` MiB."""
-    busy = busy_seconds()
+def cpu_per_gib(
+    into: dict[Metric, float], metric: Metric, mib: int, servers: list[int], own: bool = False
+) -> Iterator[None]:
+    """Set `into[metric]` to the CPU seconds per GiB spent moving `mib` MiB in the block by the
+    processes that did it (`harness.cpu_seconds`)."""
+    start = cpu_seconds(servers, own)
     yield
-    into[metric] = (busy_seconds() - busy) * 1024 / mib
+    into[metric] = (cpu_seconds(servers, own) - start) * 1024 / mib
 
 
 def dd_write(path: Path, mib: int) -> float:
@@ -86,12 +89,12 @@ class Sequential(Workload):
     def measure(self, target: Mounted, settings: Settings) -> dict[Metric, float]:
         mib, big = settings.seq_mib, target.path / "big"
         figures: dict[Metric, float] = {}
-        with cpu_per_gib(figures, WRITE_CPU, mib):
+        with cpu_per_gib(figures, WRITE_CPU, mib, target.servers):
             figures[WRITE] = dd_write(big, mib)
         if big.stat().st_size != mib * MIB:
             raise RuntimeError(f"{big}: wrote {big.stat().st_size} bytes, not {mib * MIB}")
         drop_caches()
-        with cpu_per_gib(figures, READ_CPU, mib):
+        with cpu_per_gib(figures, READ_CPU, mib, target.servers):
             figures[READ] = dd_read(big)
         figures[STORED] = tree_bytes(target.backing) / (mib * MIB)
         big.unlink()
@@ -111,7 +114,7 @@ def raw_ceiling(work: Work, mib: int) -> dict[Metric, float]:
     mib = size // MIB
     figures: dict[Metric, float] = {}
     try:
-        with cpu_per_gib(figures, WRITE_CPU, mib):
+        with cpu_per_gib(figures, WRITE_CPU, mib, [], own=True):
             start = time.perf_counter()
             with open(sealed, "wb", buffering=0) as f:
                 for i in range(blocks):
@@ -120,7 +123,7 @@ def raw_ceiling(work: Work, mib: int) -> dict[Metric, float]:
                 os.fsync(f.fileno())
             figures[WRITE] = size / MB / (time.perf_counter() - start)
         drop_caches()
-        with cpu_per_gib(figures, READ_CPU, mib):
+        with cpu_per_gib(figures, READ_CPU, mib, [], own=True):
             start = time.perf_counter()
             with open(sealed, "rb", buffering=0) as f:
                 for i in range(blocks):
@@ -141,13 +144,13 @@ def age_cli(work: Work, settings: Settings) -> dict[Metric, float]:
     decrypt = ["age", "-d", "-i", str(work.identity), "-o", "/dev/null", str(out)]
     size, figures = mib * MIB, {}
     try:
-        with cpu_per_gib(figures, WRITE_CPU, mib):
+        with cpu_per_gib(figures, WRITE_CPU, mib, []):
             start = time.perf_counter()
             run(encrypt)
             fsync_path(out)
             figures[WRITE] = size / MB / (time.perf_counter() - start)
         drop_caches()
-        with cpu_per_gib(figures, READ_CPU, mib):
+        with cpu_per_gib(figures, READ_CPU, mib, []):
             figures[READ] = size / MB / timed(decrypt)
         figures[STORED] = out.stat().st_size / size
     finally:

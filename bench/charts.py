@@ -50,6 +50,10 @@ def relative(results: Results, path: Path) -> None:
         values = [speedup(results, s, m, column) or 0 for s, m in rows]
         ys = [r + i * height for r in range(len(rows))]
         ax.barh(ys, values, height=height, label=results.columns[column][0])
+        if results.columns[column][1] == "cagefs":
+            for y, value in zip(ys, values, strict=True):
+                if value:
+                    ax.text(value, y, f" {value:.2f}", va="center", fontsize=6)
     ax.set_yticks([r + height * (len(columns) - 1) / 2 for r in range(len(rows))])
     ax.set_yticklabels([f"{m.label} ({m.unit})" for _, m in rows], fontsize=8)
     ax.invert_yaxis()

@@ -14,8 +14,10 @@ import datetime
 import importlib
 import os
 import shlex
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.harness import (
@@ -106,7 +108,11 @@ def progress(text: str) -> None:
 
 
 def run_rounds(
-    args: argparse.Namespace, workloads: list[Workload], work: Work, results: Results
+    args: argparse.Namespace,
+    workloads: list[Workload],
+    work: Work,
+    results: Results,
+    after_round: Callable[[int], None],
 ) -> None:
     settings = settings_from(args)
     # memory stages in RAM whatever the size; the threshold (steering auto) is the largest file
@@ -145,6 +151,12 @@ def run_rounds(
             except Exception as error:
                 results.error(workload.name, "references", round_number, error)
                 progress(f"  error: {str(error)[:500]}")
+        after_round(round_number)
+
+
+def stop(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like ^C: every mount is unmounted and the scratch removed."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,10 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     for workload in workloads:
         results.section(workload.name, workload.title)
     results.section("resources", "Resources")
-    with work_dir(args.dir) as work:
-        run_rounds(args, workloads, work, results)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
-    where = save(results, args.results_dir / stamp, charts=not args.no_charts)
+    where = args.results_dir / datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
+
+    def after_round(done: int) -> None:
+        """Save what the rounds so far measured: a run stopped later keeps them."""
+        results.rounds_done = done
+        save(results, where, charts=not args.no_charts)
+        progress(f"round {done} of {args.repeat} saved in {where}")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        with work_dir(args.dir) as work:
+            run_rounds(args, workloads, work, results, after_round)
+    except KeyboardInterrupt:
+        progress(f"stopped; the finished rounds are in {where}")
+        return 130
     print(results.text_table(), end="")
     print(f"results: {where}")
     return 1 if results.errors else 0

@@ -55,6 +55,7 @@ class Results:
     sections: dict[str, str] = field(default_factory=dict)  # name -> title
     values: dict[str, dict[Metric, dict[str, list[float]]]] = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
+    rounds_done: int = 0
 
     def column(self, key: str, label: str, kind: str) -> None:
         self.columns.setdefault(key, (label, kind))
@@ -176,7 +177,9 @@ class Results:
         return "\n".join([*out, "", *self.check_lines(), *self.error_lines()]) + "\n"
 
     def legend(self) -> list[str]:
-        rounds = self.options.get("repeat")
+        rounds = f"{self.rounds_done}"
+        if self.rounds_done != self.options.get("repeat"):
+            rounds += f" (of {self.options.get('repeat')} asked)"
         lines = [
             f"median of {rounds} round(s); ↑ higher is better, ↓ lower; ratios are cagefs's "
             "median over the reference's; MB = 10^6 bytes; load average "
@@ -205,6 +208,7 @@ class Results:
             "command": self.command,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "options": {k: str(v) if isinstance(v, Path) else v for k, v in self.options.items()},
+            "rounds_done": self.rounds_done,
             "environment": environment(Path(self.options["dir"]), self.load_before),
             "columns": {k: {"label": lb, "kind": kind} for k, (lb, kind) in self.columns.items()},
             "sections": [

@@ -2,11 +2,11 @@
 
 Runs go in rounds: every workload on every target once per round, each on a fresh mount, so that
 a slow phase of a shared machine hits every target alike; each figure is the median of the
-rounds. While a workload runs, the resident memory of the process serving the mount and its
-children (cagefs's sealers) is sampled, and their CPU time counted; mount time is recorded per
-mount. A workload that fails
-on a target is recorded as an error for it (the others go on) and makes the exit status 1.
-The results, a table and charts go to a new directory under --results-dir (see bench/README.md).
+rounds. While a workload runs, the memory of the process serving the mount and its children
+(cagefs's sealers; resident, shared pages counted once) is sampled and their CPU time counted;
+mount time is recorded per mount. A workload that fails on a target is recorded as an error
+for it (the others go on) and makes the exit status 1. The results, a table and charts go to a
+new directory under --results-dir, saved after every round (see bench/README.md).
 """
 
 import argparse
@@ -43,7 +43,8 @@ MOUNT = Metric("mount", "mount time", "s", lower_is_better=True)
 
 
 def rss_metric(workload: Workload) -> Metric:
-    return Metric(f"rss.{workload.name}", f"daemon RSS peak: {workload.title}", "MiB", True)
+    label = f"daemon memory peak (PSS): {workload.title}"
+    return Metric(f"rss.{workload.name}", label, "MiB", lower_is_better=True)
 
 
 def cpu_metric(workload: Workload) -> Metric:

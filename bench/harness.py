@@ -27,7 +27,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("auto", "stream", "memory", "tempfile")
 PASSWORD_CMD = "echo bench-password"  # gocryptfs -extpass: a throwaway volume
 STOP_TIMEOUT = 300.0
-RSS_EVERY = 0.05  # seconds between samples of a daemon's resident memory
+RSS_EVERY = 0.05  # seconds between samples of a daemon's memory
 
 
 # ---------------------------------------------------------------- commands and caches
@@ -148,18 +148,20 @@ def with_descendants(roots: list[int]) -> list[int]:
     return sorted(found)
 
 
-def rss_bytes(pids: list[int]) -> int:
+def memory_bytes(pids: list[int]) -> int:
+    """The processes' summed proportional set size: resident memory, with each page shared
+    between them (cagefs's sealer rings are mapped by the daemon and a sealer) counted once."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
     return total
 
 
 class RssPeak:
-    """Samples the summed resident memory of a daemon and its children on a thread; `peak`
+    """Samples the memory (`memory_bytes`) of a daemon and its children on a thread; `peak`
     is the largest sum seen. Children are looked up again every tenth sample."""
 
     def __init__(self, roots: list[int]) -> None:
@@ -183,7 +185,7 @@ class RssPeak:
         while True:
             if sample % 10 == 0:
                 pids = with_descendants(self._roots)
-            self.peak = max(self.peak, rss_bytes(pids))
+            self.peak = max(self.peak, memory_bytes(pids))
             sample += 1
             if self._stop.wait(RSS_EVERY):
                 return

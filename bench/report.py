@@ -172,7 +172,7 @@ class Results:
             if title != current:
                 out.append(f"| **{title}** |" + " |" * (len(header) - 1))
                 current = title
-            out.append("| " + " | ".join(cells) + " |")
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         return "\n".join([*out, "", *self.check_lines(), *self.error_lines()]) + "\n"
 
     def legend(self) -> list[str]:

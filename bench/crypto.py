@@ -47,14 +47,12 @@ import cryptography
 import pyrage
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from bench.harness import MB, MIB, RESULTS_DIR
 from cagefs.age import X25519Identity, decrypt_stream, open_file, start_file
 from cagefs.age import stream as age_stream
 from cagefs.age.stream import CHUNK_CT_SIZE, CHUNK_SIZE, ChunkCipher, payload_size
 
-MIB = 1 << 20
-MB = 1_000_000
 BLOCK = 4 * MIB  # read/write size of every Python-side loop (64 chunks)
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -650,7 +648,7 @@ def measure_file(args: argparse.Namespace, keys: Keys, work: Path) -> tuple[Sect
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args_text = sys.argv[1:] if argv is None else argv
-    command = shlex.join([".venv/bin/python", "bench/crypto.py", *args_text])
+    command = shlex.join([".venv/bin/python", "-m", "bench.crypto", *args_text])
     work = Path(tempfile.mkdtemp(prefix="cagefs-bench-", dir=args.dir))
     try:
         keys = make_keys(work)

@@ -25,9 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-MIB = 1 << 20
-MB = 1_000_000
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from bench.harness import MB, MIB, RESULTS_DIR
 
 
 def serve(mountpoint: str, direct: bool) -> None:
@@ -109,7 +107,7 @@ def serve(mountpoint: str, direct: bool) -> None:
 def null_mount(parent: Path, direct: bool) -> Iterator[Path]:
     mnt = Path(tempfile.mkdtemp(prefix="fuse-ceiling-", dir=parent))
     serve_args = ["--serve", str(mnt), *(["--direct"] if direct else [])]
-    proc = subprocess.Popen([sys.executable, __file__, *serve_args])
+    proc = subprocess.Popen([sys.executable, "-m", "bench.fuse_ceiling", *serve_args])
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):
@@ -163,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.size_mib, args.repeat = 8, 1
     results = {mode: measure(args, direct=mode == "direct") for mode in ("cached", "direct")}
-    command = shlex.join([".venv/bin/python", "bench/fuse_ceiling.py", *(argv or sys.argv[1:])])
+    command = shlex.join([".venv/bin/python", "-m", "bench.fuse_ceiling", *(argv or sys.argv[1:])])
     table = (
         f"$ {command}\n{args.size_mib} MiB, median of {args.repeat}; {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.1f}; MB = 10^6 bytes\n\n"

@@ -22,27 +22,26 @@ import datetime
 import json
 import os
 import shlex
-import shutil
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from seq import (
+from bench.harness import (
     MB,
     MIB,
+    RESULTS_DIR,
+    Mounted,
+    Work,
     cagefs_mount,
-    check,
     gocryptfs_mount,
-    make_work,
-    mounts_under,
-    parse_args,
+    plain_dir,
     run,
     timed,
-    unmount,
+    work_dir,
 )
 
 PROBE_EVERY = 0.01
@@ -111,14 +110,22 @@ def measure(row: Row, directory: Path, mib: int) -> None:
     probe.unlink()
 
 
-@contextlib.contextmanager
-def plain_dir(root: Path) -> Iterator[Path]:
-    path = root / "plain"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def check(target: str, value: float, need: float) -> dict:
+    status = "PASS" if value >= need else "FAIL"
+    return {"target": target, "value": value, "need": need, "status": status}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="file size (dd count of 1M)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (the median counts)")
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where scratch goes")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--quick", action="store_true", help="8 MiB, two rounds: a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size_mib, args.repeat = 8, 2
+    return args
 
 
 def report(rows: dict[str, Row], checks: list[dict], command: str, args: argparse.Namespace) -> str:
@@ -161,24 +168,23 @@ def targets(rows: dict[str, Row]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv, __doc__)
-    command = shlex.join([".venv/bin/python", "bench/replace.py", *(argv or sys.argv[1:])])
-    work = make_work(args.dir)
+    args = parse_args(argv)
+    command = shlex.join([".venv/bin/python", "-m", "bench.replace", *(argv or sys.argv[1:])])
     rows = {
         "cagefs": Row("cagefs --strategy auto"),
         "plain": Row("plain backing directory"),
         "gocryptfs": Row("gocryptfs (-scryptn 10)"),
     }
-    places: dict[str, Callable[[], contextlib.AbstractContextManager[Path]]] = {
-        "cagefs": lambda: cagefs_mount(work, "auto", []),
-        "plain": lambda: plain_dir(work.root),
-        "gocryptfs": lambda: gocryptfs_mount(work),
+    places: dict[str, Callable[[Work], contextlib.AbstractContextManager[Mounted]]] = {
+        "cagefs": cagefs_mount("auto"),
+        "plain": plain_dir,
+        "gocryptfs": gocryptfs_mount,
     }
-    try:
+    with work_dir(args.dir) as work:
         for round_number in range(1, args.repeat + 1):
             for key, place in places.items():
-                with place() as directory:
-                    measure(rows[key], directory, args.size_mib)
+                with place(work) as mounted:
+                    measure(rows[key], mounted.path, args.size_mib)
                 row = rows[key]
                 print(
                     f"  round {round_number}: {row.name}: {row.overwrites[-1]:.0f} MB/s,"
@@ -187,10 +193,6 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-    finally:
-        for mnt in mounts_under(work.root):
-            unmount(mnt, ["fusermount3", "-u", "-z", str(mnt)])
-        shutil.rmtree(work.root, ignore_errors=True)
     checks = targets(rows)
     text = report(rows, checks, command, args)
     print(text, end="")

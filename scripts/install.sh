@@ -13,7 +13,7 @@ case "${1:-}" in
 esac
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev patch age gocryptfs
-              sqlite3 rsync git openssh-client procps systemd)
+              sqlite3 rsync git openssh-client procps systemd fio)
 # pyfuse3, built from its source with scripts/patches/pyfuse3-borrowed-write-buffers.patch:
 # write() is lent libfuse's buffer instead of a copy (cagefs works on a stock pyfuse3 too).
 PYFUSE3=pyfuse3-3.5.0

@@ -1,9 +1,11 @@
 """Each bench runs end to end at tiny sizes and writes its results (no timing checks).
 
-The sequential bench mounts cagefs and gocryptfs and drops the page cache, so it needs root,
-/dev/fuse and gocryptfs (all of which scripts/install.sh and CI provide).
+The mount benchmarks mount cagefs and gocryptfs and drop the page cache, so they need root,
+/dev/fuse and gocryptfs; the suite needs fio too (all of which scripts/install.sh provides).
 """
 
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -12,42 +14,55 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+ROOT = Path(__file__).resolve().parent.parent
 CAN_MOUNT = os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("gocryptfs")
+needs_mounts = pytest.mark.skipif(not CAN_MOUNT, reason="needs root, /dev/fuse, gocryptfs")
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "crypto",
-        *(
-            pytest.param(
-                name,
-                marks=pytest.mark.skipif(not CAN_MOUNT, reason="needs root, /dev/fuse, gocryptfs"),
-            )
-            for name in ("seq", "replace", "fuse_ceiling")
-        ),
-    ],
-)
-def test_bench_quick_run_writes_results_and_cleans_up(tmp_path: Path, name: str) -> None:
+def run_quick(module: str, tmp_path: Path) -> Path:
+    """`python -m MODULE --quick` with scratch and results in `tmp_path`; the results dir."""
     results = tmp_path / "results"
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    options = ["--quick", "--dir", str(tmp_path), "--results-dir", str(results)]
     done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / f"{name}.py"),
-            "--quick",
-            "--dir",
-            str(tmp_path),
-            "--results-dir",
-            str(results),
-        ],
+        [sys.executable, "-m", module, *options],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]  # scratch and mounts are gone
+    return results
+
+
+@pytest.mark.parametrize(
+    "name", ["crypto", *(pytest.param(n, marks=needs_mounts) for n in ("replace", "fuse_ceiling"))]
+)
+def test_bench_quick_run_writes_results_and_cleans_up(tmp_path: Path, name: str) -> None:
+    results = run_quick(f"bench.{name}", tmp_path)
     stem = name.replace("_", "-")
     assert list(results.glob(f"{stem}-*.json"))
     assert (results / f"{stem}-latest.txt").read_text().startswith("$ ")
-    assert [p.name for p in tmp_path.iterdir()] == ["results"]  # scratch and mounts are gone
+
+
+@needs_mounts
+@pytest.mark.skipif(not shutil.which("fio"), reason="needs fio")
+def test_suite_quick_run_measures_every_workload_on_every_target(tmp_path: Path) -> None:
+    [run_dir] = run_quick("bench", tmp_path).iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["errors"] == []
+    measured = {
+        section["name"]: {column for m in section["metrics"] for column in m["median"]}
+        for section in results["sections"]
+    }
+    every = {"plain", "gocryptfs", "cagefs-auto"}
+    for workload in ("seq", "fio", "smallfiles", "sqlite"):
+        assert every <= measured[workload], workload
+    assert {"ceiling", "age"} <= measured["seq"]
+    assert (run_dir / "table.txt").read_text().startswith("$ ")
+    assert "| metric |" in (run_dir / "table.md").read_text()
+    if importlib.util.find_spec("matplotlib"):
+        assert {"relative.png", "fio-latency.png", "seq.png"} <= {p.name for p in run_dir.iterdir()}

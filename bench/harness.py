@@ -7,6 +7,7 @@ time, memory and caches are the workload's own. Commands run with their output c
 that fails raises `RuntimeError` with its stderr, and the suite records it against the target.
 """
 
+import argparse
 import contextlib
 import os
 import resource
@@ -28,6 +29,21 @@ STRATEGIES = ("auto", "stream", "memory", "tempfile")
 PASSWORD_CMD = "echo bench-password"  # gocryptfs -extpass: a throwaway volume
 STOP_TIMEOUT = 300.0
 RSS_EVERY = 0.05  # seconds between samples of a daemon's memory
+
+
+# ---------------------------------------------------------------- standalone benchmarks
+
+
+def standalone_parser(description: str, size_help: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options the standalone benchmarks (`python -m bench.NAME`) share; `--quick` sets
+    nothing here: each sets its own smoke-test sizes after parsing."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help=size_help)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (the median counts)")
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where scratch goes")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
 
 
 # ---------------------------------------------------------------- commands and caches

@@ -19,36 +19,30 @@ CPU time much less. The table goes to `<results-dir>/pipes-latest.txt`, the numb
 the command line to `<results-dir>/pipes-<date>.json`.
 """
 
+import argparse
 import contextlib
 import datetime
-import json
 import os
-import resource
 import shlex
-import shutil
+import statistics
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from seq import (
+from bench.harness import (
     MIB,
     Work,
     cagefs_cli,
     cagefs_mount,
-    check,
-    environment,
-    fmt,
+    cpu_seconds,
     gocryptfs_mount,
-    make_work,
-    median,
-    mounts_under,
-    parse_args,
-    ratio,
     run,
-    unmount,
+    standalone_parser,
+    work_dir,
 )
+from bench.report import check, environment, save_standalone
 
 SEED_RATIO = 0.20  # the seed tool's pipe / file encrypt throughput (119 vs 591 MB/s)
 SH = "/bin/sh"
@@ -85,56 +79,18 @@ class Commands:
     file: str | None
     pipe: str | None
     after: str | None = None  # run untimed after each command (removes what it wrote)
-    daemon: int | None = None  # a mount's daemon: its CPU time (and its children's) counts too
+    # a mount's serving processes: their CPU time (and their children's) counts too
+    servers: list[int] = field(default_factory=list)
 
 
 def timed_shell(
-    command: str, seconds: list[float], cpu: list[float], mib: int, daemon: int | None
+    command: str, seconds: list[float], cpu: list[float], mib: int, servers: list[int]
 ) -> None:
-    before = children_cpu() + tree_cpu(daemon)
+    before = cpu_seconds(servers)  # a shell's children count: the whole pipeline
     start = time.perf_counter()
     run([SH, "-c", f"set -e; {command}"])
     seconds.append(time.perf_counter() - start)
-    cpu.append((children_cpu() + tree_cpu(daemon) - before) * 1024 / mib)
-
-
-def children_cpu() -> float:
-    """CPU seconds of the children waited for so far (a shell counts its pipeline's)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def tree_cpu(pid: int | None) -> float:
-    """CPU seconds of the live process `pid` and its live descendants, so far."""
-    if pid is None:
-        return 0.0
-    children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            times[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
-    while todo:
-        member = todo.pop()
-        total += times.get(member, 0.0)
-        todo += children.get(member, [])
-    return total
-
-
-def serving(mnt: Path) -> int | None:
-    """The pid of the daemon serving `mnt` (its command line names the mount point)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                if os.fsencode(mnt) in argv:
-                    return int(entry)
-    return None
+    cpu.append((cpu_seconds(servers) - before) * 1024 / mib)
 
 
 def make_input(work: Work, mib: int) -> tuple[Path, Path]:
@@ -172,22 +128,26 @@ def crypt_commands(work: Work, plain: Path, encrypted: Path) -> dict[str, Comman
     }
 
 
-def mount_commands(mnt: Path, plain: Path) -> Commands:
+def mount_commands(mnt: Path, servers: list[int], plain: Path) -> Commands:
     q = shlex.quote
     target, p = q(str(mnt / "f")), q(str(plain))
     return Commands(
         f"dd if={p} of={target} bs=1M status=none",
         f"cat {p} | cat > {target}",
         after=f"rm -f {target}",
-        daemon=serving(mnt),
+        servers=servers,
     )
 
 
 @contextlib.contextmanager
-def mounts(work: Work) -> Iterator[dict[str, Path]]:
-    """A cagefs mount (default strategy) and a gocryptfs mount for the whole run."""
-    with cagefs_mount(work, "auto", []) as cage, gocryptfs_mount(work) as gocryptfs:
-        yield {"cagefs mount": cage, "gocryptfs mount": gocryptfs}
+def mounts(work: Work, plain: Path) -> Iterator[dict[str, Commands]]:
+    """The commands through a cagefs mount (default strategy) and a gocryptfs mount, both
+    mounted for the whole run."""
+    with cagefs_mount("auto")(work) as cage, gocryptfs_mount(work) as gocryptfs:
+        yield {
+            name: mount_commands(mounted.path, mounted.servers, plain)
+            for name, mounted in (("cagefs mount", cage), ("gocryptfs mount", gocryptfs))
+        }
 
 
 def measure(row: Row, commands: Commands, mib: int) -> None:
@@ -197,7 +157,7 @@ def measure(row: Row, commands: Commands, mib: int) -> None:
     ):
         if command is None:
             continue
-        timed_shell(command, seconds, cpu, mib, commands.daemon)
+        timed_shell(command, seconds, cpu, mib, commands.servers)
         if commands.after:
             run([SH, "-c", commands.after])
 
@@ -245,9 +205,8 @@ def report(rows: dict[str, Row], checks: list[dict], env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(where: Path, text: str, rows: dict[str, Row], checks: list[dict], env: dict) -> None:
-    where.mkdir(parents=True, exist_ok=True)
-    results = {
+def results_json(rows: dict[str, Row], checks: list[dict], env: dict) -> dict:
+    return {
         "command": env["command"],
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "environment": env,
@@ -262,26 +221,44 @@ def save(where: Path, text: str, rows: dict[str, Row], checks: list[dict], env: 
         },
         "targets": checks,
     }
-    (where / f"pipes-{datetime.date.today().isoformat()}.json").write_text(
-        json.dumps(results, indent=2) + "\n"
-    )
-    (where / "pipes-latest.txt").write_text(text)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
 
 
 # ---------------------------------------------------------------- main
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = standalone_parser(
+        __doc__, "input size (random data)", "8 MiB, two rounds: a smoke test"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size_mib, args.repeat = 8, 2
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv, __doc__)
+    args = parse_args(argv)
     args_text = sys.argv[1:] if argv is None else argv
-    env = environment(args, shlex.join([".venv/bin/python", "bench/pipes.py", *args_text]))
-    work = make_work(args.dir)
-    try:
+    command = shlex.join([".venv/bin/python", "-m", "bench.pipes", *args_text])
+    load_before = os.getloadavg()
+    with work_dir(args.dir) as work:
         plain, encrypted = make_input(work, args.size_mib)
         commands = crypt_commands(work, plain, encrypted)
         rows = {name: Row(name) for name in [*commands, "cagefs mount", "gocryptfs mount"]}
-        with mounts(work) as points:
-            commands |= {name: mount_commands(mnt, plain) for name, mnt in points.items()}
+        with mounts(work, plain) as through_mounts:
+            commands |= through_mounts
             for round_number in range(1, args.repeat + 1):
                 for name, row in rows.items():
                     measure(row, commands[name], args.size_mib)
@@ -291,15 +268,16 @@ def main(argv: list[str] | None = None) -> int:
                         file=sys.stderr,
                         flush=True,
                     )
-    finally:
-        for mnt in mounts_under(work.root):  # never let rmtree reach into a live mount
-            unmount(mnt, ["fusermount3", "-u", "-z", str(mnt)])
-        shutil.rmtree(work.root, ignore_errors=True)
-    env["load_after"] = os.getloadavg()
+    env = {
+        "command": command,
+        "size_mib": args.size_mib,
+        "repeat": args.repeat,
+        **environment(args.dir, load_before),
+    }
     checks = targets(rows)
     text = report(rows, checks, env)
     print(text, end="")
-    save(args.results_dir, text, rows, checks, env)
+    save_standalone(args.results_dir, "pipes", text, results_json(rows, checks, env))
     return 0
 
 

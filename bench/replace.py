@@ -19,7 +19,6 @@ so a slow phase of a shared machine hits them alike. The table goes to
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import shlex
 import statistics
@@ -33,16 +32,17 @@ from pathlib import Path
 from bench.harness import (
     MB,
     MIB,
-    RESULTS_DIR,
     Mounted,
     Work,
     cagefs_mount,
     gocryptfs_mount,
     plain_dir,
     run,
+    standalone_parser,
     timed,
     work_dir,
 )
+from bench.report import check, save_standalone
 
 PROBE_EVERY = 0.01
 
@@ -110,18 +110,10 @@ def measure(row: Row, directory: Path, mib: int) -> None:
     probe.unlink()
 
 
-def check(target: str, value: float, need: float) -> dict:
-    status = "PASS" if value >= need else "FAIL"
-    return {"target": target, "value": value, "need": need, "status": status}
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024, help="file size (dd count of 1M)")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds (the median counts)")
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where scratch goes")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--quick", action="store_true", help="8 MiB, two rounds: a smoke test")
+    parser = standalone_parser(
+        __doc__, "file size (dd count of 1M)", "8 MiB, two rounds: a smoke test"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mib, args.repeat = 8, 2
@@ -196,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     checks = targets(rows)
     text = report(rows, checks, command, args)
     print(text, end="")
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "replace-latest.txt").write_text(text)
     results = {
         "command": command,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -206,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "targets": checks,
     }
-    (args.results_dir / f"replace-{datetime.date.today().isoformat()}.json").write_text(
-        json.dumps(results, indent=2) + "\n"
-    )
+    save_standalone(args.results_dir, "replace", text, results)
     return 0
 
 

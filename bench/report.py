@@ -244,6 +244,22 @@ def times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def check(target: str, value: float | None, need: float) -> dict:
+    """A standalone benchmark's target: `value` must be at least `need` (SKIP without one)."""
+    status = "SKIP" if value is None else ("PASS" if value >= need else "FAIL")
+    return {"target": target, "value": value, "need": need, "status": status}
+
+
+def save_standalone(where: Path, stem: str, text: str, results: dict) -> None:
+    """A standalone benchmark's printed table to `STEM-latest.txt`, its numbers (with the
+    command line) to `STEM-DATE.json`, in `where`."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{stem}-{datetime.date.today().isoformat()}.json").write_text(
+        json.dumps(results, indent=2) + "\n"
+    )
+    (where / f"{stem}-latest.txt").write_text(text)
+
+
 def version(cmd: list[str]) -> str:
     with contextlib.suppress(OSError):
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -2,6 +2,7 @@
 
 The mount benchmarks mount cagefs and gocryptfs and drop the page cache, so they need root,
 /dev/fuse and gocryptfs; the suite needs fio too (all of which scripts/install.sh provides).
+`bench.keys` drops the page cache too (root), but mounts nothing.
 """
 
 import importlib.util
@@ -17,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CAN_MOUNT = os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("gocryptfs")
 needs_mounts = pytest.mark.skipif(not CAN_MOUNT, reason="needs root, /dev/fuse, gocryptfs")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (drops the page cache)")
 
 
 def run_quick(module: str, tmp_path: Path) -> Path:
@@ -39,7 +41,12 @@ def run_quick(module: str, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "name", ["crypto", *(pytest.param(n, marks=needs_mounts) for n in ("replace", "fuse_ceiling"))]
+    "name",
+    [
+        "crypto",
+        pytest.param("keys", marks=needs_root),
+        *(pytest.param(n, marks=needs_mounts) for n in ("replace", "fuse_ceiling", "pipes")),
+    ],
 )
 def test_bench_quick_run_writes_results_and_cleans_up(tmp_path: Path, name: str) -> None:
     results = run_quick(f"bench.{name}", tmp_path)

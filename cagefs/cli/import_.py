@@ -15,8 +15,6 @@ from pathlib import Path
 from cagefs.cli.keyargs import add_identity_arguments
 from cagefs.errors import CageError, ExitCode
 
-EXIT_PROBLEMS = ExitCode.DAMAGE  # some entries were left as they were (listed)
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -82,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         f"cagefs import: {progress.done_files - problems} entries imported, {problems} not",
         file=sys.stderr,
     )
-    return EXIT_PROBLEMS if problems else 0
+    return ExitCode.DAMAGE if problems else 0
 
 
 def _count(source: Path) -> tuple[int, int]:

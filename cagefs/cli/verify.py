@@ -2,8 +2,8 @@
 
 Each line on stdout is `PATH: problem`, PATH the backing file relative to STORE. The exit status
 is 0 when every file decrypts, authenticates and carries the store's proof of origin, and
-EXIT_DAMAGE when anything was listed. `--upgrade` gives a store made before tamper evidence its
-authentication key and tags its untagged files first (resumable: run it again after a crash).
+ExitCode.DAMAGE when anything was listed. `--upgrade` gives a store made before tamper evidence
+its authentication key and tags its untagged files first (resumable: run it again after a crash).
 """
 
 import argparse
@@ -16,15 +16,13 @@ from pathlib import Path
 from cagefs.cli.keyargs import add_identity_arguments
 from cagefs.errors import ExitCode
 
-EXIT_DAMAGE = ExitCode.DAMAGE
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "verify",
         help="check every file of a store (and tag an old store's files with --upgrade)",
         description="Decrypt and authenticate every backing file and check its proof of "
-        f"origin; list each bad one as 'PATH: problem'. Exit status {EXIT_DAMAGE} if any.",
+        f"origin; list each bad one as 'PATH: problem'. Exit status {ExitCode.DAMAGE:d} if any.",
     )
     parser.add_argument("store", metavar="STORE", type=Path)
     add_identity_arguments(parser)
@@ -86,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         f"cagefs verify: {checked} files checked, {len(problems)} with problems{done}",
         file=sys.stderr,
     )
-    return EXIT_DAMAGE if problems else 0
+    return ExitCode.DAMAGE if problems else 0
 
 
 def _size(path: Path) -> int:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from cagefs.cli.keyargs import add_identity_arguments
+from cagefs.cli.keyargs import add_identity_arguments, open_store_from
 from cagefs.errors import ExitCode
 
 
@@ -41,13 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cagefs.cli.keyargs import load_identities
     from cagefs.cli.progress import Progress
-    from cagefs.store import open_store
     from cagefs.store.verify import GONE, TAGGED, backing_files, verify_store
 
-    identities = load_identities(args.identity, args.passfile)
-    store = open_store(args.store, identities, args.passfile)
+    store = open_store_from(args, check_origin=False)  # an old store is listed, not refused
     if store.auth is None and not args.upgrade:
         print(
             f"cagefs verify: {args.store} has no authentication key (made before tamper "

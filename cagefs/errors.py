@@ -44,7 +44,3 @@ class MountPointError(CageError):
 
 class FuseUnavailableError(CageError):
     exit_code = ExitCode.NO_FUSE
-
-
-class DamageFoundError(CageError):
-    exit_code = ExitCode.DAMAGE

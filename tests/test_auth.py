@@ -23,8 +23,7 @@ from cagefs.age.file import open_file, start_file
 from cagefs.age.header import Stanza, encode_header, read_header
 from cagefs.age.recipients import unwrap_file_key
 from cagefs.age.scrypt import ScryptRecipient
-from cagefs.cli.verify import EXIT_DAMAGE
-from cagefs.errors import CageError
+from cagefs.errors import CageError, ExitCode
 from cagefs.store import init_store, open_store
 from cagefs.store.auth import STANZA_TYPE, AuthKey, FileAuth, Kind, Proof, UntrustedFileError
 from cagefs.store.keyring import CANARY_TEXT, save_auth_key, write_age_file
@@ -246,7 +245,7 @@ def test_verify_lists_untagged_forged_and_damaged_files(tmp_path: Path, keyfile:
     damaged[-1] ^= 1
     (root / "d/ok2.age").write_bytes(damaged)
     proc = verify(root, keyfile)
-    assert proc.returncode == EXIT_DAMAGE
+    assert proc.returncode == ExitCode.DAMAGE
     lines = proc.stdout.decode().splitlines()
     assert [line.split(":")[0] for line in lines] == ["d/ok2.age", "d/planted.age", "forged.age"]
     assert "untagged" in lines[1] and "bad proof" in lines[2] and "authenticated" in lines[0]
@@ -260,7 +259,7 @@ def test_old_store_is_reported_then_upgraded(tmp_path: Path, keyfile: KeyFile) -
     os.chmod(root / "a.txt.age", 0o640)
     os.utime(root / "a.txt.age", ns=(1_000_000_000, 2_000_000_000))
     before = verify(root, keyfile)
-    assert before.returncode == EXIT_DAMAGE
+    assert before.returncode == ExitCode.DAMAGE
     assert before.stdout.decode().count("untagged") == 3
     assert "no authentication key" in before.stderr.decode()
 
@@ -285,7 +284,7 @@ def test_upgrade_does_not_tag_a_damaged_file(tmp_path: Path, keyfile: KeyFile) -
     data[-1] ^= 1
     (root / "bad.age").write_bytes(data)
     proc = verify(root, keyfile, "--upgrade")
-    assert proc.returncode == EXIT_DAMAGE
+    assert proc.returncode == ExitCode.DAMAGE
     assert STANZA_TYPE.encode() not in (root / "bad.age").read_bytes()
 
 

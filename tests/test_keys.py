@@ -19,7 +19,7 @@ from support import cagefs
 
 from cagefs.age.keys import parse_recipient
 from cagefs.cli.progress import Progress
-from cagefs.cli.rekey import EXIT_PROBLEMS
+from cagefs.errors import ExitCode
 from cagefs.store import init_store, open_store
 from cagefs.store.auth import AuthKey, Kind
 from cagefs.store.keyring import tagger, write_age_file
@@ -112,7 +112,7 @@ def test_a_file_the_removed_key_wrote_with_the_old_auth_key_is_refused(
     store = open_store(root, [keyfile.identity])
     write_age_file(root, "planted.age", b"evil", store.recipients, tagger(old_auth, Kind.FILE))
     proc = cagefs("verify", root, "-i", keyfile.path)
-    assert proc.returncode == EXIT_PROBLEMS
+    assert proc.returncode == ExitCode.DAMAGE
     assert proc.stdout.decode().startswith("planted.age: tagged under another")
 
 
@@ -168,7 +168,7 @@ def test_damaged_and_planted_files_are_listed_and_left_as_they_are(
     )
     planted = (root / "planted.age").read_bytes()
     proc = cagefs("rekey", root, "-i", keyfile.path)
-    assert proc.returncode == EXIT_PROBLEMS, proc.stderr
+    assert proc.returncode == ExitCode.DAMAGE, proc.stderr
     lines = proc.stdout.decode().splitlines()
     assert [line.split(":")[0] for line in lines] == ["bad.age", "planted.age"]
     assert "authenticated" in lines[0] and "untagged" in lines[1]
@@ -326,7 +326,7 @@ def test_verify_json_lists_problems_with_the_damage_exit_code(
     data = (root / "d/cut.age").read_bytes()
     (root / "d/cut.age").write_bytes(data[:-10])
     proc = cagefs("verify", root, "-i", keyfile.path, "--json")
-    assert proc.returncode == EXIT_PROBLEMS
+    assert proc.returncode == ExitCode.DAMAGE
     report = json.loads(proc.stdout)
     assert report["checked"] == 2
     assert [p["path"] for p in report["problems"]] == ["d/cut.age"]

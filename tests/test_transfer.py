@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import KeyFile
 from support import cagefs
 
-from cagefs.cli.import_ import EXIT_PROBLEMS
+from cagefs.errors import ExitCode
 from cagefs.store import init_store
 
 MARKER = b"PLAINTEXT-MARKER-0123456789"
@@ -54,7 +54,7 @@ def test_import_then_export_keeps_the_tree(tmp_path: Path, keyfile: KeyFile) -> 
     files = make_tree(src)
     init_store(root, identities=[keyfile.identity])
     proc = cagefs("import", src, root, "-i", keyfile.path)
-    assert proc.returncode == EXIT_PROBLEMS, proc.stderr
+    assert proc.returncode == ExitCode.DAMAGE, proc.stderr
     assert proc.stdout.decode().splitlines() == [
         "fifo: not imported: special files cannot be stored (as on a mount)"
     ]
@@ -69,7 +69,7 @@ def test_import_then_export_keeps_the_tree(tmp_path: Path, keyfile: KeyFile) -> 
     assert os.listdir(root / ".cagefs/tmp") == []
 
     again = cagefs("import", src, root, "-i", keyfile.path)
-    assert again.returncode == EXIT_PROBLEMS
+    assert again.returncode == ExitCode.DAMAGE
     assert "a.txt: not imported: already in the store" in again.stdout.decode()
     assert go_age(root / "a.txt.age", keyfile) == files["a.txt"]
 
@@ -99,7 +99,7 @@ def test_import_with_the_auth_key_only_removes_verified_sources(
         cagefs("recipients", "export-auth-key", root, "-o", key, "-i", keyfile.path).returncode == 0
     )
     proc = cagefs("import", src, root, "--auth-key-file", key, "--remove-source")
-    assert proc.returncode == EXIT_PROBLEMS, proc.stderr
+    assert proc.returncode == ExitCode.DAMAGE, proc.stderr
     assert sorted(str(p.relative_to(src)) for p in src.rglob("*")) == ["fifo"]
     for name, data in files.items():
         assert go_age(root / f"{name}.age", keyfile) == data, name
@@ -122,7 +122,7 @@ def test_export_lists_damaged_and_planted_files_and_writes_none_of_them(
         ["age", "-r", keyfile.recipient, "-o", str(root / "planted.age")], input=b"x", check=True
     )
     proc = cagefs("export", root, dest, "-i", keyfile.path)
-    assert proc.returncode == EXIT_PROBLEMS
+    assert proc.returncode == ExitCode.DAMAGE
     lines = proc.stdout.decode().splitlines()
     assert [line.split(":")[0] for line in lines] == ["bad", "planted"]
     assert sorted(os.listdir(dest)) == ["ok"]

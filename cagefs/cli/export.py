@@ -10,10 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from cagefs.cli.keyargs import add_identity_arguments
+from cagefs.cli.keyargs import add_identity_arguments, open_store_from
 from cagefs.errors import CageError, ExitCode
-
-EXIT_PROBLEMS = ExitCode.DAMAGE  # some entries were left as they were (listed)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,18 +27,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cagefs.cli.keyargs import load_identities
     from cagefs.cli.progress import Progress
-    from cagefs.store import check_store, open_store
-    from cagefs.store.auth import FileAuth, check_can_mount
+    from cagefs.store import check_store
+    from cagefs.store.auth import FileAuth
     from cagefs.store.transfer import export_tree
     from cagefs.store.verify import backing_files
 
     check_store(args.store)
     if os.path.lexists(args.dest) and (not args.dest.is_dir() or any(args.dest.iterdir())):
         raise CageError(f"{args.dest} exists and is not an empty directory")
-    store = open_store(args.store, load_identities(args.identity, args.passfile), args.passfile)
-    check_can_mount(args.store, store.auth, accept_untagged=False)
+    store = open_store_from(args)
     args.dest.mkdir(mode=0o700, exist_ok=True)
     files = [(store.root / relative).lstat().st_size for relative in backing_files(store.root)]
     progress = Progress("export", _entries(store.root), sum(files))
@@ -56,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print(f"cagefs export: {exported} entries exported, {problems} not", file=sys.stderr)
-    return EXIT_PROBLEMS if problems else 0
+    return ExitCode.DAMAGE if problems else 0
 
 
 def _entries(root: Path) -> int:

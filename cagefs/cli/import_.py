@@ -12,10 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from cagefs.cli.keyargs import add_identity_arguments
+from cagefs.cli.keyargs import add_identity_arguments, open_store_from
 from cagefs.errors import CageError, ExitCode
-
-EXIT_PROBLEMS = ExitCode.DAMAGE  # some entries were left as they were (listed)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,10 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cagefs.cli.keyargs import load_identities
     from cagefs.cli.progress import Progress
-    from cagefs.store import check_store, open_encrypt_only, open_store
-    from cagefs.store.auth import check_can_mount
+    from cagefs.store import check_store, open_encrypt_only
     from cagefs.store.layout import remove_stray_temps
     from cagefs.store.lock import lock_store
     from cagefs.store.transfer import import_tree
@@ -60,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
             with open(args.auth_key_file, "rb") as f:
                 store = open_encrypt_only(args.store, f.read())
         else:
-            identities = load_identities(args.identity, args.passfile)
-            store = open_store(args.store, identities, args.passfile)
-            check_can_mount(args.store, store.auth, accept_untagged=False)
+            store = open_store_from(args)
         assert store.auth is not None
         remove_stray_temps(store.root)
         files, size = _count(args.source)
@@ -82,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         f"cagefs import: {progress.done_files - problems} entries imported, {problems} not",
         file=sys.stderr,
     )
-    return EXIT_PROBLEMS if problems else 0
+    return ExitCode.DAMAGE if problems else 0
 
 
 def _count(source: Path) -> tuple[int, int]:

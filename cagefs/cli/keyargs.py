@@ -5,11 +5,14 @@
   identity file encrypted with `age -p`, or a passphrase-protected OpenSSH key) is unlocked
   with the first line of `passfile`, or a passphrase asked on the terminal.
 - `passphrase_identity(passfile)`: the identity for files encrypted to a passphrase (`-p`).
+- `add_identity_arguments(parser)` and `open_store_from(args)`: a verb's `-i`/`--passfile`, and
+  the store they unlock.
 """
 
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cagefs.age.errors import AgeError, KeyFormatError
 from cagefs.age.header import Stanza
@@ -19,6 +22,9 @@ from cagefs.age.scrypt import STANZA_TYPE as SCRYPT
 from cagefs.age.scrypt import ScryptIdentity
 from cagefs.errors import CageError
 from cagefs.secrets import Passphrase, WrongPassphraseError, identities_in_file, passphrase_from
+
+if TYPE_CHECKING:
+    from cagefs.store import Store
 
 
 def add_identity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +41,23 @@ def add_identity_arguments(parser: argparse.ArgumentParser) -> None:
         "--passfile",
         metavar="FILE",
         help="read the passphrase from FILE's first line: the store's own, or with -i the one "
-        "protecting the identity file",
+        "protecting the identity file (age -p file or OpenSSH key)",
     )
+
+
+def open_store_from(
+    args: argparse.Namespace, *, accept_untagged: bool = False, check_origin: bool = True
+) -> "Store":
+    """`args.store` unlocked with `-i`/`--passfile` (without -i, the store's own identity.age).
+    With `check_origin`, a store made before tamper evidence is refused unless
+    `accept_untagged`."""
+    from cagefs.store import open_store
+    from cagefs.store.auth import check_can_mount
+
+    store = open_store(args.store, load_identities(args.identity, args.passfile), args.passfile)
+    if check_origin:
+        check_can_mount(args.store, store.auth, accept_untagged)
+    return store
 
 
 def load_recipients(recipients: Sequence[str], recipient_files: Sequence[str]) -> list[Recipient]:

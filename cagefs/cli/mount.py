@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from cagefs.cli.keyargs import add_identity_arguments, open_store_from
 from cagefs.cli.mountopts import parse_mount_options
 from cagefs.cli.mounts import (
     fallback_log_file,
@@ -45,20 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("mount", help="mount a store")
     parser.add_argument("store", metavar="STORE", type=Path)
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
-    parser.add_argument(
-        "-i",
-        "--identity",
-        action="append",
-        default=[],
-        metavar="IDENTITY_FILE",
-        help="unlock with this identity file instead of the store's passphrase",
-    )
-    parser.add_argument(
-        "--passfile",
-        metavar="FILE",
-        help="read the passphrase from FILE's first line: the store's own, or with -i the one "
-        "protecting the identity file (age -p file or OpenSSH key), e.g. for systemd",
-    )
+    add_identity_arguments(parser)
     parser.add_argument(
         "--strategy",
         type=CONVERTERS["strategy"],
@@ -188,9 +176,8 @@ def apply_mount_options(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.daemon import run_in_background, setup_logging
-    from cagefs.cli.keyargs import load_identities
-    from cagefs.store import check_store, on_read_only_filesystem, open_encrypt_only, open_store
-    from cagefs.store.auth import check_accept_untagged, check_can_mount
+    from cagefs.store import check_store, on_read_only_filesystem, open_encrypt_only
+    from cagefs.store.auth import check_accept_untagged
 
     kernel_flags = apply_mount_options(args)
     read_only, allow_other = args.read_only, args.allow_other
@@ -217,10 +204,7 @@ def run(args: argparse.Namespace) -> int:
             with open(args.auth_key_file, "rb") as f:
                 store = open_encrypt_only(args.store, f.read())
         else:
-            # With -i, --passfile unlocks those files; without, the store's own identity.age.
-            identities = load_identities(args.identity, args.passfile)
-            store = open_store(args.store, identities, args.passfile)
-            check_can_mount(args.store, store.auth, args.accept_untagged)
+            store = open_store_from(args, accept_untagged=args.accept_untagged)
         filesystem = _filesystem()  # loaded only once there is something to serve
         options = filesystem.MountOptions(
             strategy=strategy or env_strategy or store.config.strategy,

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cagefs.cli.keyargs import add_identity_arguments
+from cagefs.cli.keyargs import add_identity_arguments, open_store_from
 from cagefs.cli.rekey import carry_out, open_for_change
 from cagefs.errors import CageError
 
@@ -130,12 +130,8 @@ def run_remove(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     import os
 
-    from cagefs.cli.keyargs import load_identities
-    from cagefs.store import open_store
-    from cagefs.store.auth import check_can_mount
 
-    store = open_store(args.store, load_identities(args.identity, args.passfile), args.passfile)
-    check_can_mount(args.store, store.auth, accept_untagged=False)
+    store = open_store_from(args)
     assert store.auth is not None
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(args.output, flags, 0o600)

@@ -21,10 +21,6 @@ if TYPE_CHECKING:
     from cagefs.store import Store
     from cagefs.store.keychange import Plan
 
-# Exit status when files were left as they were (damaged, or not the store's): 1 is a failed
-# command, 2 bad usage; the same value as `cagefs verify`'s.
-EXIT_PROBLEMS = ExitCode.DAMAGE  # some entries were left as they were (listed)
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -71,7 +67,7 @@ def open_for_change(args: argparse.Namespace, verb: str) -> "Iterator[tuple[Stor
 
 def carry_out(store: "Store", plan: "Plan", verb: str, resumed: bool = False) -> int:
     """Run `plan` (started now unless `resumed`) with progress; list the files left as they
-    were; EXIT_PROBLEMS if any."""
+    were; ExitCode.DAMAGE if any."""
     from cagefs.cli.progress import Progress
     from cagefs.store.keychange import begin, check_target, run
     from cagefs.store.verify import backing_files
@@ -102,4 +98,4 @@ def carry_out(store: "Store", plan: "Plan", verb: str, resumed: bool = False) ->
         f"{len(plan.recipients)} recipient(s)",
         file=sys.stderr,
     )
-    return EXIT_PROBLEMS if problems else 0
+    return ExitCode.DAMAGE if problems else 0

@@ -2,8 +2,8 @@
 
 Each line on stdout is `PATH: problem`, PATH the backing file relative to STORE. The exit status
 is 0 when every file decrypts, authenticates and carries the store's proof of origin, and
-EXIT_DAMAGE when anything was listed. `--upgrade` gives a store made before tamper evidence its
-authentication key and tags its untagged files first (resumable: run it again after a crash).
+ExitCode.DAMAGE when anything was listed. `--upgrade` gives a store made before tamper evidence
+its authentication key and tags its untagged files first (resumable: run it again after a crash).
 """
 
 import argparse
@@ -13,10 +13,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from cagefs.cli.keyargs import add_identity_arguments
+from cagefs.cli.keyargs import add_identity_arguments, open_store_from
 from cagefs.errors import ExitCode
-
-EXIT_DAMAGE = ExitCode.DAMAGE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "verify",
         help="check every file of a store (and tag an old store's files with --upgrade)",
         description="Decrypt and authenticate every backing file and check its proof of "
-        f"origin; list each bad one as 'PATH: problem'. Exit status {EXIT_DAMAGE} if any.",
+        f"origin; list each bad one as 'PATH: problem'. Exit status {ExitCode.DAMAGE:d} if any.",
     )
     parser.add_argument("store", metavar="STORE", type=Path)
     add_identity_arguments(parser)
@@ -43,13 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cagefs.cli.keyargs import load_identities
     from cagefs.cli.progress import Progress
-    from cagefs.store import open_store
     from cagefs.store.verify import GONE, TAGGED, backing_files, verify_store
 
-    identities = load_identities(args.identity, args.passfile)
-    store = open_store(args.store, identities, args.passfile)
+    store = open_store_from(args, check_origin=False)  # an old store is listed, not refused
     if store.auth is None and not args.upgrade:
         print(
             f"cagefs verify: {args.store} has no authentication key (made before tamper "
@@ -86,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         f"cagefs verify: {checked} files checked, {len(problems)} with problems{done}",
         file=sys.stderr,
     )
-    return EXIT_DAMAGE if problems else 0
+    return ExitCode.DAMAGE if problems else 0
 
 
 def _size(path: Path) -> int:

@@ -30,7 +30,7 @@ from cagefs.store.layout import (
     create_meta_dirs,
 )
 from cagefs.store.lock import lock_store
-from cagefs.store.versions import fsync_dir
+from cagefs.store.paths import fsync_dir
 
 
 @dataclass
@@ -80,7 +80,7 @@ def init_store(
         save_auth_key(root, auth, all_recipients)
         write_canary(root, all_recipients, auth)
         config.save(root)
-        fsync_dir(str(root))
+        fsync_dir(root)
     return Store(root, config, list(identities), [parse_recipient(text) for text in texts], auth)
 
 

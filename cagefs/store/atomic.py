@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cagefs.store.layout import TEMP_PREFIX, tmp_dir
-from cagefs.store.versions import fsync_dir
+from cagefs.store.paths import fsync_dir
 
 
 @contextmanager
@@ -31,4 +31,4 @@ def replace_atomically(root: Path, relative: str, mode: int = 0o600) -> Iterator
     except BaseException:
         os.unlink(temp)
         raise
-    fsync_dir(str(target.parent))
+    fsync_dir(target.parent)

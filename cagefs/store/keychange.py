@@ -41,10 +41,10 @@ from cagefs.store.atomic import replace_atomically
 from cagefs.store.auth import AuthKey, Kind, Proof
 from cagefs.store.keyring import read_age_file, save_auth_key, write_age_file, write_canary
 from cagefs.store.layout import AUTH_FILE, CANARY_FILE, KEYCHANGE_FILE, META_DIR, NEXT_AUTH_FILE
+from cagefs.store.paths import fsync_dir
 from cagefs.store.rewrap import recipient_stanzas, reencrypt_file, rewrap_file
 from cagefs.store.sealer import SealerPool
 from cagefs.store.verify import backing_files
-from cagefs.store.versions import fsync_dir
 
 PLAN_FILE = KEYCHANGE_FILE
 
@@ -258,4 +258,4 @@ def _finish(
     for relative in (PLAN_FILE, NEXT_AUTH_FILE):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(root / relative)
-    fsync_dir(str(root / META_DIR))
+    fsync_dir(root / META_DIR)

@@ -96,6 +96,11 @@ def rename_into(source: str, dir_fd: int, name: str) -> tuple[os.stat_result, os
     return before, os.lstat(".", dir_fd=dir_fd)
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename into the directory at `path` durable."""
+    fsync_dirs([os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)])
+
+
 def fsync_dirs(dir_fds: Sequence[int]) -> None:
     """Make renames into these directories durable: fsync each directory once, close all."""
     seen = set()

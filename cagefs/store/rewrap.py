@@ -19,8 +19,9 @@ from cagefs.age.recipients import Recipient
 from cagefs.age.stream import Buffer, PayloadReader
 from cagefs.store.atomic import replace_atomically
 from cagefs.store.auth import STANZA_TYPE, AuthKey, FileAuth, Kind
+from cagefs.store.paths import fsync_dir
 from cagefs.store.sealer import SealerError, SealerPool, SealJob
-from cagefs.store.versions import NewVersion, fsync_dir
+from cagefs.store.versions import NewVersion
 
 BLOCK = 4 * 1024 * 1024
 INLINE_UNTIL = 1024 * 1024  # smaller files are not worth a sealer's round trips
@@ -98,7 +99,7 @@ def publish(version: NewVersion, root: Path, relative: str, st: os.stat_result) 
         version.discard()
         raise
     os.close(version.fd)
-    fsync_dir(str((root / relative).parent))
+    fsync_dir((root / relative).parent)
 
 
 def _seal(version: NewVersion, blocks: Iterable[Buffer], sealers: SealerPool, size: int) -> None:

@@ -41,9 +41,23 @@ class _Dirs:
 
     times: list[tuple[Path, os.stat_result]] = field(default_factory=list)
 
+    def make(self, path: Path, st: os.stat_result) -> None:
+        """`path` as a directory (kept if there) with `st`'s owner and mode; times at the end."""
+        path.mkdir(exist_ok=True)
+        os.chown(path, st.st_uid, st.st_gid)
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+        self.times.append((path, st))
+
     def restore(self) -> None:
         for path, st in reversed(self.times):
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _copy_symlink(link: Path, out: Path, st: os.stat_result) -> None:
+    """A new symlink `out` with the target, owner and times of `link` (`st`)."""
+    os.symlink(os.readlink(link), out)
+    os.chown(out, st.st_uid, st.st_gid, follow_symlinks=False)
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 def import_tree(
@@ -54,116 +68,92 @@ def import_tree(
     remove_source: bool = False,
 ) -> Iterator[Outcome]:
     """Import `source` (a directory's contents, or one file) into the store at `root`."""
-    sealers = SealerPool(limit=1)
-    dirs = _Dirs()
+    run = _Import(root, recipients, key, remove_source, SealerPool(limit=1))
     try:
         if source.is_dir() and not source.is_symlink():
-            yield from _import_dir(source, root, "", recipients, key, remove_source, sealers, dirs)
+            yield from run.directory(source, "")
         else:
-            yield _import_entry(
-                source, root, source.name, recipients, key, remove_source, sealers, dirs
-            )
+            yield run.entry(source, source.name)
     finally:
-        sealers.close()
-        dirs.restore()
+        run.sealers.close()
+        run.dirs.restore()
 
 
-def _import_dir(
-    source: Path,
-    root: Path,
-    relative: str,
-    recipients: Sequence[Recipient],
-    key: AuthKey,
-    remove_source: bool,
-    sealers: SealerPool,
-    dirs: _Dirs,
-) -> Iterator[Outcome]:
-    for entry in sorted(os.scandir(source / relative), key=lambda e: e.name):
-        path = f"{relative}{entry.name}"
-        outcome = _import_entry(
-            source / path, root, path, recipients, key, remove_source, sealers, dirs
+@dataclass
+class _Import:
+    """One `import_tree`: where to, with which keys, and what it leaves behind."""
+
+    root: Path
+    recipients: Sequence[Recipient]
+    key: AuthKey
+    remove_source: bool
+    sealers: SealerPool
+    dirs: _Dirs = field(default_factory=_Dirs)
+
+    def directory(self, source: Path, relative: str) -> Iterator[Outcome]:
+        for entry in sorted(os.scandir(source / relative), key=lambda e: e.name):
+            path = f"{relative}{entry.name}"
+            outcome = self.entry(source / path, path)
+            yield outcome
+            if outcome.problem is None and entry.is_dir(follow_symlinks=False):
+                yield from self.directory(source, f"{path}/")
+                if self.remove_source:
+                    with contextlib.suppress(OSError):  # what was not imported stays, in its dir
+                        os.rmdir(source / path)
+
+    def entry(self, path: Path, relative: str) -> Outcome:
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            return Outcome(relative, 0, f"not imported: {exc.strerror}")
+        outcome = Outcome(relative, st.st_size if stat.S_ISREG(st.st_mode) else 0)
+        name = os.path.basename(relative)
+        target = self.root / (
+            backing_file_name(relative) if stat.S_ISREG(st.st_mode) else relative
         )
-        yield outcome
-        if outcome.problem is None and entry.is_dir(follow_symlinks=False):
-            yield from _import_dir(
-                source, root, f"{path}/", recipients, key, remove_source, sealers, dirs
-            )
-            if remove_source:
-                with contextlib.suppress(OSError):  # what was not imported stays, in its dir
-                    os.rmdir(source / path)
-
-
-def _import_entry(
-    path: Path,
-    root: Path,
-    relative: str,
-    recipients: Sequence[Recipient],
-    key: AuthKey,
-    remove_source: bool,
-    sealers: SealerPool,
-    dirs: _Dirs,
-) -> Outcome:
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        return Outcome(relative, 0, f"not imported: {exc.strerror}")
-    outcome = Outcome(relative, st.st_size if stat.S_ISREG(st.st_mode) else 0)
-    name = os.path.basename(relative)
-    target = root / (backing_file_name(relative) if stat.S_ISREG(st.st_mode) else relative)
-    if len(os.fsencode(name)) > NAME_MAX:
-        outcome.problem = f"not imported: the name is longer than {NAME_MAX} bytes"
-    elif relative.split("/")[0] == META_DIR:
-        outcome.problem = f"not imported: {META_DIR} is the store's own"
-    elif os.path.lexists(target) and not (stat.S_ISDIR(st.st_mode) and target.is_dir()):
-        outcome.problem = "not imported: already in the store"
-    elif not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-        outcome.problem = "not imported: special files cannot be stored (as on a mount)"
-    if outcome.problem:
+        if len(os.fsencode(name)) > NAME_MAX:
+            outcome.problem = f"not imported: the name is longer than {NAME_MAX} bytes"
+        elif relative.split("/")[0] == META_DIR:
+            outcome.problem = f"not imported: {META_DIR} is the store's own"
+        elif os.path.lexists(target) and not (stat.S_ISDIR(st.st_mode) and target.is_dir()):
+            outcome.problem = "not imported: already in the store"
+        elif not (
+            stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
+        ):
+            outcome.problem = "not imported: special files cannot be stored (as on a mount)"
+        if outcome.problem:
+            return outcome
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                self.dirs.make(target, st)
+            elif stat.S_ISLNK(st.st_mode):
+                _copy_symlink(path, target, st)
+                if self.remove_source:
+                    os.unlink(path)
+            else:
+                self.file(path, relative, st)
+        except (OSError, AgeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            outcome.problem = f"not imported: {reason}"
         return outcome
-    try:
-        if stat.S_ISDIR(st.st_mode):
-            target.mkdir(exist_ok=True)
-            os.chown(target, st.st_uid, st.st_gid)
-            os.chmod(target, stat.S_IMODE(st.st_mode))
-            dirs.times.append((target, st))
-        elif stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(path), target)
-            os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
-            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-            if remove_source:
-                os.unlink(path)
-        else:
-            _import_file(path, root, relative, st, recipients, key, remove_source, sealers)
-    except (OSError, AgeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        outcome.problem = f"not imported: {reason}"
-    return outcome
 
-
-def _import_file(
-    path: Path,
-    root: Path,
-    relative: str,
-    st: os.stat_result,
-    recipients: Sequence[Recipient],
-    key: AuthKey,
-    remove_source: bool,
-    sealers: SealerPool,
-) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        version = write_version(root, recipients, key, sealers, _file_blocks(fd), st.st_size)
-        if remove_source:
-            try:
-                _check_same(version.open_reader(), fd)
-            except BaseException:
-                version.discard()
-                raise
-        publish(version, root, backing_file_name(relative), st)
-    finally:
-        os.close(fd)
-    if remove_source:
-        os.unlink(path)
+    def file(self, path: Path, relative: str, st: os.stat_result) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            version = write_version(
+                self.root, self.recipients, self.key, self.sealers, _file_blocks(fd), st.st_size
+            )
+            if self.remove_source:
+                try:
+                    _check_same(version.open_reader(), fd)
+                except BaseException:
+                    version.discard()
+                    raise
+            publish(version, self.root, backing_file_name(relative), st)
+        finally:
+            os.close(fd)
+        if self.remove_source:
+            os.unlink(path)
 
 
 def _file_blocks(fd: int) -> Iterator[bytes]:
@@ -209,11 +199,7 @@ def _export_dir(
             continue
         st = entry.stat(follow_symlinks=False)
         if entry.is_dir(follow_symlinks=False):
-            out = dest / path
-            out.mkdir(exist_ok=True)
-            os.chown(out, st.st_uid, st.st_gid)
-            os.chmod(out, stat.S_IMODE(st.st_mode))
-            dirs.times.append((out, st))
+            dirs.make(dest / path, st)
             yield Outcome(path, 0)
             yield from _export_dir(root, dest, f"{path}/", identities, auth, dirs)
         elif entry.is_symlink():
@@ -227,9 +213,7 @@ def _export_dir(
 
 def _export_symlink(path: Path, out: Path, st: os.stat_result, relative: str) -> Outcome:
     try:
-        os.symlink(os.readlink(path), out)
-        os.chown(out, st.st_uid, st.st_gid, follow_symlinks=False)
-        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        _copy_symlink(path, out, st)
     except OSError as exc:
         return Outcome(relative, 0, f"not exported: {exc.strerror}")
     return Outcome(relative, 0)

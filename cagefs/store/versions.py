@@ -172,11 +172,3 @@ class _KnownKey:
 
 def _unique_temp_path(root: Path) -> str:
     return str(tmp_dir(root) / f"{TEMP_PREFIX}{os.urandom(12).hex()}")
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -109,13 +109,21 @@ def open_reader(path: PathLike, identities: Sequence[Identity]) -> Reader:
 
 @contextlib.contextmanager
 def _replacing(target: PathLike) -> Iterator[io.BufferedWriter]:
-    """A binary file at a temporary name beside `target`, renamed over it on success."""
+    """A binary file at a temporary name beside `target`, renamed over it once durable: after
+    a crash `target` is the old file or the whole new one."""
     path = Path(target)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             yield out
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(temp, path)
     except BaseException:
         os.unlink(temp)
         raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -20,6 +20,7 @@ import pytest
 from cagefs.age.header import Stanza, encode_header, read_header
 from cagefs.age.keys import parse_identity_file
 from cagefs.age.recipients import unwrap_file_key
+from cagefs.errors import ExitCode
 from cagefs.store.auth import STANZA_TYPE
 from cagefs.store.keyring import CANARY_TEXT, write_age_file
 from cagefs.store.layout import AUTH_FILE, CANARY_FILE
@@ -184,7 +185,7 @@ def test_old_store_is_served_only_read_only_until_upgraded(
     busy = verify(store, identity, "--upgrade")  # rewrites files: never beside a daemon (I10)
     assert busy.returncode != 0
     assert f"in use: mounted on {migrating.mnt}" in one_line(busy.stderr)
-    assert verify(store, identity).returncode == 3  # a plain verify only reads: it runs
+    assert verify(store, identity).returncode == ExitCode.DAMAGE  # a plain verify only reads
     migrating.stop_clean()
 
     upgraded = verify(store, identity, "--upgrade")

@@ -160,8 +160,11 @@ def test_a_version_that_cannot_be_published_stops_nothing(
     publish of that file fails, the log names it, the mount serves on, and the version is
     kept (pending, then at unmount in .cagefs/recovered/), never lost."""
     mnt, store = quick.mnt, quick.store
-    (store / f"x{SUFFIX}").mkdir()
-    (mnt / "x").write_bytes(b"s\n")
+    with opened(mnt / "x", os.O_WRONLY | os.O_CREAT) as fd:  # not published while open
+        os.write(fd, b"s\n")
+        # Made before x ever reaches the store: the mount refuses to create `x` beside an
+        # existing `x.age` (EEXIST), so only someone behind its back gets here.
+        (store / f"x{SUFFIX}").mkdir()
     (mnt / "y").write_bytes(b"other\n")
     wait_published(quick, "y", b"other\n")  # other files go on being published
     assert (mnt / "x").read_bytes() == b"s\n"

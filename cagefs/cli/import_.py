@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.progress import Progress
-    from cagefs.store import check_store, open_encrypt_only
+    from cagefs.store import check_store
     from cagefs.store.layout import remove_stray_temps
     from cagefs.store.lock import lock_store
     from cagefs.store.transfer import import_tree
@@ -52,11 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise CageError("--auth-key-file takes no identity or passphrase (-i, --passfile)")
     check_store(args.store)
     with lock_store(args.store, "import"):
-        if args.auth_key_file:
-            with open(args.auth_key_file, "rb") as f:
-                store = open_encrypt_only(args.store, f.read())
-        else:
-            store = open_store_from(args)
+        store = open_store_from(args)  # with --auth-key-file: encrypt-only
         assert store.auth is not None
         remove_stray_temps(store.root)
         files, size = _count(args.source)

@@ -48,12 +48,15 @@ def add_identity_arguments(parser: argparse.ArgumentParser) -> None:
 def open_store_from(
     args: argparse.Namespace, *, accept_untagged: bool = False, check_origin: bool = True
 ) -> "Store":
-    """`args.store` unlocked with `-i`/`--passfile` (without -i, the store's own identity.age).
-    With `check_origin`, a store made before tamper evidence is refused unless
-    `accept_untagged`."""
-    from cagefs.store import open_store
+    """`args.store` unlocked with `-i`/`--passfile` (without -i, the store's own identity.age),
+    or, given `--auth-key-file`, opened to write only (no identity). With `check_origin`, a
+    store made before tamper evidence is refused unless `accept_untagged`."""
+    from cagefs.store import open_encrypt_only, open_store
     from cagefs.store.auth import check_can_mount
 
+    if getattr(args, "auth_key_file", None):
+        with open(args.auth_key_file, "rb") as f:
+            return open_encrypt_only(args.store, f.read())
     store = open_store(args.store, load_identities(args.identity, args.passfile), args.passfile)
     if check_origin:
         check_can_mount(args.store, store.auth, accept_untagged)

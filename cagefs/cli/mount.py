@@ -176,7 +176,7 @@ def apply_mount_options(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.daemon import run_in_background, setup_logging
-    from cagefs.store import check_store, on_read_only_filesystem, open_encrypt_only
+    from cagefs.store import check_store, on_read_only_filesystem
     from cagefs.store.auth import check_accept_untagged
 
     kernel_flags = apply_mount_options(args)
@@ -200,11 +200,7 @@ def run(args: argparse.Namespace) -> int:
     lock = lock_for_mount(args.store, mount_path(args.mountpoint))
     try:
         mountpoint = check_mountpoint(args.mountpoint, args.store)
-        if args.encrypt_only:
-            with open(args.auth_key_file, "rb") as f:
-                store = open_encrypt_only(args.store, f.read())
-        else:
-            store = open_store_from(args, accept_untagged=args.accept_untagged)
+        store = open_store_from(args, accept_untagged=args.accept_untagged)  # or encrypt-only
         filesystem = _filesystem()  # loaded only once there is something to serve
         options = filesystem.MountOptions(
             strategy=strategy or env_strategy or store.config.strategy,

@@ -375,7 +375,7 @@ class FileContent:
         return self.overlay
 
     def _new_version(self) -> NewVersion:
-        return NewVersion(self.env.root, self.env.recipients, self.env.auth)
+        return NewVersion(self.env.root, self.env.recipients, self.env.auth, self.env.keys)
 
     def _seal_stream(self) -> None:
         stream = self.stream

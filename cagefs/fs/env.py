@@ -10,6 +10,7 @@ from cagefs.age import Identity, Recipient
 from cagefs.fs.cache import ChunkCache
 from cagefs.fs.strategies import Policy
 from cagefs.store.auth import FileAuth
+from cagefs.store.filekeys import FileKeys
 from cagefs.store.sealer import SealerPool
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ class Env:
     # No identity, only recipients and the authentication key: files can be created and
     # written, never read or edited (a backup target that cannot read what it keeps).
     encrypt_only: bool = False
+    keys: FileKeys | None = None  # in `identities` too: new versions' keys go in (filekeys.py)
     sealers: SealerPool = field(default_factory=SealerPool)
     publish_queue: "set[FileContent]" = field(default_factory=set)
 

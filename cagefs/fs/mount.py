@@ -28,6 +28,7 @@ from cagefs.fs.status import RecentErrors, serve_status, snapshot
 from cagefs.fs.strategies import Policy, Strategy
 from cagefs.store import reclaim
 from cagefs.store.auth import FileAuth
+from cagefs.store.filekeys import FileKeys
 from cagefs.store.layout import remove_stray_temps
 from cagefs.store.sealer import SealerPool
 
@@ -78,14 +79,16 @@ def serve(
         if removed:
             log.info("removed %d unpublished temp version(s) left by a crash", removed)
     heap.tune()
+    keys = FileKeys(store.identities) if store.identities else None
     env = Env(
         root=store.root,
-        identities=store.identities,
+        identities=(keys,) if keys is not None else store.identities,
         recipients=store.recipients,
         auth=FileAuth(store.auth, options.accept_untagged),
         policy=Policy(Strategy(options.strategy), options.memory_threshold, store.root),
         cache=ChunkCache(options.cache_mib * 1024 * 1024),
         encrypt_only=options.encrypt_only,
+        keys=keys,
     )
     table = InodeTable(store.root)
     publisher = Publisher(env, table, options.publish_interval)

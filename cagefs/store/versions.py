@@ -19,6 +19,7 @@ from cagefs.age.recipients import Identity
 from cagefs.age.stream import NONCE_SIZE, payload_size
 from cagefs.errors import CageError
 from cagefs.store.auth import FileAuth
+from cagefs.store.filekeys import FileKeys
 from cagefs.store.layout import META_DIR, SUFFIX, TEMP_PREFIX, tmp_dir
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -81,14 +82,24 @@ class NewVersion:
     encrypt-only mount has no identity that could.
     """
 
-    def __init__(self, root: Path, recipients: Sequence[Recipient], auth: FileAuth) -> None:
+    def __init__(
+        self,
+        root: Path,
+        recipients: Sequence[Recipient],
+        auth: FileAuth,
+        keys: FileKeys | None = None,
+    ) -> None:
+        """`keys`, when given, learns the new file key (the mount opens the file again later)."""
         self.path = _unique_temp_path(root)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._file_key = b""
 
         def tag(file_key: bytes, stanzas: Sequence[Stanza]) -> Sequence[Stanza]:
             self._file_key = file_key
-            return auth.tag(file_key, stanzas)
+            proof = auth.tag(file_key, stanzas)
+            if keys is not None:
+                keys.remember([*stanzas, *proof], file_key)
+            return proof
 
         try:
             self._writer = start_file(_EarlyWriteback(self.fd), recipients, tag)

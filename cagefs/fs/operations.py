@@ -464,10 +464,14 @@ class Operations(pyfuse3.Operations):
         if self.env.encrypt_only:  # not even what this mount wrote: it is the store's now
             raise pyfuse3.FUSEError(errno.EACCES)
         handle = self._handles[fh]
-        async with handle.content.lock:
-            handle.content.kernel_cached = True
+        content = handle.content
+        await _acquire(content.lock)
+        try:
+            content.kernel_cached = True
             with about(handle.node.path):
-                return handle.content.read(off, size)
+                return content.read(off, size)
+        finally:
+            content.lock.release()
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: Buffer) -> int:
@@ -683,13 +687,17 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
+    # ENOSYS, not ENODATA and an empty list: the kernel then answers every later call itself
+    # (EOPNOTSUPP) instead of asking us, e.g. for security.capability before each file's first
+    # write, one request in seven of an untar.
+
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(errno.ENODATA)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return []
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -417,6 +417,18 @@ def test_xattr_refused_or_encrypted(mounted: Daemon) -> None:
     mounted.assert_store_matches()
 
 
+def test_xattrs_are_unsupported_so_the_kernel_stops_asking(mounted: Daemon) -> None:
+    """getxattr and listxattr fail like a filesystem without xattrs: the daemon answers ENOSYS
+    once and the kernel answers every later call itself (ls -l asked twice per file)."""
+    f = mounted.mnt / "f"
+    f.write_bytes(b"content")
+    for call in (lambda: os.getxattr(f, "user.note"), lambda: os.listxattr(f)):
+        for _ in range(2):
+            with pytest.raises(OSError) as exc:
+                call()
+            assert exc.value.errno == errno.EOPNOTSUPP, errno.errorcode[exc.value.errno]
+
+
 def test_readdir_5000_entries(mounted: Daemon) -> None:
     d = mounted.mnt / "many"
     d.mkdir()

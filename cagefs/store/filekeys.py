@@ -15,7 +15,7 @@ from hashlib import sha256
 from cagefs.age import Identity, Recipient
 from cagefs.age.header import Stanza
 
-DEFAULT_LIMIT = 32_768  # about 150 bytes each: 5 MB
+DEFAULT_LIMIT = 32_768  # about 200 bytes each (digest, key, the entry): 6.6 MB
 
 
 class FileKeys:

@@ -170,7 +170,8 @@ def run(
     """Carry out a started plan; yields (backing path, problem) for each file left as it is."""
     keys = load_keys(root, plan, identities)
     target = [parse_recipient(text) for text in plan.recipients]
-    change = _Change(root, plan, keys, target, identities, Reencrypter())
+    rekey = Reencrypter() if plan.action is Action.REKEY else None  # starts sealer processes
+    change = _Change(root, plan, keys, target, identities, rekey)
     try:
         for relative in backing_files(root):
             size = _size(root / relative)
@@ -179,7 +180,8 @@ def run(
                 yield relative, problem
             progress(relative, size)
     finally:
-        change.reencrypter.close()  # every file replaced before the plan may end
+        if rekey is not None:
+            rekey.close()  # every file replaced before the plan may end
     _finish(root, plan, keys, target, config_save)
 
 
@@ -201,7 +203,7 @@ class _Change:
     keys: Keys
     target: Sequence[Recipient]
     identities: Sequence[Identity]
-    reencrypter: Reencrypter
+    reencrypter: Reencrypter | None  # for Action.REKEY
 
     def __post_init__(self) -> None:
         self.done_shape = _shape(wrap_file_key(new_file_key(), self.target))
@@ -220,7 +222,7 @@ class _Change:
             proof = self.keys.old.proof(header, file_key, Kind.FILE)
             if proof is not Proof.VALID:  # never vouch for a file the store did not write
                 return f"left as it is: {proof.value}"
-            if self.plan.action is Action.REKEY:
+            if self.reencrypter is not None:
                 reader = PayloadReader(fd, header.length, file_key)
                 self.reencrypter.reencrypt(
                     self.root, relative, fd, reader, self.target, self.keys.new

@@ -11,6 +11,7 @@ Two ways, both under a proof of origin (store/auth.py) for the new header:
 
 import errno
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,7 @@ from cagefs.store.versions import NewVersion
 BLOCK = 4 * 1024 * 1024
 INLINE_UNTIL = 1024 * 1024  # smaller files are not worth a sealer's round trips
 READ_AHEAD_SLOTS = 4  # a rekey's ciphertext read ahead (O_DIRECT), in sealer slots
+_REKEY_SEALERS = 2  # one for the file being decrypted, one for the tail of the one before
 _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 
 
@@ -68,9 +70,16 @@ class Reencrypter:
     """
 
     def __init__(self) -> None:
-        self.sealers = SealerPool(limit=2)
+        self.sealers = SealerPool(limit=_REKEY_SEALERS, keep_idle=_REKEY_SEALERS)
         self._tails = ThreadPoolExecutor(1, thread_name_prefix="tail")
         self._tail: Future[None] | None = None
+        # Both sealers start at once, now: one after the other, when first needed, each
+        # start (a Python process importing the engine) held the rekey up 0.1-0.5 s.
+        self._starting = [
+            threading.Thread(target=self.sealers.warm) for _ in range(_REKEY_SEALERS)
+        ]
+        for thread in self._starting:
+            thread.start()
 
     def reencrypt(
         self,
@@ -85,6 +94,7 @@ class Reencrypter:
         a fresh file key for `recipients`, with a proof under `key`. The file is replaced once
         its tail has run (`close`); `fd` may be closed as soon as this returns."""
         st = os.fstat(fd)
+        self._started()
         sealing = _Sealing(NewVersion(root, recipients, FileAuth(key)), self.sealers)
         sealing.feed_from(reader, fd)
         try:
@@ -100,7 +110,13 @@ class Reencrypter:
             self._wait()
         finally:
             self._tails.shutdown()
+            self._started()
             self.sealers.close()
+
+    def _started(self) -> None:
+        """Wait for the sealers started ahead: until then, `take` would find none free."""
+        while self._starting:
+            self._starting.pop().join()
 
     def _wait(self) -> None:
         tail, self._tail = self._tail, None

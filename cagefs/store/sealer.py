@@ -259,8 +259,9 @@ class SealerPool:
     failed); the caller then seals on its own thread, slower but just as correct.
     """
 
-    def __init__(self, limit: int = MAX_SEALERS) -> None:
+    def __init__(self, limit: int = MAX_SEALERS, keep_idle: int = _MAX_IDLE) -> None:
         self._limit = limit
+        self._keep_idle = keep_idle
         self._lock = threading.Lock()
         self._idle: list[Sealer] = []
         self._count = 0
@@ -299,7 +300,7 @@ class SealerPool:
     def give_back(self, sealer: Sealer) -> None:
         """A sealer whose job ended with DONE: keep it for the next job, or stop it."""
         with self._lock:
-            if not self._closed and len(self._idle) < _MAX_IDLE:
+            if not self._closed and len(self._idle) < self._keep_idle:
                 self._idle.append(sealer)
                 return
         self.retire(sealer)

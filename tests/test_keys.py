@@ -159,7 +159,7 @@ def test_damaged_and_planted_files_are_listed_and_left_as_they_are(
     tmp_path: Path, keyfile: KeyFile, new_keyfile
 ) -> None:
     root = tmp_path / "store"
-    big = os.urandom(3 << 20)  # rekeyed through a sealer, its ciphertext read ahead
+    big = os.urandom(3 << 20)  # rekeyed through a sealer, decrypted into its ring
     make_store(root, keyfile, {"ok": b"fine", "bad": os.urandom(200_000), "bigbad": big})
     damaged = {}
     for name, at in (("bad.age", -100), ("bigbad.age", len(big) // 2)):

@@ -184,8 +184,8 @@ class _Sealing:
     def feed_from(self, reader: PayloadReader, fd: int) -> None:
         """The plaintext of `reader` (on `fd`), decrypted straight into the slots of the
         sealer's ring, if there is one: no plaintext is copied. The kernel is told the file
-        is read sequentially (twice the read-ahead): a cold 1 GiB read 0.7-1.0 s so against
-        1.2-1.6 s without, and 1.3-1.4 s with direct.ReadAhead's 1 MiB O_DIRECT reads."""
+        is read sequentially (twice the read-ahead): 1 GiB read cold in 0.7-1.0 s so, 1.2-1.6 s
+        without, and 1.3-1.4 s with direct.ReadAhead's 1 MiB O_DIRECT reads."""
         with contextlib.suppress(OSError):  # advice only
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         self._begin(reader.size)

@@ -7,10 +7,11 @@ ratio printed next to those 20 %:
   pipe: `cat IN | TOOL > /dev/null` (cat writes 128 KiB pieces into a pipe)
 for `cagefs encrypt`, `cagefs decrypt`, Go `age -e` and `age -d`, and the whole round trip
 `cat IN | encrypt | decrypt` for both. IN is `--size-mib` MiB of random data in the page cache
-(and its age encryption, made by `age`, for the decrypt rows). Through a mount (cagefs with
-its default strategy, and gocryptfs; left out with `--no-mounts`), "file" is `dd if=IN
-of=MNT/f bs=1M` and "pipe" is `cat IN | cat > MNT/f` (128 KiB writes), each timed from start
-to exit, the file removed after.
+(and its age encryption, made by `age`, for the decrypt rows; both read again before each
+command, in case something dropped the cache). Through a mount (cagefs with its default
+strategy, and gocryptfs; left out with `--no-mounts`), "file" is `dd if=IN of=MNT/f bs=1M` and
+"pipe" is `cat IN | cat > MNT/f` (128 KiB writes), each timed from start to exit, the file
+removed after.
 
 Every command runs once per round, all of them in each round, so that a slow phase of the
 shared machine hits every row alike; medians of `--repeat` rounds count. The last columns are
@@ -157,13 +158,17 @@ def mounts(work: Work, plain: Path, skip: bool) -> Iterator[dict[str, Commands]]
         }
 
 
-def measure(row: Row, commands: Commands, mib: int) -> None:
+def measure(row: Row, commands: Commands, mib: int, inputs: tuple[Path, ...]) -> None:
+    """Time both ways of `commands`, each with `inputs` read into the page cache first: on a
+    shared host another benchmark's `drop_caches` would otherwise make one run read the disk."""
+    warm = shlex.join(["cat", *map(str, inputs)]) + " > /dev/null"
     for command, seconds, cpu in (
         (commands.file, row.file_seconds, row.file_cpu),
         (commands.pipe, row.pipe_seconds, row.pipe_cpu),
     ):
         if command is None:
             continue
+        run([SH, "-c", warm])
         timed_shell(command, seconds, cpu, mib, commands.servers)
         if commands.after:
             run([SH, "-c", commands.after])
@@ -273,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             commands |= through_mounts
             for round_number in range(1, args.repeat + 1):
                 for name, row in rows.items():
-                    measure(row, commands[name], args.size_mib)
+                    measure(row, commands[name], args.size_mib, (plain, encrypted))
                     print(
                         f"  round {round_number}: {name}: file/pipe s"
                         f" {row.file_seconds[-1]:.2f}/{row.pipe_seconds[-1]:.2f}",

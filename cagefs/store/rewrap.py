@@ -97,7 +97,7 @@ class Reencrypter:
         sealing = _Sealing(NewVersion(root, recipients, FileAuth(key)), self.sealers)
         sealing.feed_from(reader, fd)
         try:
-            self._wait()
+            self.wait()
         except BaseException:
             sealing.abandon()
             raise
@@ -106,7 +106,7 @@ class Reencrypter:
     def close(self) -> None:
         """Wait for the last file to be replaced (raising its error); stop the sealers."""
         try:
-            self._wait()
+            self.wait()
         finally:
             self._tails.shutdown()
             self._started()
@@ -117,7 +117,9 @@ class Reencrypter:
         while self._starting:
             self._starting.pop().join()
 
-    def _wait(self) -> None:
+    def wait(self) -> None:
+        """Until the file before is in place (raising its error): before a file that may be
+        that one under another name is looked at."""
         tail, self._tail = self._tail, None
         if tail is not None:
             tail.result()

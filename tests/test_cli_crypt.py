@@ -217,3 +217,27 @@ def test_one_line_errors(keyfile, new_keyfile, tmp_path: Path) -> None:
     bad_key.write_text(secret[:-3] + "qqq\n")
     message = fails("decrypt", "-i", str(bad_key), stdin=encrypted)
     assert secret[20:40] not in message  # never echo key material
+
+
+def test_encrypt_and_decrypt_load_only_what_they_use(keyfile, tmp_path: Path) -> None:
+    """Start-up counts in every pipe's time: `encrypt` and `decrypt` import neither the other
+    verbs (the store, the mount) nor importlib.metadata (only --version needs it)."""
+    plain, encrypted = tmp_path / "plain", tmp_path / "plain.age"
+    plain.write_bytes(b"x" * 100)
+    heavy = ("cagefs.store", "cagefs.fs", "cagefs.cli.mount", "importlib.metadata", "trio")
+    script = (
+        "import sys\n"
+        "from cagefs.cli.main import main\n"
+        "code = main(sys.argv[1:])\n"
+        f"print([m for m in {heavy!r} if m in sys.modules], file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    for args in (
+        ["encrypt", "-r", keyfile.recipient, "-o", str(encrypted), str(plain)],
+        ["decrypt", "-i", str(keyfile.path), "-o", str(tmp_path / "out"), str(encrypted)],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, check=True
+        )
+        assert done.stderr == "[]\n", f"{args[0]} imported {done.stderr}"
+    assert (tmp_path / "out").read_bytes() == plain.read_bytes()

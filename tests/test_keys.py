@@ -159,10 +159,14 @@ def test_damaged_and_planted_files_are_listed_and_left_as_they_are(
     tmp_path: Path, keyfile: KeyFile, new_keyfile
 ) -> None:
     root = tmp_path / "store"
-    make_store(root, keyfile, {"ok": b"fine", "bad": os.urandom(200_000)})
-    damaged = bytearray((root / "bad.age").read_bytes())
-    damaged[-100] ^= 1
-    (root / "bad.age").write_bytes(bytes(damaged))
+    big = os.urandom(3 << 20)  # rekeyed through a sealer, decrypted into its ring
+    make_store(root, keyfile, {"ok": b"fine", "bad": os.urandom(200_000), "bigbad": big})
+    damaged = {}
+    for name, at in (("bad.age", -100), ("bigbad.age", len(big) // 2)):
+        data = bytearray((root / name).read_bytes())
+        data[at] ^= 1
+        (root / name).write_bytes(bytes(data))
+        damaged[name] = bytes(data)
     subprocess.run(
         ["age", "-r", keyfile.recipient, "-o", str(root / "planted.age")], input=b"x", check=True
     )
@@ -170,9 +174,10 @@ def test_damaged_and_planted_files_are_listed_and_left_as_they_are(
     proc = cagefs("rekey", root, "-i", keyfile.path)
     assert proc.returncode == ExitCode.DAMAGE, proc.stderr
     lines = proc.stdout.decode().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["bad.age", "planted.age"]
-    assert "authenticated" in lines[0] and "untagged" in lines[1]
-    assert (root / "bad.age").read_bytes() == bytes(damaged)
+    assert [line.split(":")[0] for line in lines] == ["bad.age", "bigbad.age", "planted.age"]
+    assert "authenticated" in lines[0] and "authenticated" in lines[1] and "untagged" in lines[2]
+    for name, data in damaged.items():
+        assert (root / name).read_bytes() == data, name
     assert (root / "planted.age").read_bytes() == planted
     assert go_age(root / "ok.age", keyfile).stdout == b"fine"
     assert not (root / KEYCHANGE_FILE).exists()
@@ -189,7 +194,12 @@ def test_a_change_killed_midway_is_finished_by_running_it_again(
 ) -> None:
     root = tmp_path / "store"
     colleague = new_keyfile("colleague.txt")
-    files = {f"d{i % 4}/f{i:03}": os.urandom(50_000 + i) for i in range(150)}
+    # Every 15th file is sealed by a sealer process (past 1 MiB): a kill may catch two files
+    # in flight, one being read and one being finished.
+    files = {
+        f"d{i % 4}/f{i:03}": os.urandom((1 << 20) + 70_001 + i if i % 15 == 7 else 50_000 + i)
+        for i in range(150)
+    }
     make_store(root, keyfile, files, *([] if verb == "add" else [colleague.recipient]))
     inodes = {path: os.stat(path).st_ino for path in backing(root)}
     args = ["rekey", str(root)]
@@ -391,3 +401,36 @@ def test_progress_is_redrawn_on_a_terminal(tmp_path: Path, keyfile: KeyFile, on_
     )
     assert rc == 0, shown
     assert b"\r\x1b[Kcagefs rekey: " in shown and b" files, " in shown and b" left" in shown
+
+
+def test_a_rekey_out_of_space_keeps_every_file_and_finishes_with_room(
+    tmp_path: Path, keyfile: KeyFile
+) -> None:
+    """On a disk without room for a new version beside the old ones, a rekey (files past
+    1 MiB: sealed by sealer processes, finished on a thread) fails with one line and leaves
+    every file and no temp; given room, running it again finishes."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=7m", "cagefs-full", disk], check=True)
+    try:
+        root = disk / "store"
+        files = {"a": os.urandom(3 << 20), "b": os.urandom((3 << 20) + 1)}
+        make_store(root, keyfile, files)
+        before = {p: p.read_bytes() for p in backing(root)}
+        proc = cagefs("rekey", root, "-i", keyfile.path)
+        assert proc.returncode == 1, proc.stderr
+        assert "No space left on device" in one_line(proc)
+        assert {p: p.read_bytes() for p in backing(root)} == before
+        assert os.listdir(root / TMP_DIR) == []
+
+        subprocess.run(["mount", "-o", "remount,size=32m", disk], check=True)
+        again = cagefs("rekey", root, "-i", keyfile.path)
+        assert again.returncode == 0, again.stderr
+        assert b"finishing an interrupted key change" in again.stderr
+        for name, plaintext in files.items():
+            path = root / f"{name}.age"
+            assert path.read_bytes() != before[path], f"{name} was not rekeyed"
+            assert go_age(path, keyfile).stdout == plaintext, name
+        assert os.listdir(root / TMP_DIR) == []
+    finally:
+        subprocess.run(["umount", "-l", disk], check=True)

@@ -42,8 +42,7 @@ from cagefs.store.auth import AuthKey, Kind, Proof
 from cagefs.store.keyring import read_age_file, save_auth_key, write_age_file, write_canary
 from cagefs.store.layout import AUTH_FILE, CANARY_FILE, KEYCHANGE_FILE, META_DIR, NEXT_AUTH_FILE
 from cagefs.store.paths import fsync_dir
-from cagefs.store.rewrap import recipient_stanzas, reencrypt_file, rewrap_file
-from cagefs.store.sealer import SealerPool
+from cagefs.store.rewrap import Reencrypter, recipient_stanzas, rewrap_file
 from cagefs.store.verify import backing_files
 
 PLAN_FILE = KEYCHANGE_FILE
@@ -171,7 +170,8 @@ def run(
     """Carry out a started plan; yields (backing path, problem) for each file left as it is."""
     keys = load_keys(root, plan, identities)
     target = [parse_recipient(text) for text in plan.recipients]
-    change = _Change(root, plan, keys, target, identities, SealerPool(limit=1))
+    rekey = Reencrypter() if plan.action is Action.REKEY else None  # starts sealer processes
+    change = _Change(root, plan, keys, target, identities, rekey)
     try:
         for relative in backing_files(root):
             size = _size(root / relative)
@@ -180,7 +180,8 @@ def run(
                 yield relative, problem
             progress(relative, size)
     finally:
-        change.sealers.close()
+        if rekey is not None:
+            rekey.close()  # every file replaced before the plan may end
     _finish(root, plan, keys, target, config_save)
 
 
@@ -202,7 +203,7 @@ class _Change:
     keys: Keys
     target: Sequence[Recipient]
     identities: Sequence[Identity]
-    sealers: SealerPool
+    reencrypter: Reencrypter | None  # for Action.REKEY
 
     def __post_init__(self) -> None:
         self.done_shape = _shape(wrap_file_key(new_file_key(), self.target))
@@ -221,10 +222,10 @@ class _Change:
             proof = self.keys.old.proof(header, file_key, Kind.FILE)
             if proof is not Proof.VALID:  # never vouch for a file the store did not write
                 return f"left as it is: {proof.value}"
-            if self.plan.action is Action.REKEY:
+            if self.reencrypter is not None:
                 reader = PayloadReader(fd, header.length, file_key)
-                reencrypt_file(
-                    self.root, relative, fd, reader, self.target, self.keys.new, self.sealers
+                self.reencrypter.reencrypt(
+                    self.root, relative, fd, reader, self.target, self.keys.new
                 )
             else:
                 stanzas = wrap_file_key(file_key, self.target)

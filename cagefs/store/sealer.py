@@ -25,6 +25,7 @@ rides along), DATA (slot, length), END. Sealer to daemon: READY (once, when star
 it waits for the next JOB.
 """
 
+import contextlib
 import errno
 import logging
 import mmap
@@ -117,7 +118,10 @@ class Sealer:
     def _unmap(self) -> None:
         ring = self.slots.obj
         self.slots.release()
-        ring.close()
+        # A view of a slot may outlive the job (`SealJob.lend`'s, in the frames of the
+        # traceback that retired the sealer): the mapping then goes with the last such view.
+        with contextlib.suppress(BufferError):
+            ring.close()
         os.close(self.ring)
 
 
@@ -165,6 +169,19 @@ class SealJob:
             view = view[take:]
             if self._fill == SLOT_SIZE:
                 self.send()
+
+    def lend(self) -> memoryview:
+        """A free slot to fill in place, which saves the copy `write` makes; `commit` then
+        says how much of it was filled, before any other call."""
+        self.send()  # a slot being filled goes first: slots are sealed in the order sent
+        self._slot, self._fill = self._free_slot(), 0
+        at = self._slot * SLOT_SIZE
+        return self.sealer.slots[at : at + SLOT_SIZE]
+
+    def commit(self, size: int) -> None:
+        """The first `size` bytes of the lent slot are plaintext: hand them to the sealer."""
+        self._fill = size
+        self.send()
 
     def send(self) -> None:
         """Hand the slot being filled to the sealer, full or not."""
@@ -242,8 +259,9 @@ class SealerPool:
     failed); the caller then seals on its own thread, slower but just as correct.
     """
 
-    def __init__(self, limit: int = MAX_SEALERS) -> None:
+    def __init__(self, limit: int = MAX_SEALERS, keep_idle: int = _MAX_IDLE) -> None:
         self._limit = limit
+        self._keep_idle = keep_idle
         self._lock = threading.Lock()
         self._idle: list[Sealer] = []
         self._count = 0
@@ -282,7 +300,7 @@ class SealerPool:
     def give_back(self, sealer: Sealer) -> None:
         """A sealer whose job ended with DONE: keep it for the next job, or stop it."""
         with self._lock:
-            if not self._closed and len(self._idle) < _MAX_IDLE:
+            if not self._closed and len(self._idle) < self._keep_idle:
                 self._idle.append(sealer)
                 return
         self.retire(sealer)

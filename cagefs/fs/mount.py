@@ -26,7 +26,7 @@ from cagefs.fs.operations import Operations
 from cagefs.fs.publisher import Publisher
 from cagefs.fs.status import RecentErrors, serve_status, snapshot
 from cagefs.fs.strategies import Policy, Strategy
-from cagefs.store import reclaim
+from cagefs.store import links, reclaim
 from cagefs.store.auth import FileAuth
 from cagefs.store.layout import remove_stray_temps
 from cagefs.store.sealer import SealerPool
@@ -74,6 +74,9 @@ def serve(
     """
     lock.claim()
     if not options.read_only:
+        finished = links.replay(store.root)  # before the temps go: an intent holds its version
+        if finished:
+            log.info("finished %d publish(es) of hard-linked files cut by a crash", finished)
         removed = remove_stray_temps(store.root)
         if removed:
             log.info("removed %d unpublished temp version(s) left by a crash", removed)

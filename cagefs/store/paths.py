@@ -105,9 +105,9 @@ def link_over(
         os.link(source, temp, dst_dir_fd=dir_fd, follow_symlinks=False)
         try:
             os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            os.unlink(temp, dir_fd=dir_fd)
-            raise
+        finally:  # renaming a link over another link of the same file leaves both
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=dir_fd)
 
     return _keeping_times(dir_fd, link_and_rename)
 

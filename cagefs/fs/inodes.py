@@ -13,7 +13,7 @@ import enum
 import errno
 import os
 import stat
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +121,8 @@ class InodeTable:
         self.inos: OrderedDict[str, int] = OrderedDict()  # paths forgotten by the kernel
         self.unpublished: set[Node] = set()
         self.linked: dict[tuple[int, int], Node] = {}  # by backing entry, nlink > 1
+        # Links in .cagefs/links/ to versions being published (store/links.py): not names.
+        self.intent_links: Counter[tuple[int, int]] = Counter()
         self.ctimes = PublishedCtimes()
         self._next_ino = pyfuse3.ROOT_INODE + 1
 
@@ -197,15 +199,15 @@ class InodeTable:
         node = self.by_path.get(path)
         if node is not None and node.kind is kind:
             if st is not None and kind is not Kind.DIR:
-                node.nlink = st.st_nlink
+                node.nlink = self.link_count(st)
             return node
         if node is not None:
             self.unname(node, path)
-        if st is not None and st.st_nlink > 1 and kind is not Kind.DIR:
+        if st is not None and self.link_count(st) > 1 and kind is not Kind.DIR:
             linked = self.linked.get((st.st_dev, st.st_ino))
             if linked is not None and linked.path is not None and linked.kind is kind:
                 self.add_name(linked, path)
-                linked.nlink = st.st_nlink
+                linked.nlink = self.link_count(st)
                 return linked
         ino = self.inos.pop(path, None)
         if ino is None or ino in self.nodes:
@@ -215,10 +217,14 @@ class InodeTable:
         self.nodes[node.ino] = node
         self.by_path[path] = node
         if st is not None and kind is not Kind.DIR:
-            node.nlink = st.st_nlink
-            if st.st_nlink > 1:
+            node.nlink = self.link_count(st)
+            if node.nlink > 1:
                 self.set_backing(node, st)
         return node
+
+    def link_count(self, st: os.stat_result) -> int:
+        """The names a backing entry has (`st_nlink`, less an intent's own link)."""
+        return st.st_nlink - self.intent_links.get((st.st_dev, st.st_ino), 0)
 
     def set_backing(self, node: Node, st: os.stat_result | None) -> None:
         """The node's backing entry is now `st` (None: not known to be linked)."""

@@ -87,7 +87,7 @@ class Operations(pyfuse3.Operations):
         if st is None:
             st = os.lstat(entry, dir_fd=dir_fd)
         if node.kind is not Kind.DIR:
-            node.nlink = st.st_nlink
+            node.nlink = self.table.link_count(st)
         size = self.headers.plaintext_size(dir_fd, entry, st) if node.kind is Kind.FILE else None
         attrs = entry_attributes(node, st, size)
         attrs.st_ctime_ns = self.table.ctimes.shown(st)
@@ -712,7 +712,7 @@ class Operations(pyfuse3.Operations):
                         follow_symlinks=False,
                     )
                 st = os.lstat(entry, dir_fd=dir_fd)
-                node.nlink = st.st_nlink
+                node.nlink = self.table.link_count(st)
                 self.table.set_backing(node, st)
             self.table.add_name(node, path)
             _changed(node)

@@ -32,7 +32,8 @@ class Publisher:
         self._lock = trio.Lock()
         self._replaced: list[int | None] = []  # files renamed over, held until durable
         self._reported: set[str] = set()  # versions whose failure to publish was logged
-        self._intents: list[links.Intent] = []  # linked files' publishes, done once durable
+        # Linked files' publishes (with their version's inode), done once durable.
+        self._intents: list[tuple[links.Intent, tuple[int, int]]] = []
 
     async def run(self) -> None:
         while True:
@@ -171,10 +172,12 @@ class Publisher:
                 os.close(fd)
             raise
         self._replaced.append(held)
-        self._intents.append(intent)
         version.remove()  # every name, and the intent, hold it now
+        st = os.fstat(version.fd)
+        self._intents.append((intent, (st.st_dev, st.st_ino)))
+        self._table.intent_links[st.st_dev, st.st_ino] += 1
         node.nlink = len(node.names)
-        self._table.set_backing(node, os.fstat(version.fd))
+        self._table.set_backing(node, st)
         return directories
 
     def _keep_ctimes(
@@ -222,8 +225,11 @@ class Publisher:
         never put an older version back)."""
         reclaim.close_later(*self._replaced)
         self._replaced.clear()
-        for intent in self._intents:
+        for intent, version in self._intents:
             links.finish(intent)
+            self._table.intent_links[version] -= 1
+            if not self._table.intent_links[version]:
+                del self._table.intent_links[version]
         self._intents.clear()
 
     @staticmethod

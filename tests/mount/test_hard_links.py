@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -220,4 +221,28 @@ def test_a_crash_mid_publish_leaves_all_names_old_or_all_new(
         assert not list(daemon.store.rglob(".cagefs-link-*")), "temp links left behind"
     print(f"{cut} of 12 kills cut a publish between its intent and its end")
     shutil.rmtree(mnt / "sub")
+    daemon.assert_store_matches()
+
+
+def test_nlink_stays_right_while_versions_are_published(daemons: Callable[..., Daemon]) -> None:
+    """The intent's own link to a version being published is not a name: `st_nlink` counts
+    the names only, at every instant."""
+    daemon = daemons(options=["--publish-interval", "0.01"])
+    daemon.start()
+    a, b = daemon.mnt / "a", daemon.mnt / "b"
+    a.write_bytes(b"0")
+    os.link(a, b)
+    seen = set()
+    deadline = time.monotonic() + 4
+
+    def rewrite() -> None:
+        while time.monotonic() < deadline:
+            a.write_bytes(os.urandom(100))
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    while time.monotonic() < deadline:
+        seen.add(os.lstat(b).st_nlink)
+    writer.join()
+    assert seen == {2}, f"st_nlink seen: {sorted(seen)}"
     daemon.assert_store_matches()

@@ -28,7 +28,6 @@ from cagefs.fs.status import RecentErrors, serve_status, snapshot
 from cagefs.fs.strategies import Policy, Strategy
 from cagefs.store import links, reclaim
 from cagefs.store.auth import FileAuth
-from cagefs.store.layout import remove_stray_temps
 from cagefs.store.sealer import SealerPool
 
 if TYPE_CHECKING:
@@ -74,10 +73,9 @@ def serve(
     """
     lock.claim()
     if not options.read_only:
-        finished = links.replay(store.root)  # before the temps go: an intent holds its version
+        finished, removed = links.recover(store.root)
         if finished:
             log.info("finished %d publish(es) of hard-linked files cut by a crash", finished)
-        removed = remove_stray_temps(store.root)
         if removed:
             log.info("removed %d unpublished temp version(s) left by a crash", removed)
     heap.tune()

@@ -19,13 +19,13 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cagefs.store.atomic import replace_atomically
-from cagefs.store.layout import LINKS_DIR, SUFFIX, is_meta
-from cagefs.store.paths import StoreDirs, fsync_dirs, link_over, open_listing
+from cagefs.store.layout import LINKS_DIR, SUFFIX, is_meta, remove_stray_temps
+from cagefs.store.paths import StoreDirs, fsync_dir, fsync_dirs, link_over, open_listing
+from cagefs.store.versions import write_all
 
 log = logging.getLogger("cagefs")
 LINK_TEMP_PREFIX = ".cagefs-link-"  # a regular file without the suffix: no mount shows it
@@ -54,13 +54,74 @@ def begin(root: Path, version: str, names: Sequence[tuple[str, str]]) -> Intent:
         [(d, n, LINK_TEMP_PREFIX + os.urandom(8).hex()) for d, n in names],
     )
     os.link(version, intent.version)
-    try:  # the record's directory is synced last: its link to the version is durable too
-        with replace_atomically(root, f"{LINKS_DIR}/{intent.record.name}") as record:
-            record.write(json.dumps({"names": intent.names}).encode())
+    partial = intent.record.with_suffix(".partial")  # never read: a record appears whole
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            write_all(fd, json.dumps({"names": intent.names}).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(partial, intent.record)
+        fsync_dir(directory)  # the record, and the intent's link to the version
     except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
         abandon(intent)
         raise
     return intent
+
+
+def put_in_place(root: Path, temp: str, relative: str, names: Sequence[str] = ()) -> None:
+    """For the offline verbs: rename the durable file `temp` over `root/relative`; or, when
+    `names` (every backing path of that file, `LinkIndex`) are several, link it under each
+    name, all or nothing. Returns once it is durable."""
+    if len(names) <= 1:
+        os.rename(temp, root / relative)
+        fsync_dir((root / relative).parent)
+        return
+    intent = begin(root, temp, [_split(name) for name in names])
+    dirs = StoreDirs(root)
+    try:
+        _apply(dirs, intent, tolerate=False)
+    except BaseException:
+        abandon(intent)
+        raise
+    finally:
+        dirs.close()
+    finish(intent)
+    os.unlink(temp)
+
+
+class LinkIndex:
+    """Every backing path of each file with several links, from one walk of the store made at
+    the first question: for an offline verb, which holds the store's lock."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._names: dict[tuple[int, int], list[str]] | None = None
+
+    def names(self, relative: str, st: os.stat_result) -> list[str]:
+        """The backing paths of `relative`, whose stat is `st` (itself alone if not linked)."""
+        if st.st_nlink < 2:
+            return [relative]
+        if self._names is None:
+            self._names = {}
+            dirs = StoreDirs(self._root)
+            try:
+                for path, entry in _backing_files(dirs):
+                    found = entry.stat(follow_symlinks=False)
+                    if found.st_nlink > 1:
+                        key = (found.st_dev, found.st_ino)
+                        self._names.setdefault(key, []).append(f"{path}{SUFFIX}")
+            finally:
+                dirs.close()
+        return self._names.get((st.st_dev, st.st_ino), [relative])
+
+
+def _split(relative: str) -> tuple[str, str]:
+    directory, _, name = relative.rpartition("/")
+    return directory, name
 
 
 def finish(intent: Intent) -> None:
@@ -76,6 +137,13 @@ def abandon(intent: Intent) -> None:
     """A publish that failed part-way (it is retried): no later mount may finish this one,
     since the file's names may have changed by then."""
     finish(intent)
+
+
+def recover(root: Path) -> tuple[int, int]:
+    """What a crash left, for whoever holds the store's lock (a mount, the offline verbs):
+    publishes of linked files finished, then stray temps removed. Returns both counts."""
+    finished = replay(root)
+    return finished, remove_stray_temps(root)
 
 
 def replay(root: Path) -> int:
@@ -94,7 +162,7 @@ def replay(root: Path) -> int:
             if intent is None:
                 continue
             if os.path.exists(intent.version):  # else every name was durable already
-                _apply(dirs, intent)
+                _apply(dirs, intent, tolerate=True)
             finish(intent)
             finished += 1
         for entry in os.listdir(directory):  # versions whose record never became durable
@@ -115,7 +183,9 @@ def _load(record: Path) -> Intent | None:
         return None
 
 
-def _apply(dirs: StoreDirs, intent: Intent) -> None:
+def _apply(dirs: StoreDirs, intent: Intent, tolerate: bool) -> None:
+    """Link the intent's version under every name; `tolerate`: a name that fails is logged
+    and left (the others are still done), else the error is raised."""
     synced = []
     try:
         for directory, name, temp in intent.names:
@@ -124,6 +194,8 @@ def _apply(dirs: StoreDirs, intent: Intent) -> None:
                     link_over(intent.version, dir_fd, name, temp)
                     synced.append(open_listing(dir_fd))
             except OSError as exc:
+                if not tolerate:
+                    raise
                 shown = f"{directory}/{name}" if directory else name
                 log.error("%s: could not finish publishing a hard link: %s", shown, exc.strerror)
     finally:
@@ -134,7 +206,15 @@ def find_names(dirs: StoreDirs, dev: int, ino: int) -> list[str]:
     """The plaintext paths of every backing file that is the file (`dev`, `ino`): a walk of
     the whole store, comparing inode numbers from the directory listings (a stat only where
     they match). For the names of a linked file that no request has named yet."""
-    found = []
+    return [
+        path
+        for path, entry in _backing_files(dirs)
+        if entry.inode() == ino and entry.stat(follow_symlinks=False).st_dev == dev
+    ]
+
+
+def _backing_files(dirs: StoreDirs) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every backing file in the store, as (plaintext path, directory entry)."""
     below = [""]
     while below:
         path = below.pop()
@@ -150,12 +230,7 @@ def find_names(dirs: StoreDirs, dev: int, ino: int) -> list[str]:
                     if entry.is_dir(follow_symlinks=False):
                         if not is_meta(path, entry.name):
                             below.append(child)
-                    elif (
-                        entry.inode() == ino
-                        and entry.name.endswith(SUFFIX)
-                        and entry.stat(follow_symlinks=False).st_dev == dev
-                    ):
-                        found.append(child[: -len(SUFFIX)])
+                    elif entry.name.endswith(SUFFIX) and entry.is_file(follow_symlinks=False):
+                        yield child[: -len(SUFFIX)], entry
         finally:
             os.close(fd)
-    return found

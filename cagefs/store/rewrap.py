@@ -19,7 +19,7 @@ from cagefs.age.recipients import Recipient
 from cagefs.age.stream import Buffer, PayloadReader
 from cagefs.store.atomic import replace_atomically
 from cagefs.store.auth import STANZA_TYPE, AuthKey, FileAuth, Kind
-from cagefs.store.paths import fsync_dir
+from cagefs.store.links import put_in_place
 from cagefs.store.sealer import SealerError, SealerPool, SealJob
 from cagefs.store.versions import NewVersion
 
@@ -41,12 +41,14 @@ def rewrap_file(
     file_key: bytes,
     stanzas: Sequence[Stanza],
     key: AuthKey,
+    names: Sequence[str] = (),
 ) -> None:
     """Replace `root/relative` (open as `fd`, with `header`) by a version whose header holds
-    `stanzas` (wrapping `file_key`) and a proof under `key`, and the same payload."""
+    `stanzas` (wrapping `file_key`) and a proof under `key`, and the same payload; `names`:
+    all backing paths of a hard-linked file (`links.LinkIndex`), which all get it."""
     new_header = encode_header([*stanzas, key.tag(file_key, stanzas, Kind.FILE)], file_key)
     st = os.fstat(fd)
-    with replace_atomically(root, relative, st.st_mode & 0o7777) as out:
+    with replace_atomically(root, relative, st.st_mode & 0o7777, names) as out:
         out.write(new_header)
         out.flush()
         copy_range(fd, out.fileno(), header.length, st.st_size - header.length, len(new_header))
@@ -61,12 +63,14 @@ def reencrypt_file(
     recipients: Sequence[Recipient],
     key: AuthKey,
     sealers: SealerPool,
+    names: Sequence[str] = (),
 ) -> None:
     """Replace `root/relative` (open as `fd`, read by `reader`) by the same plaintext under a
-    fresh file key for `recipients`, with a proof under `key`."""
+    fresh file key for `recipients`, with a proof under `key` (under every one of `names`, as
+    `rewrap_file`)."""
     st = os.fstat(fd)
     version = write_version(root, recipients, key, sealers, plaintext_blocks(reader), reader.size)
-    publish(version, root, relative, st)
+    publish(version, root, relative, st, names)
 
 
 def write_version(
@@ -88,18 +92,20 @@ def write_version(
     return version
 
 
-def publish(version: NewVersion, root: Path, relative: str, st: os.stat_result) -> None:
+def publish(
+    version: NewVersion, root: Path, relative: str, st: os.stat_result, names: Sequence[str] = ()
+) -> None:
     """Give a sealed version `st`'s owner, mode and times, make it durable and rename it to
-    `root/relative` (I3); on failure the temp is removed."""
+    `root/relative` (I3), or link it under every one of `names`; on failure the temp is
+    removed."""
     try:
         keep_attributes(version.fd, st)
         os.fsync(version.fd)
-        os.rename(version.path, root / relative)
+        put_in_place(root, version.path, relative, names)
     except BaseException:
         version.discard()
         raise
     os.close(version.fd)
-    fsync_dir((root / relative).parent)
 
 
 def _seal(version: NewVersion, blocks: Iterable[Buffer], sealers: SealerPool, size: int) -> None:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from .helpers import SUFFIX, Daemon, decrypt_backing, opened, run, sh
+from .helpers import SUFFIX, Daemon, cagefs, decrypt_backing, opened, run, sh
 
 META = ".cagefs"
 
@@ -245,4 +245,40 @@ def test_nlink_stays_right_while_versions_are_published(daemons: Callable[..., D
         seen.add(os.lstat(b).st_nlink)
     writer.join()
     assert seen == {2}, f"st_nlink seen: {sorted(seen)}"
+    daemon.assert_store_matches()
+
+
+def test_key_verbs_keep_hard_links(tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+    """`recipients add` (rewrap), `rekey` and `recipients remove` (new payloads) give every
+    name of a linked file its new version: still one file, and a crash left by a mount is
+    finished before they start."""
+    daemon = daemons("auto")
+    daemon.start()
+    mnt, store = daemon.mnt, daemon.store
+    (mnt / "d").mkdir()
+    (mnt / "a").write_bytes(b"linked\n" * 30_000)
+    os.link(mnt / "a", mnt / "d" / "b")
+    os.link(mnt / "a", mnt / "c")
+    (mnt / "alone").write_bytes(b"alone\n")
+    (mnt / "version").write_bytes(b"new\n" * 30_000)
+    daemon.stop_clean()
+    links = store / META / "links"  # a publish of a, d/b, c cut before its first name
+    links.mkdir(exist_ok=True)
+    os.rename(store / "version.age", links / "cut.age")
+    names = [["", "a.age", ".cagefs-link-1"], ["d", "b.age", ".cagefs-link-2"]]
+    (links / "cut.json").write_text(json.dumps({"names": [*names, ["", "c.age", ".t3"]]}))
+    colleague = tmp_path / "colleague.txt"
+    proc = cagefs("keygen", "-o", colleague)
+    recipient = proc.stderr.split("Public key: ")[-1].strip()
+    verbs = {"add": ["recipients", "add", store, recipient], "rekey": ["rekey", store]}
+    verbs["remove"] = ["recipients", "remove", store, recipient]
+    for name, verb in verbs.items():
+        done = cagefs(*verb, "-i", daemon.identity)
+        assert done.returncode == 0, f"{name}: {done.stderr}"
+        assert_backing_linked(daemon, ["a", "d/b", "c"], b"new\n" * 30_000)
+        if name == "add":
+            assert decrypt_backing(store / "d" / "b.age", colleague) == b"new\n" * 30_000
+        assert not os.listdir(store / META / "links") and not list(store.rglob(".cagefs-link-*"))
+    daemon.start()
+    assert os.stat(mnt / "c").st_nlink == 3
     daemon.assert_store_matches()

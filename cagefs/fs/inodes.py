@@ -11,6 +11,7 @@ kernel has longest forgotten lose their number (they get a new one if looked up 
 import contextlib
 import enum
 import errno
+import logging
 import os
 import stat
 from collections import Counter, OrderedDict
@@ -26,6 +27,7 @@ from cagefs.store import links
 from cagefs.store.layout import NAME_MAX, SUFFIX, backing_file_name, is_meta
 from cagefs.store.paths import StoreDirs
 
+log = logging.getLogger("cagefs")
 REMEMBERED_PATHS = 500_000
 
 
@@ -277,7 +279,13 @@ class InodeTable:
                 st = os.lstat(name, dir_fd=dir_fd)
         except (OSError, pyfuse3.FUSEError):
             return
-        found = await trio.to_thread.run_sync(links.find_names, self.dirs, st.st_dev, st.st_ino)
+        try:
+            found = await trio.to_thread.run_sync(
+                links.find_names, self.dirs, st.st_dev, st.st_ino
+            )
+        except OSError as exc:  # the names known are still served and published
+            log.error("%s: could not look for its other names: %s", node.path, exc.strerror)
+            return
         for path in found:
             if path in node.names or self.by_path.get(path) not in (None, node):
                 continue

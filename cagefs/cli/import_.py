@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cagefs.cli.progress import Progress
     from cagefs.store import check_store
-    from cagefs.store.layout import remove_stray_temps
+    from cagefs.store.links import recover
     from cagefs.store.lock import lock_store
     from cagefs.store.transfer import import_tree
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     with lock_store(args.store, "import"):
         store = open_store_from(args)  # with --auth-key-file: encrypt-only
         assert store.auth is not None
-        remove_stray_temps(store.root)
+        recover(store.root)
         files, size = _count(args.source)
         progress = Progress("import", files, size)
         problems = 0

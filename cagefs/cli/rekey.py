@@ -54,14 +54,14 @@ def open_for_change(args: argparse.Namespace, verb: str) -> "Iterator[tuple[Stor
     from cagefs.cli.keyargs import load_identities
     from cagefs.store import check_store, unlock_store
     from cagefs.store.keychange import Plan
-    from cagefs.store.layout import remove_stray_temps
+    from cagefs.store.links import recover
     from cagefs.store.lock import lock_store
 
     check_store(args.store)
     with lock_store(args.store, verb):
         identities = load_identities(args.identity, args.passfile)
         store = unlock_store(args.store, identities, args.passfile)
-        remove_stray_temps(store.root)  # an interrupted run's, now that no daemon owns them
+        recover(store.root)  # an interrupted run's, now that no daemon owns them
         yield store, Plan.load(store.root)
 
 

@@ -98,9 +98,9 @@ def _writing(root: Path, upgrade: bool) -> Iterator[None]:
     if not upgrade:
         yield
         return
-    from cagefs.store.layout import remove_stray_temps
+    from cagefs.store.links import recover
     from cagefs.store.lock import lock_store
 
     with lock_store(root, "verify --upgrade"):
-        remove_stray_temps(root)  # an interrupted upgrade's, now that no daemon can own them
+        recover(root)  # an interrupted upgrade's, now that no daemon can own them
         yield

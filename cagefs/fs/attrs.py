@@ -76,7 +76,7 @@ def entry_attributes(node: Node, st: StatLike, size: int | None = None) -> pyfus
     if node.path is None:
         entry.st_nlink = 0  # unlinked, or replaced by a rename, and still open
     else:
-        entry.st_nlink = st.st_nlink if node.kind is Kind.DIR else 1
+        entry.st_nlink = st.st_nlink if node.kind is Kind.DIR else node.nlink
     entry.st_uid = st.st_uid
     entry.st_gid = st.st_gid
     if node.kind is Kind.SPECIAL:

@@ -11,19 +11,23 @@ kernel has longest forgotten lose their number (they get a new one if looked up 
 import contextlib
 import enum
 import errno
+import logging
 import os
 import stat
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyfuse3
+import trio
 
 from cagefs.fs.content import FileContent
+from cagefs.store import links
 from cagefs.store.layout import NAME_MAX, SUFFIX, backing_file_name, is_meta
 from cagefs.store.paths import StoreDirs
 
+log = logging.getLogger("cagefs")
 REMEMBERED_PATHS = 500_000
 
 
@@ -42,6 +46,24 @@ class Node:
     lookups: int = 0
     content: FileContent | None = None
     last: os.stat_result | None = None  # the backing entry's stat as its last name went
+    # Hard links: the node's other known names, the number of names it has (in the store,
+    # or, not yet published, here), and whether every name in the store has been found.
+    links: set[str] = field(default_factory=set)
+    nlink: int = 1
+    names_found: bool = False
+    backing: tuple[int, int] | None = None  # (st_dev, st_ino) of a linked backing entry
+
+    @property
+    def names(self) -> list[str]:
+        """Every known name; the first is the one the node is reached by (`path`)."""
+        return [] if self.path is None else [self.path, *sorted(self.links)]
+
+    def rename(self, old: str, new: str) -> None:
+        if self.path == old:
+            self.path = new
+        else:
+            self.links.discard(old)
+            self.links.add(new)
 
 
 Probed = tuple[str, Kind, os.stat_result | None]
@@ -100,6 +122,9 @@ class InodeTable:
         self.by_path: dict[str, Node] = {"": self.nodes[pyfuse3.ROOT_INODE]}
         self.inos: OrderedDict[str, int] = OrderedDict()  # paths forgotten by the kernel
         self.unpublished: set[Node] = set()
+        self.linked: dict[tuple[int, int], Node] = {}  # by backing entry, nlink > 1
+        # Links in .cagefs/links/ to versions being published (store/links.py): not names.
+        self.intent_links: Counter[tuple[int, int]] = Counter()
         self.ctimes = PublishedCtimes()
         self._next_ino = pyfuse3.ROOT_INODE + 1
 
@@ -170,12 +195,22 @@ class InodeTable:
             return owner is not None and owner in self.unpublished
         return False
 
-    def node_for(self, path: str, kind: Kind) -> Node:
+    def node_for(self, path: str, kind: Kind, st: os.stat_result | None = None) -> Node:
+        """The node of `path`, a `kind`; `st`, if given, is its backing entry's lstat: a name
+        of an entry with several links is a name of the node that entry already has."""
         node = self.by_path.get(path)
         if node is not None and node.kind is kind:
+            if st is not None and kind is not Kind.DIR:
+                node.nlink = self.link_count(st)
             return node
         if node is not None:
-            self.detach(node)
+            self.unname(node, path)
+        if st is not None and self.link_count(st) > 1 and kind is not Kind.DIR:
+            linked = self.linked.get((st.st_dev, st.st_ino))
+            if linked is not None and linked.path is not None and linked.kind is kind:
+                self.add_name(linked, path)
+                linked.nlink = self.link_count(st)
+                return linked
         ino = self.inos.pop(path, None)
         if ino is None or ino in self.nodes:
             ino = self._next_ino
@@ -183,7 +218,91 @@ class InodeTable:
         node = Node(ino, path, kind)
         self.nodes[node.ino] = node
         self.by_path[path] = node
+        if st is not None and kind is not Kind.DIR:
+            node.nlink = self.link_count(st)
+            if node.nlink > 1:
+                self.set_backing(node, st)
         return node
+
+    def link_count(self, st: os.stat_result) -> int:
+        """The names a backing entry has (`st_nlink`, less an intent's own link)."""
+        return st.st_nlink - self.intent_links.get((st.st_dev, st.st_ino), 0)
+
+    def set_backing(self, node: Node, st: os.stat_result | None) -> None:
+        """The node's backing entry is now `st` (None: not known to be linked)."""
+        if node.backing is not None and self.linked.get(node.backing) is node:
+            del self.linked[node.backing]
+        node.backing = None if st is None else (st.st_dev, st.st_ino)
+        if node.backing is not None:
+            self.linked[node.backing] = node
+
+    def add_name(self, node: Node, path: str) -> None:
+        """One more name of `node` (a hard link made, or found in the store)."""
+        self.inos.pop(path, None)
+        self.by_path[path] = node
+        node.links.add(path)
+
+    def unname(self, node: Node, path: str, last: os.stat_result | None = None) -> None:
+        """One name of `node` is gone (unlink, replaced by rename); the node goes on under its
+        other names, or, with none left, as `detach` leaves it."""
+        if path not in node.names:
+            return
+        if not node.links:
+            self.detach(node, last)
+            return
+        if self.by_path.get(path) is node:
+            del self.by_path[path]
+        self.inos.pop(path, None)
+        if path == node.path:
+            node.path = min(node.links)
+            node.links.discard(node.path)
+        else:
+            node.links.discard(path)
+        node.nlink = max(node.nlink - 1, 1)
+
+    def missing_names(self, node: Node) -> bool:
+        """Whether `node` has names in the store that no request has named yet."""
+        return (
+            node.kind is Kind.FILE
+            and not node.names_found
+            and node.path is not None
+            and node not in self.unpublished
+            and node.nlink > len(node.names)
+        )
+
+    async def find_names(self, node: Node) -> None:
+        """Find every name of a linked file in the store (a walk of the whole store, off the
+        loop; once per node): a new version must reach them all, an unlink of the last known
+        name must not end the file."""
+        try:
+            with self.at(node.path, node.kind) as (dir_fd, name):
+                st = os.lstat(name, dir_fd=dir_fd)
+        except (OSError, pyfuse3.FUSEError):
+            return
+        try:
+            found = await trio.to_thread.run_sync(
+                links.find_names, self.dirs, st.st_dev, st.st_ino
+            )
+        except OSError as exc:  # the names known are still served and published
+            log.error("%s: could not look for its other names: %s", node.path, exc.strerror)
+            return
+        for path in found:
+            if path in node.names or self.by_path.get(path) not in (None, node):
+                continue
+            try:  # renamed or unlinked while the walk ran?
+                with self.at(path, Kind.FILE) as (dir_fd, name):
+                    again = os.lstat(name, dir_fd=dir_fd)
+            except (OSError, pyfuse3.FUSEError):
+                continue
+            if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):
+                self.add_name(node, path)
+        node.names_found = True
+        self.set_backing(node, st)
+
+    def backing_entry(self, path: str, kind: Kind) -> tuple[str, str]:
+        """The store directory (a path) and the backing name of plaintext `path`."""
+        head, _, name = path.rpartition("/")
+        return head, backing_name(name, kind)
 
     def attach(self, node: Node, content: FileContent) -> FileContent:
         node.content = content
@@ -193,29 +312,29 @@ class InodeTable:
     def detach(self, node: Node, last: os.stat_result | None = None) -> None:
         """The name is gone (unlink, replaced by rename); open handles keep the node alive,
         and see `last` (the entry's stat before it went) with no link left."""
-        if node.path is not None and self.by_path.get(node.path) is node:
-            del self.by_path[node.path]
-        if node.path is not None:
-            self.inos.pop(node.path, None)  # a directory that goes is empty: nothing below
+        for path in node.names:
+            if self.by_path.get(path) is node:
+                del self.by_path[path]
+            self.inos.pop(path, None)  # a directory that goes is empty: nothing below
         node.path = None
+        node.links.clear()
         node.last = last
         self.unpublished.discard(node)
         self.drop_if_unused(node)
 
-    def move(self, node: Node, new_path: str) -> None:
-        """Rename a node and, for a directory, every known node and number below it."""
-        old_path = node.path
-        assert old_path is not None
+    def move(self, node: Node, old_path: str, new_path: str) -> None:
+        """Rename a node's name `old_path` and, for a directory, every known name and number
+        below it."""
         prefix = old_path + "/"
         self.inos.pop(new_path, None)  # what the rename replaces is gone (an empty dir, if one)
-        moved = [node] + [n for p, n in self.by_path.items() if p.startswith(prefix)]
-        for n in moved:
-            assert n.path is not None
-            del self.by_path[n.path]
-        for n in moved:
-            assert n.path is not None
-            n.path = new_path + n.path[len(old_path) :]
-            self.by_path[n.path] = n
+        moved = [(old_path, node)]
+        if node.kind is Kind.DIR:
+            moved += [(p, n) for p, n in self.by_path.items() if p.startswith(prefix)]
+        for p, _ in moved:
+            del self.by_path[p]
+        for p, n in moved:
+            n.rename(p, new_path + p[len(old_path) :])
+            self.by_path[new_path + p[len(old_path) :]] = n
         if node.kind is Kind.DIR:
             below = [(p, i) for p, i in self.inos.items() if p.startswith(prefix)]
             for p, _ in below:
@@ -225,7 +344,7 @@ class InodeTable:
 
     def has_unpublished_below(self, path: str) -> bool:
         prefix = path + "/" if path else ""
-        return any(n.path is not None and n.path.startswith(prefix) for n in self.unpublished)
+        return any(p.startswith(prefix) for n in self.unpublished for p in n.names)
 
     def forget(self, ino: int, count: int) -> None:
         node = self.nodes.get(ino)
@@ -242,8 +361,10 @@ class InodeTable:
         if node.lookups > 0 or node.content is not None or node.ino == pyfuse3.ROOT_INODE:
             return
         self.nodes.pop(node.ino, None)
-        if node.path is not None and self.by_path.get(node.path) is node:
-            del self.by_path[node.path]
-            self.inos[node.path] = node.ino
-            if len(self.inos) > REMEMBERED_PATHS:
-                self.inos.popitem(last=False)
+        self.set_backing(node, None)
+        for path in node.names:
+            if self.by_path.get(path) is node:
+                del self.by_path[path]
+                self.inos[path] = node.ino
+                if len(self.inos) > REMEMBERED_PATHS:
+                    self.inos.popitem(last=False)

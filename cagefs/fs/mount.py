@@ -26,10 +26,9 @@ from cagefs.fs.operations import Operations
 from cagefs.fs.publisher import Publisher
 from cagefs.fs.status import RecentErrors, serve_status, snapshot
 from cagefs.fs.strategies import Policy, Strategy
-from cagefs.store import reclaim
+from cagefs.store import links, reclaim
 from cagefs.store.auth import FileAuth
 from cagefs.store.filekeys import FileKeys
-from cagefs.store.layout import remove_stray_temps
 from cagefs.store.sealer import SealerPool
 
 if TYPE_CHECKING:
@@ -75,7 +74,9 @@ def serve(
     """
     lock.claim()
     if not options.read_only:
-        removed = remove_stray_temps(store.root)
+        finished, removed = links.recover(store.root)
+        if finished:
+            log.info("finished %d publish(es) of hard-linked files cut by a crash", finished)
         if removed:
             log.info("removed %d unpublished temp version(s) left by a crash", removed)
     heap.tune()

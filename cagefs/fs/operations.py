@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,8 @@ class Operations(pyfuse3.Operations):
         entry = backing_name(node.path.rpartition("/")[2], node.kind) if node.path else "."
         if st is None:
             st = os.lstat(entry, dir_fd=dir_fd)
+        if node.kind is not Kind.DIR:
+            node.nlink = self.table.link_count(st)
         size = self.headers.plaintext_size(dir_fd, entry, st) if node.kind is Kind.FILE else None
         attrs = entry_attributes(node, st, size)
         attrs.st_ctime_ns = self.table.ctimes.shown(st)
@@ -97,7 +100,7 @@ class Operations(pyfuse3.Operations):
         if found is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         path, kind, st = found
-        return self.table.node_for(path, kind), st
+        return self.table.node_for(path, kind, st), st
 
     def _remember(self, node: Node, dir_fd: int | None = None) -> pyfuse3.EntryAttributes:
         attrs = self._attributes(node, dir_fd=dir_fd)
@@ -337,9 +340,10 @@ class Operations(pyfuse3.Operations):
         finally:
             os.close(listing)
         names.update(
-            n.path.rpartition("/")[2]
+            path.rpartition("/")[2]
             for n in self.table.unpublished
-            if n.path is not None and n.path.rpartition("/")[0] == node.path
+            for path in n.names
+            if path.rpartition("/")[0] == node.path
         )
         return sorted(names)
 
@@ -568,7 +572,11 @@ class Operations(pyfuse3.Operations):
         parent = self.table.get(parent_inode)
         text = os.fsdecode(name)
         with self.table.dir_at(parent) as dir_fd:
+            node, _ = self._lookup(parent, text, dir_fd)
+        await self._find_other_names(node)
+        with self.table.dir_at(parent) as dir_fd:
             node, st = self._lookup(parent, text, dir_fd)
+            assert parent.path is not None
             if node.kind is Kind.DIR:
                 raise pyfuse3.FUSEError(errno.EISDIR)
             entry = backing_name(text, node.kind)
@@ -578,7 +586,14 @@ class Operations(pyfuse3.Operations):
                     _remove_shadowed(dir_fd, entry)
                 else:
                     os.unlink(entry, dir_fd=dir_fd)
-                self.table.detach(node, st)
+                self.table.unname(node, join(parent.path, text), st)
+                _changed(node)
+
+    async def _find_other_names(self, node: Node) -> None:
+        """Before an open file loses the last name this mount knows: its other names in the
+        store, which its handles' changes must still reach."""
+        if node.content is not None and self.table.missing_names(node):
+            await self.table.find_names(node)
 
     @fuse_errors
     async def rename(
@@ -598,18 +613,26 @@ class Operations(pyfuse3.Operations):
         check_name(new_name)
         if is_meta(new_parent.path, new_name):
             raise pyfuse3.FUSEError(errno.EACCES)
+        with self.table.dir_at(new_parent) as new_fd:
+            found = self.table.probe(new_parent, new_name, new_fd)
+        replaced = self.table.by_path.get(found[0]) if found is not None else None
+        if replaced is not None:  # an open file losing its last known name keeps its others
+            await self._find_other_names(replaced)
         with self.table.dir_at(old_parent) as old_fd, self.table.dir_at(new_parent) as new_fd:
             source, _ = self._lookup(old_parent, old_name, old_fd)
             target = self.table.probe(new_parent, new_name, new_fd)
             if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
                 raise pyfuse3.FUSEError(errno.EEXIST)
-            assert new_parent.path is not None and source.path is not None
+            assert new_parent.path is not None and old_parent.path is not None
+            old_path = join(old_parent.path, old_name)
             new_path = join(new_parent.path, new_name)
-            if new_path == source.path:
+            if new_path == old_path:
                 return
-            if source.kind is Kind.DIR and (new_path + "/").startswith(source.path + "/"):
+            if source.kind is Kind.DIR and (new_path + "/").startswith(old_path + "/"):
                 raise pyfuse3.FUSEError(errno.EINVAL)
             replaced = self._check_replace(source, target)
+            if replaced is source:
+                return  # two names of one file: POSIX leaves both
             if self.table.backing_taken(new_fd, new_parent.path, new_name, source.kind):
                 raise pyfuse3.FUSEError(errno.EEXIST)
             old = (old_fd, backing_name(old_name, source.kind))
@@ -620,21 +643,22 @@ class Operations(pyfuse3.Operations):
                 self._rename_backing(source, old, new, held)  # may fail: ENOTEMPTY
                 if replaced is not None:
                     assert target is not None
-                    self.table.detach(replaced, target[2])
-                self.table.move(source, new_path)
+                    self.table.unname(replaced, new_path, target[2])
+                    _changed(replaced)
+                self.table.move(source, old_path, new_path)
 
     def _check_replace(self, source: Node, target: Probed | None) -> Node | None:
         """The node a rename replaces, after POSIX's checks on what may replace what."""
         if target is None:
             return None
-        path, kind, _ = target
+        path, kind, st = target
         if source.kind is Kind.DIR and kind is not Kind.DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if source.kind is not Kind.DIR and kind is Kind.DIR:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if kind is Kind.DIR and self.table.has_unpublished_below(path):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        return self.table.node_for(path, kind)
+        return self.table.node_for(path, kind, st)
 
     @staticmethod
     def _unlink_replaced(
@@ -675,9 +699,28 @@ class Operations(pyfuse3.Operations):
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        # Publishing by rename would split the names of a hard-linked file (I8): refuse.
-        log.info("hard link refused: age-backed files cannot share content between names")
-        raise pyfuse3.FUSEError(errno.EPERM)
+        """A hard link in the store too: every name of a file is a link to one backing file,
+        and every new version reaches every name (publisher.py, store/links.py). A file not
+        yet published gets its names in the store at its publish."""
+        node = self.table.get(inode)
+        if node.kind is Kind.DIR:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        with self._new_entry(new_parent_inode, new_name, node.kind) as (dir_fd, path, entry):
+            if node in self.table.unpublished:
+                touch_dir(dir_fd)
+                node.nlink = len(node.names) + 1
+            else:
+                with self.table.at(node.path, node.kind) as (source_fd, source):
+                    os.link(
+                        source, entry, src_dir_fd=source_fd, dst_dir_fd=dir_fd,
+                        follow_symlinks=False,
+                    )
+                st = os.lstat(entry, dir_fd=dir_fd)
+                node.nlink = self.table.link_count(st)
+                self.table.set_backing(node, st)
+            self.table.add_name(node, path)
+            _changed(node)
+        return self._remember(node)
 
     # --- extended attributes: never stored, since they would sit on disk in plaintext (I1) --
 
@@ -746,6 +789,13 @@ def _remove_shadowed(dir_fd: int, entry: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(entry, dir_fd=dir_fd)
     touch_dir(dir_fd)
+
+
+def _changed(node: Node) -> None:
+    """A name of the file came or went: its ctime moves (the backing entry's own moved on
+    disk; an open file shows its content's attributes)."""
+    if node.content is not None:
+        node.content.attrs.st_ctime_ns = time.time_ns()
 
 
 def _dot_attributes(ino: int) -> pyfuse3.EntryAttributes:

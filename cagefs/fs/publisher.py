@@ -17,8 +17,8 @@ from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
 from cagefs.fs.errors import shown
 from cagefs.fs.inodes import InodeTable, Kind, Node
-from cagefs.store import reclaim
-from cagefs.store.paths import fsync_dirs, open_listing, rename_into
+from cagefs.store import links, reclaim
+from cagefs.store.paths import fsync_dirs, link_over, open_listing, rename_into
 from cagefs.store.versions import NewVersion, syncfs
 
 log = logging.getLogger("cagefs")
@@ -32,6 +32,8 @@ class Publisher:
         self._lock = trio.Lock()
         self._replaced: list[int | None] = []  # files renamed over, held until durable
         self._reported: set[str] = set()  # versions whose failure to publish was logged
+        # Linked files' publishes (with their version's inode), done once durable.
+        self._intents: list[tuple[links.Intent, tuple[int, int]]] = []
 
     async def run(self) -> None:
         while True:
@@ -53,6 +55,8 @@ class Publisher:
             self._env.publish_queue.clear()
             if not batch:
                 return
+            for content, _ in batch:
+                await self._find_names(content)
             try:
                 root_fd = os.open(self._env.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
@@ -66,12 +70,9 @@ class Publisher:
             dests = []
             for content, version in batch:
                 try:
-                    dest = self._claim(content, version)
+                    dests += self._claim(content, version)
                 except OSError as exc:
                     self._not_published(content, version, exc, last)
-                    continue
-                if dest is not None:
-                    dests.append(dest)
             if dests:
                 try:
                     await trio.to_thread.run_sync(fsync_dirs, dests)
@@ -86,17 +87,25 @@ class Publisher:
         if content is None or version is None:
             return
         async with self._lock:
+            await self._find_names(content)
             await trio.to_thread.run_sync(os.fsync, version.fd)
             try:
-                dest = self._claim(content, version)
+                dests = self._claim(content, version)
             except OSError as exc:  # the caller's fsync fails; the version stays pending
                 self._not_published(content, version, exc, last=False)
                 raise OSError(errno.EIO, f"{shown(node.path)}: not published") from None
-            if dest is not None:
-                await trio.to_thread.run_sync(fsync_dirs, [dest])
-            self._let_go_of_replaced()
+            try:
+                await trio.to_thread.run_sync(fsync_dirs, dests)
+            finally:
+                self._let_go_of_replaced()
 
-    def _claim(self, content: FileContent, version: NewVersion) -> int | None:
+    async def _find_names(self, content: FileContent) -> None:
+        """A new version must reach every name of a linked file: find those not known yet."""
+        node = self._owner(content)
+        if node is not None and self._table.missing_names(node):
+            await self._table.find_names(node)
+
+    def _claim(self, content: FileContent, version: NewVersion) -> list[int]:
         """Rename a durable version over its backing file; returns its directory (to fsync).
 
         The rename is done here, on the event loop, with the namespace as it is at this instant.
@@ -105,13 +114,26 @@ class Publisher:
         before or fully after. Superseded versions are skipped (their successor is queued).
         """
         if content.pending is not version:
-            return None
+            return []
         node = self._owner(content)
         if node is None or node.path is None:
             content.discard_pending()
             if node is not None:
                 self._table.drop_if_unused(node)  # nothing left to publish: let go of it
-            return None
+            return []
+        if node.links:
+            directories = self._claim_names(content, version, node)
+        else:
+            directories = [self._claim_name(content, version, node)]
+            self._table.set_backing(node, None)
+        self._reported.discard(version.path)
+        content.published()
+        self._table.unpublished.discard(node)
+        self._table.drop_if_unused(node)
+        return directories
+
+    def _claim_name(self, content: FileContent, version: NewVersion, node: Node) -> int:
+        assert node.path is not None
         with self._table.at(node.path, Kind.FILE) as (dir_fd, name):
             directory = open_listing(dir_fd)
             held = reclaim.hold(name, dir_fd)
@@ -124,11 +146,39 @@ class Publisher:
             self._replaced.append(held)
             with contextlib.suppress(OSError):  # published all the same: only times are shown
                 self._keep_ctimes(content, *renamed, dir_fd, name)
-        self._reported.discard(version.path)
-        content.published()
-        self._table.unpublished.discard(node)
-        self._table.drop_if_unused(node)
         return directory
+
+    def _claim_names(self, content: FileContent, version: NewVersion, node: Node) -> list[int]:
+        """Publish under every name of a linked file: the intent made durable first, then each
+        name linked to the version and renamed over (store/links.py); a crash in between is
+        finished at the next mount. The intent's fsync is done here, on the loop, so that no
+        name changes meanwhile: tens of milliseconds, for linked files only."""
+        names = [self._table.backing_entry(path, Kind.FILE) for path in node.names]
+        intent = links.begin(self._env.root, version.path, names)
+        directories: list[int] = []
+        held = None
+        try:
+            for directory, name, temp in intent.names:
+                with self._table.dirs.at(directory) as dir_fd:
+                    directories.append(open_listing(dir_fd))
+                    held = held if held is not None else reclaim.hold(name, dir_fd)
+                    renamed = link_over(intent.version, dir_fd, name, temp)
+                    with contextlib.suppress(OSError):  # only times are shown
+                        self._keep_ctimes(content, *renamed, dir_fd, name)
+        except BaseException:
+            links.abandon(intent)  # names may be mixed until the retry: logged by the caller
+            reclaim.close_later(held)
+            for fd in directories:
+                os.close(fd)
+            raise
+        self._replaced.append(held)
+        version.remove()  # every name, and the intent, hold it now
+        st = os.fstat(version.fd)
+        self._intents.append((intent, (st.st_dev, st.st_ino)))
+        self._table.intent_links[st.st_dev, st.st_ino] += 1
+        node.nlink = len(node.names)
+        self._table.set_backing(node, st)
+        return directories
 
     def _keep_ctimes(
         self,
@@ -170,9 +220,17 @@ class Publisher:
 
     def _let_go_of_replaced(self) -> None:
         """The old versions are freed only now, so that freeing them (seconds for a large
-        file on some filesystems) is not part of the wait for the new ones to be durable."""
+        file on some filesystems) is not part of the wait for the new ones to be durable.
+        Linked files' intents are done (after a failed directory sync too: a later mount must
+        never put an older version back)."""
         reclaim.close_later(*self._replaced)
         self._replaced.clear()
+        for intent, version in self._intents:
+            links.finish(intent)
+            self._table.intent_links[version] -= 1
+            if not self._table.intent_links[version]:
+                del self._table.intent_links[version]
+        self._intents.clear()
 
     @staticmethod
     def _owner(content: FileContent) -> Node | None:

@@ -41,6 +41,7 @@ from cagefs.store.atomic import replace_atomically
 from cagefs.store.auth import AuthKey, Kind, Proof
 from cagefs.store.keyring import read_age_file, save_auth_key, write_age_file, write_canary
 from cagefs.store.layout import AUTH_FILE, CANARY_FILE, KEYCHANGE_FILE, META_DIR, NEXT_AUTH_FILE
+from cagefs.store.links import LinkIndex
 from cagefs.store.paths import fsync_dir
 from cagefs.store.rewrap import Reencrypter, recipient_stanzas, rewrap_file
 from cagefs.store.verify import backing_files
@@ -192,6 +193,13 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _links(path: Path) -> int:
+    try:
+        return os.lstat(path).st_nlink
+    except OSError:
+        return 1
+
+
 def _shape(stanzas: Sequence[Stanza]) -> list[tuple[str, int]]:
     return sorted((s.type, len(s.args)) for s in stanzas)
 
@@ -207,9 +215,12 @@ class _Change:
 
     def __post_init__(self) -> None:
         self.done_shape = _shape(wrap_file_key(new_file_key(), self.target))
+        self.links = LinkIndex(self.root)  # a linked file's names all get its new version
 
     def file(self, relative: str) -> str | None:
         """Bring one file to the plan's target, or say why it was left as it is."""
+        if self.reencrypter is not None and _links(self.root / relative) > 1:
+            self.reencrypter.wait()  # it may be another name of the file still being replaced
         try:
             fd = os.open(self.root / relative, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
@@ -222,14 +233,17 @@ class _Change:
             proof = self.keys.old.proof(header, file_key, Kind.FILE)
             if proof is not Proof.VALID:  # never vouch for a file the store did not write
                 return f"left as it is: {proof.value}"
+            names = self.links.names(relative, os.fstat(fd))
             if self.reencrypter is not None:
                 reader = PayloadReader(fd, header.length, file_key)
                 self.reencrypter.reencrypt(
-                    self.root, relative, fd, reader, self.target, self.keys.new
+                    self.root, relative, fd, reader, self.target, self.keys.new, names
                 )
             else:
                 stanzas = wrap_file_key(file_key, self.target)
-                rewrap_file(self.root, relative, fd, header, file_key, stanzas, self.keys.new)
+                rewrap_file(
+                    self.root, relative, fd, header, file_key, stanzas, self.keys.new, names
+                )
         except AgeError as exc:
             return f"left as it is: cannot be decrypted and authenticated: {exc}"
         finally:

@@ -18,6 +18,8 @@ AUTH_FILE = f"{META_DIR}/auth.age"
 # An unfinished key change (store/keychange.py): its plan, and the authentication key it rotates to.
 KEYCHANGE_FILE = f"{META_DIR}/keychange.json"
 NEXT_AUTH_FILE = f"{META_DIR}/auth-next.age"
+# Unfinished publishes of hard-linked files (store/links.py): replayed at the next mount.
+LINKS_DIR = f"{META_DIR}/links"
 NAME_MAX = 255 - len(SUFFIX)
 TEMP_PREFIX = "v-"
 

@@ -11,7 +11,7 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 # O_PATH: walking needs search permission only, as a path lookup does, not read permission.
@@ -89,8 +89,34 @@ def rename_into(source: str, dir_fd: int, name: str) -> tuple[os.stat_result, os
     """Rename `source` (an absolute path) to `name` in `dir_fd`, leaving the directory's times
     as they were (the name was already there for whoever looked: a publish, not a change),
     but its ctime, which cannot be set. Returns the directory's stat before and after."""
+    return _keeping_times(dir_fd, lambda: os.rename(source, name, dst_dir_fd=dir_fd))
+
+
+def link_over(
+    source: str, dir_fd: int, name: str, temp: str
+) -> tuple[os.stat_result, os.stat_result]:
+    """Make `name` in `dir_fd` one more name of the file at `source` (an absolute path),
+    atomically replacing what was there: a hard link `temp` beside it (one a crash left is
+    replaced), renamed over it. The directory's times as with `rename_into`."""
+
+    def link_and_rename() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=dir_fd)
+        os.link(source, temp, dst_dir_fd=dir_fd, follow_symlinks=False)
+        try:
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        finally:  # renaming a link over another link of the same file leaves both
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=dir_fd)
+
+    return _keeping_times(dir_fd, link_and_rename)
+
+
+def _keeping_times(
+    dir_fd: int, change: Callable[[], None]
+) -> tuple[os.stat_result, os.stat_result]:
     before = os.lstat(".", dir_fd=dir_fd)
-    os.rename(source, name, dst_dir_fd=dir_fd)
+    change()
     with contextlib.suppress(PermissionError):  # a directory the daemon does not own
         os.utime(".", ns=(before.st_atime_ns, before.st_mtime_ns), dir_fd=dir_fd)
     return before, os.lstat(".", dir_fd=dir_fd)

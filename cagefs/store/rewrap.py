@@ -22,7 +22,7 @@ from cagefs.age.recipients import Recipient
 from cagefs.age.stream import Buffer, PayloadReader
 from cagefs.store.atomic import replace_atomically
 from cagefs.store.auth import STANZA_TYPE, AuthKey, FileAuth, Kind
-from cagefs.store.paths import fsync_dir
+from cagefs.store.links import put_in_place
 from cagefs.store.sealer import SLOT_SIZE, SealerError, SealerPool, SealJob
 from cagefs.store.versions import NewVersion
 
@@ -45,12 +45,14 @@ def rewrap_file(
     file_key: bytes,
     stanzas: Sequence[Stanza],
     key: AuthKey,
+    names: Sequence[str] = (),
 ) -> None:
     """Replace `root/relative` (open as `fd`, with `header`) by a version whose header holds
-    `stanzas` (wrapping `file_key`) and a proof under `key`, and the same payload."""
+    `stanzas` (wrapping `file_key`) and a proof under `key`, and the same payload; `names`:
+    all backing paths of a hard-linked file (`links.LinkIndex`), which all get it."""
     new_header = encode_header([*stanzas, key.tag(file_key, stanzas, Kind.FILE)], file_key)
     st = os.fstat(fd)
-    with replace_atomically(root, relative, st.st_mode & 0o7777) as out:
+    with replace_atomically(root, relative, st.st_mode & 0o7777, names) as out:
         out.write(new_header)
         out.flush()
         copy_range(fd, out.fileno(), header.length, st.st_size - header.length, len(new_header))
@@ -88,10 +90,12 @@ class Reencrypter:
         reader: PayloadReader,
         recipients: Sequence[Recipient],
         key: AuthKey,
+        names: Sequence[str] = (),
     ) -> None:
         """Replace `root/relative` (open as `fd`, read by `reader`) by the same plaintext under
-        a fresh file key for `recipients`, with a proof under `key`. The file is replaced once
-        its tail has run (`close`); `fd` may be closed as soon as this returns."""
+        a fresh file key for `recipients`, with a proof under `key` (under every one of `names`,
+        as `rewrap_file`). The file is replaced once its tail has run (`close`); `fd` may be
+        closed as soon as this returns."""
         st = os.fstat(fd)
         self._started()
         sealing = _Sealing(NewVersion(root, recipients, FileAuth(key)), self.sealers)
@@ -101,7 +105,9 @@ class Reencrypter:
         except BaseException:
             sealing.abandon()
             raise
-        self._tail = self._tails.submit(_finish_and_publish, sealing, root, relative, st)
+        self._tail = self._tails.submit(
+            _finish_and_publish, sealing, root, relative, st, names
+        )
 
     def close(self) -> None:
         """Wait for the last file to be replaced (raising its error); stop the sealers."""
@@ -126,10 +132,10 @@ class Reencrypter:
 
 
 def _finish_and_publish(
-    sealing: "_Sealing", root: Path, relative: str, st: os.stat_result
+    sealing: "_Sealing", root: Path, relative: str, st: os.stat_result, names: Sequence[str]
 ) -> None:
     sealing.finish()
-    publish(sealing.version, root, relative, st)
+    publish(sealing.version, root, relative, st, names)
 
 
 def write_version(
@@ -148,18 +154,20 @@ def write_version(
     return sealing.version
 
 
-def publish(version: NewVersion, root: Path, relative: str, st: os.stat_result) -> None:
+def publish(
+    version: NewVersion, root: Path, relative: str, st: os.stat_result, names: Sequence[str] = ()
+) -> None:
     """Give a sealed version `st`'s owner, mode and times, make it durable and rename it to
-    `root/relative` (I3); on failure the temp is removed."""
+    `root/relative` (I3), or link it under every one of `names`; on failure the temp is
+    removed."""
     try:
         keep_attributes(version.fd, st)
         os.fsync(version.fd)
-        os.rename(version.path, root / relative)
+        put_in_place(root, version.path, relative, names)
     except BaseException:
         version.discard()
         raise
     os.close(version.fd)
-    fsync_dir((root / relative).parent)
 
 
 class _Sealing:

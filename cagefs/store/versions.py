@@ -9,6 +9,7 @@ after its data is durable. Renames are done in groups so that a burst of small f
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,14 +159,39 @@ class NewVersion:
 
 def check_room(root: Path, size: int, new_size: int) -> None:
     """Refuse at once to grow a file from `size` to `new_size` bytes of plaintext when its
-    version could never be written: EFBIG past the largest file there can be, ENOSPC when the
-    growth alone does not fit on the store's filesystem. age has no holes, so a sparse size
+    version could never be written: EFBIG past the largest file the store's filesystem can
+    hold, ENOSPC when the growth alone does not fit on it. age has no holes, so a sparse size
     (`truncate -s 1P`, a write far past the end) is stored as that many encrypted zeros."""
-    if _HEADER_ROOM + payload_size(new_size) > _LARGEST_FILE:
+    if _HEADER_ROOM + payload_size(new_size) > largest_file(root):
         raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
     st = os.statvfs(root)
     if payload_size(new_size) - payload_size(size) > st.f_bavail * st.f_frsize:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@functools.cache
+def largest_file(root: Path) -> int:
+    """The largest file the store's filesystem can hold (ext4 with 4 KiB blocks: 16 TiB, tmpfs:
+    off_t's limit), found once by resizing a nameless temp file: sparse, nothing is written."""
+    try:
+        fd = os.open(tmp_dir(root), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:  # a filesystem without O_TMPFILE: only off_t limits what is asked
+        return _LARGEST_FILE
+    fits, too_large = 0, _LARGEST_FILE + 1
+    try:
+        while too_large - fits > 1:
+            size = (fits + too_large) // 2
+            try:
+                os.ftruncate(fd, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EFBIG, errno.EINVAL):
+                    return _LARGEST_FILE  # cannot tell: ENOSPC stays the answer for large sizes
+                too_large = size
+            else:
+                fits = size
+    finally:
+        os.close(fd)
+    return fits
 
 
 class _KnownKey:

@@ -9,6 +9,7 @@ from typing import NoReturn
 from cagefs import __version__
 from cagefs.age.errors import AgeError, NoIdentityMatchError
 from cagefs.cli import (
+    compact,
     crypt,
     export,
     import_,
@@ -33,6 +34,7 @@ VERBS = [
     umount,
     status,
     verify,
+    compact,
     recipients,
     rekey,
     passwd,

@@ -10,6 +10,7 @@ from cagefs.age import Identity, Recipient
 from cagefs.fs.cache import ChunkCache
 from cagefs.fs.strategies import Policy
 from cagefs.store.auth import FileAuth
+from cagefs.store.journal import Journal
 from cagefs.store.sealer import SealerPool
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ class Env:
     encrypt_only: bool = False
     sealers: SealerPool = field(default_factory=SealerPool)
     publish_queue: "set[FileContent]" = field(default_factory=set)
+    journal: Journal | None = None  # None: no records (read-only, encrypt-only)
+    journaled: "set[FileContent]" = field(default_factory=set)  # contents with records
 
     def queue_publish(self, content: "FileContent") -> None:
         self.publish_queue.add(content)

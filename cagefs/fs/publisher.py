@@ -10,12 +10,14 @@ import contextlib
 import errno
 import logging
 import os
+import time
 
 import trio
 
+from cagefs.age import AgeError
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
-from cagefs.fs.errors import shown
+from cagefs.fs.errors import about, shown
 from cagefs.fs.inodes import InodeTable, Kind, Node
 from cagefs.store import reclaim
 from cagefs.store.paths import fsync_dirs, open_listing, rename_into
@@ -32,6 +34,7 @@ class Publisher:
         self._lock = trio.Lock()
         self._replaced: list[int | None] = []  # files renamed over, held until durable
         self._reported: set[str] = set()  # versions whose failure to publish was logged
+        self._obsolete: list[bytes] = []  # bases whose journal records a rename superseded
 
     async def run(self) -> None:
         while True:
@@ -72,11 +75,14 @@ class Publisher:
                     continue
                 if dest is not None:
                     dests.append(dest)
+            synced = True
             if dests:
                 try:
                     await trio.to_thread.run_sync(fsync_dirs, dests)
                 except OSError as exc:
                     log.error("publishing: could not sync a directory: %s", exc.strerror)
+                    synced = False
+            await self._drop_obsolete_records(synced)
             self._let_go_of_replaced()
 
     async def publish_now(self, node: Node) -> None:
@@ -94,7 +100,51 @@ class Publisher:
                 raise OSError(errno.EIO, f"{shown(node.path)}: not published") from None
             if dest is not None:
                 await trio.to_thread.run_sync(fsync_dirs, [dest])
+            await self._drop_obsolete_records(True)
             self._let_go_of_replaced()
+
+    async def compact(self, content: FileContent) -> None:
+        """Fold a file's journal records into a new version, published now (I3); the records
+        go once it is durable. A file still written since its last record waits (publishing
+        that would make a state nobody intended durable)."""
+        node = self._owner(content)
+        if node is None:
+            return
+        async with content.lock:
+            if not content.compactable or content.node is not node:
+                return
+            with about(node.path):
+                await content.finalize()
+                await self.publish_now(node)
+
+    async def compact_when_idle(self, idle: float) -> None:
+        """Fold the records of files unchanged for `idle` seconds (and of files whose records
+        reached their bound: those are published whole at their next fsync already)."""
+        while True:
+            await trio.sleep(min(idle, 1.0))
+            now = time.monotonic()
+            for content in list(self._env.journaled):
+                if now - content.changed_at < idle:
+                    continue
+                try:
+                    await self.compact(content)
+                except (OSError, AgeError) as exc:  # kept as records; retried next time (I10)
+                    log.error("%s: could not fold journal records: %s", self._name(content), exc)
+                except Exception:
+                    log.exception("%s: internal error folding journal records", self._name(content))
+
+    def _name(self, content: FileContent) -> str:
+        node = self._owner(content)
+        return shown(node.path if node else None)
+
+    async def _drop_obsolete_records(self, durable: bool) -> None:
+        """Records whose file has a newer version on disk, now durable, are removed (left
+        for the next mount's recovery to remove if the directories could not be synced)."""
+        bases, self._obsolete = self._obsolete, []
+        journal = self._env.journal
+        if durable and bases and journal is not None:
+            for base in bases:
+                await trio.to_thread.run_sync(journal.drop, base)
 
     def _claim(self, content: FileContent, version: NewVersion) -> int | None:
         """Rename a durable version over its backing file; returns its directory (to fsync).
@@ -125,7 +175,9 @@ class Publisher:
             with contextlib.suppress(OSError):  # published all the same: only times are shown
                 self._keep_ctimes(content, *renamed, dir_fd, name)
         self._reported.discard(version.path)
-        content.published()
+        obsolete = content.published()
+        if obsolete is not None:
+            self._obsolete.append(obsolete)
         self._table.unpublished.discard(node)
         self._table.drop_if_unused(node)
         return directory

@@ -29,13 +29,14 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cagefs.age import CHUNK_SIZE, PayloadReader, open_file, read_header_at, start_file
 from cagefs.age.encoding import b64decode, b64encode
 from cagefs.age.errors import AgeError
 from cagefs.age.header import Header, Stanza
 from cagefs.age.recipients import Identity, Recipient
-from cagefs.errors import CageError
+from cagefs.errors import CageError, ExitCode
 from cagefs.store.auth import STANZA_TYPE, AuthKey, FileAuth, Kind, Proof
 from cagefs.store.layout import JOURNAL_DIR, SUFFIX, TEMP_PREFIX, tmp_dir
 from cagefs.store.paths import StoreDirs, fsync_dirs, open_listing
@@ -43,6 +44,9 @@ from cagefs.store.paths import open_file as open_backing
 from cagefs.store.rewrap import keep_attributes, write_version
 from cagefs.store.sealer import SealerPool
 from cagefs.store.versions import write_all
+
+if TYPE_CHECKING:
+    from cagefs.store import Store
 
 MAGIC = b"cagefs-journal v1\n"
 _NAME = re.compile(r"([0-9a-f]{32})-([0-9]{10})\.age")
@@ -56,6 +60,8 @@ RECORDS_LIMIT = 64 * 1024 * 1024  # records of one file past this: fold them (co
 
 class JournalDamage(CageError):
     """A record that cannot be trusted or read: recovery stops rather than drop changes."""
+
+    exit_code = ExitCode.DAMAGE
 
 
 @dataclass
@@ -254,6 +260,24 @@ class Replay:
 class Recovered:
     replayed: list[str] = field(default_factory=list)  # plaintext paths made current
     dropped: int = 0  # obsolete records removed
+
+
+def recover_store(store: "Store", writable: bool) -> Recovered:
+    """Before a mount or offline (`cagefs compact`), under the store lock: every file's
+    records folded in. A mount that cannot (read-only, encrypt-only) is refused instead of
+    serving files without their last fsync'ed changes."""
+    if not pending_records(store.root):
+        return Recovered()
+    if not writable or store.auth is None or not store.identities:
+        raise CageError(
+            f"{store.root} holds journal records not yet folded into their files: mount it "
+            f"read-write with its identity once, or run `cagefs compact {store.root}`"
+        )
+    sealers = SealerPool()
+    try:
+        return recover(store.root, store.identities, store.recipients, store.auth, sealers)
+    finally:
+        sealers.close()
 
 
 def pending_records(root: Path) -> list[str]:

@@ -247,6 +247,23 @@ class FileContent:
         self.size = self.current.reader.size if self.current else 0
         if self.current is not None:  # its time too: the kernel drops pages of a changed mtime
             self.attrs.st_mtime_ns = os.fstat(self.current.fd).st_mtime_ns
+        if self.records:
+            self._reload_records()
+
+    def _reload_records(self) -> None:
+        """Back to base + records, the file's durable state: read them back from the journal."""
+        journal, base = self.env.journal, self.current
+        assert journal is not None and base is not None and self.base is not None
+        replay = journal.replay(self.base, base.reader.size, self.env.identities)
+        overlay = Overlay(
+            self.env.policy.blocks_for(replay.size), base.reader.size, base.reader.read_chunk
+        )
+        overlay.truncate(replay.base_limit)
+        overlay.truncate(replay.size)
+        for index, block in replay.blocks.items():
+            overlay.blocks.put(index, block + bytes(CHUNK_SIZE - len(block)))
+        overlay.mark_recorded()
+        self.overlay, self.size = overlay, replay.size
 
     async def seal_staged(self) -> None:
         """Seal staged changes (but not a stream: `check_stream` reserved its room). A change

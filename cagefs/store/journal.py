@@ -158,10 +158,20 @@ class Journal:
         """Remove every record of `base` (obsolete: a newer version is durable, or the file is
         gone). Not fsync'ed: a record that comes back after a crash no longer matches."""
         prefix = base_id(base) + "-"
-        for name in os.listdir(self._dir_fd):
+        # Last first: stopped part-way (kill -9), what is left is still a whole sequence.
+        for name in sorted(os.listdir(self._dir_fd), reverse=True):
             if name.startswith(prefix):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=self._dir_fd)
+
+    def replay(self, base: bytes, size: int, identities: Sequence[Identity]) -> "Replay":
+        """The changes the records of `base` (a version of `size` bytes) hold: for a mount
+        going back to them after a failed save."""
+        prefix = base_id(base) + "-"
+        replay = Replay(size, size)
+        for name in sorted(n for n in os.listdir(self._dir_fd) if n.startswith(prefix)):
+            replay.apply(*read_record(self._dir_fd, name, identities, self._key))
+        return replay
 
     def _tag(self, file_key: bytes, stanzas: Sequence[Stanza]) -> list[Stanza]:
         return [self._key.tag(file_key, stanzas, Kind.JOURNAL)]
@@ -315,11 +325,6 @@ def recover(
     try:
         for members in groups.values():
             members.sort()
-            if [seq for seq, _ in members] != list(range(1, len(members) + 1)):
-                first_gap = next(name for i, (seq, name) in enumerate(members, 1) if seq != i)
-                raise JournalDamage(
-                    f"journal record {JOURNAL_DIR}/{first_gap} follows a missing record"
-                )
             path = _recover_file(dirs, journal_fd, members, identities, recipients, key, sealers)
             if path is None:
                 done.dropped += len(members)
@@ -351,7 +356,10 @@ def _recover_file(
         raise JournalDamage(f"journal records {members[0][1]}...: not all of one version")
     found = _find_base(dirs, [record.path for record, _ in reversed(records)], base)
     if found is None:
-        return None
+        return None  # (a removal of obsolete records stopped part-way may have left a gap)
+    if [seq for seq, _ in members] != list(range(1, len(members) + 1)):
+        first_gap = next(name for i, (seq, name) in enumerate(members, 1) if seq != i)
+        raise JournalDamage(f"journal record {JOURNAL_DIR}/{first_gap} follows a missing record")
     path, fd = found
     try:
         reader = open_file(fd, identities, FileAuth(key).check).reader

@@ -7,6 +7,8 @@ a later one, never a mixture). Records of another version are never applied; a d
 refuses the mount naming it.
 """
 
+import contextlib
+import errno
 import os
 import random
 import signal
@@ -256,3 +258,145 @@ def test_kill9_of_recovery_leaves_it_to_the_next_mount(journaled_auto: Daemon) -
     assert (daemon.mnt / "f.bin").read_bytes() == data
     assert not os.listdir(daemon.store / META / "tmp")
     assert sys.executable  # (the daemon command runs this interpreter)
+
+
+# The writer of the crash test: transactions of 1-3 writes (and now and then a truncation),
+# each followed by fsync, in a process of its own. Its log (a plain file, unbuffered) says B
+# before a transaction and D once its fsync returned; it pauses now and then, so that idle
+# compaction runs (and is killed) too.
+WRITER = r"""
+import os, random, sys, time
+path, log, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+from test_journal_model import transaction
+note = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+fd = os.open(path, os.O_RDWR)
+k = 0
+while True:
+    k += 1
+    os.write(note, b"B %d\n" % k)
+    for kind, offset, data in transaction(seed, k):
+        if kind == "w":
+            os.pwrite(fd, data, offset)
+        else:
+            os.ftruncate(fd, offset)
+    os.fsync(fd)
+    os.write(note, b"D %d\n" % k)
+    if random.Random(k).random() < 0.1:
+        time.sleep(0.5)
+"""
+
+
+def fsynced(log: Path) -> tuple[int, int]:
+    """The last transaction whose fsync returned, and the last one begun."""
+    done = begun = 0
+    for line in log.read_text().splitlines():
+        kind, k = line.split()
+        if kind == "B":
+            begun = int(k)
+        else:
+            done = int(k)
+    return done, begun
+
+
+@each_strategy
+def test_kill9_at_any_moment_leaves_the_last_fsynced_state(
+    journaled: Daemon, tmp_path: Path
+) -> None:
+    from .test_journal_model import apply, transaction
+
+    daemon = journaled
+    daemon.stop_clean()
+    daemon.options = ["--compact-idle", "0.3s"]  # compactions happen, and get killed
+    daemon.start()
+    data = bytearray(make_base(daemon, size=4 * MIB))
+    rng = random.Random(3)
+    for round_ in range(3):
+        log = tmp_path / f"log{round_}"
+        seed = round_ * 1000 + STRATEGIES.index(daemon.strategy or "auto")
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(daemon.mnt / "f.bin"), str(log), str(seed),
+             str(Path(__file__).parent)]
+        )
+        try:
+            time.sleep(rng.uniform(1.0, 3.0))  # well into its work; not a measurement
+            assert writer.poll() is None, "the writer died before the crash"
+            daemon.kill9()
+        finally:
+            writer.kill()
+            writer.wait(60)
+        daemon.start()
+        done, begun = fsynced(log)
+        assert done > 0, "no transaction completed before the crash"
+        states = []
+        state = bytearray(data)
+        for k in range(1, begun + 1):
+            apply(state, transaction(seed, k))
+            if k >= done:
+                states.append(bytes(state))
+        got = (daemon.mnt / "f.bin").read_bytes()
+        assert got in states, f"round {round_}: not the state of fsync {done} (or {begun})"
+        assert records(daemon.store) == [], "records left after recovery"
+        assert decrypt_backing(daemon.store / "f.bin.age", daemon.identity) == got
+        data = bytearray(got)
+
+
+def fill(path: Path) -> None:
+    """Take the rest of the disk."""
+    with open(path, "wb", buffering=0) as f:
+        for piece in (64 * 1024, 4096, 512):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(bytes(piece))
+
+
+def test_a_record_on_a_full_disk_fails_the_fsync_and_loses_nothing(
+    daemons: Callable[..., Daemon], tmp_path: Path, identity: Path
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "cagefs-journal", disk], check=True)
+    try:
+        store = disk / "store"
+        assert cagefs("init", store, "--identity", identity).returncode == 0
+        daemon = daemons("auto", options=["--compact-idle", "600s"])
+        daemon.store = store
+        daemon.start()
+        data = bytearray(make_base(daemon, size=2 * MIB))
+        path = daemon.mnt / "f.bin"
+        edit(path, 0, b"first")  # a record that fits
+        data[0:5] = b"first"
+        filler = disk / "filler"
+        fill(filler)
+        with opened(path, os.O_WRONLY) as fd:
+            os.pwrite(fd, b"second", 100_000)
+            with pytest.raises(OSError) as full:
+                os.fsync(fd)
+            assert full.value.errno == errno.ENOSPC
+            assert path.read_bytes()[100_000:100_006] == b"second"  # still shown
+            filler.unlink()
+            os.fsync(fd)  # room again: now it is durable
+        data[100_000:100_006] = b"second"
+        fill(filler)
+        fd = os.open(path, os.O_WRONLY)
+        os.pwrite(fd, b"third", 200_000)
+        with pytest.raises(OSError) as full:
+            os.close(fd)  # and the last release cannot write it either: given up, logged
+        assert full.value.errno == errno.ENOSPC
+        try:
+            wait_for(lambda: (daemon.mnt / "f.bin").read_bytes() == data, 10)  # base + records
+        except AssertionError:
+            got = (daemon.mnt / "f.bin").read_bytes()
+            first = next((i for i, (a, b) in enumerate(zip(got, data, strict=True)) if a != b), -1)
+            raise AssertionError(
+                f"{len(got)} vs {len(data)} bytes, first difference at {first}: "
+                f"{daemon.log_text()[-1500:]}"
+            ) from None
+        filler.unlink()
+        daemon.kill9()
+        daemon.start()
+        assert (daemon.mnt / "f.bin").read_bytes() == data
+        daemon.stop_clean()
+        assert not os.listdir(store / META / "tmp")
+    finally:
+        subprocess.run(["umount", "-l", disk], check=True)

@@ -278,18 +278,24 @@ class FileContent:
         (fsync, last release), a small change to a large published file becomes a journal
         record, durable when this returns; otherwise it is sealed into a new version and
         queued for publishing."""
-        if journal and self.overlay is not None and self._wants_record():
-            await self._write_record(self.overlay)
+        overlay = self.overlay
+        if journal and overlay is not None and self._wants_record():
+            if overlay.recorded and not self.records:  # no change at all: nothing to keep
+                self.overlay = None
+                overlay.close()
+            else:
+                await self._write_record(overlay)
             return
         await self.seal()
         self._promote()
 
     @property
     def compactable(self) -> bool:
-        """Records to fold, and nothing newer that no writer has asked to keep yet."""
-        return self.records > 0 and (
-            self.handles == 0 or self.overlay is None or self.overlay.recorded
-        )
+        """Records to fold, and nothing newer that no writer has asked to keep yet (a
+        stream, a version sealed at a flush, unrecorded changes while handles are open)."""
+        if self.records == 0 or self.stream is not None or self.provisional is not None:
+            return False
+        return self.handles == 0 or (self.overlay is not None and self.overlay.recorded)
 
     def _wants_record(self) -> bool:
         if self.env.journal is None or self.stream is not None or self._early:

@@ -25,10 +25,13 @@ from .helpers import (
     META,
     Daemon,
     DaemonExited,
+    assert_same_tree,
+    backing_tree,
     cagefs,
     decrypt_backing,
     one_line,
     opened,
+    tree,
 )
 
 MIB = 1 << 20
@@ -400,3 +403,26 @@ def test_a_record_on_a_full_disk_fails_the_fsync_and_loses_nothing(
         assert not os.listdir(store / META / "tmp")
     finally:
         subprocess.run(["umount", "-l", disk], check=True)
+
+
+def test_cagefs_compact_makes_every_backing_file_current(
+    journaled_auto: Daemon, identity: Path
+) -> None:
+    daemon = journaled_auto
+    for name in ("a.bin", "b.bin", "c.bin"):
+        (daemon.mnt / name).write_bytes(random.Random(name).randbytes(2 * MIB))
+    daemon.remount()
+    edit(daemon.mnt / "a.bin", 100, b"edited a")
+    edit(daemon.mnt / "b.bin", 2 * MIB - 3, b"grown b")
+    edit(daemon.mnt / "c.bin", 0, b"gone")
+    os.unlink(daemon.mnt / "c.bin")
+    os.rename(daemon.mnt / "b.bin", daemon.mnt / "moved.bin")
+    view = tree(daemon.mnt)
+    daemon.kill9()
+    proc = cagefs("compact", daemon.store, "-i", identity)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 file(s) brought up to date" in proc.stderr, proc.stderr
+    assert records(daemon.store) == []
+    assert_same_tree(backing_tree(daemon.store, identity), view, "store after compact vs mount")
+    daemon.start()  # nothing left to do
+    assert tree(daemon.mnt) == view

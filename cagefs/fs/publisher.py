@@ -24,6 +24,7 @@ from cagefs.store.paths import fsync_dirs, open_listing, rename_into
 from cagefs.store.versions import NewVersion, syncfs
 
 log = logging.getLogger("cagefs")
+MAX_JOURNALED = 256  # files with journal records past this are folded without waiting to idle
 
 
 class Publisher:
@@ -118,13 +119,16 @@ class Publisher:
                 await self.publish_now(node)
 
     async def compact_when_idle(self, idle: float) -> None:
-        """Fold the records of files unchanged for `idle` seconds (and of files whose records
-        reached their bound: those are published whole at their next fsync already)."""
+        """Fold the records of files unchanged for `idle` seconds, and at once those of the
+        oldest past MAX_JOURNALED files with records. (A file whose records reached their
+        bound is published whole at its next fsync already.)"""
         while True:
             await trio.sleep(min(idle, 1.0))
             now = time.monotonic()
-            for content in list(self._env.journaled):
-                if now - content.changed_at < idle:
+            oldest_first = sorted(self._env.journaled, key=lambda c: c.changed_at)
+            too_many = len(oldest_first) - MAX_JOURNALED  # each holds its changes in memory (I7)
+            for position, content in enumerate(oldest_first):
+                if now - content.changed_at < idle and position >= too_many:
                     continue
                 try:
                     await self.compact(content)

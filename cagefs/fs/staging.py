@@ -140,6 +140,7 @@ class Overlay:
         # Since the last journal record (store/journal.py): blocks changed, smallest size.
         self.unrecorded: set[int] = set()
         self.cut = size
+        self._recorded_size = size
 
     def block(self, index: int) -> bytes:
         """The full 64 KiB of block `index`, zero-padded."""
@@ -201,7 +202,7 @@ class Overlay:
     @property
     def recorded(self) -> bool:
         """Nothing changed since the last journal record."""
-        return not self.unrecorded and self.cut == self.size
+        return not self.unrecorded and self.cut == self.size == self._recorded_size
 
     def unrecorded_blocks(self) -> list[int]:
         """The blocks a journal record of the changes since the last one must hold."""
@@ -209,7 +210,7 @@ class Overlay:
 
     def mark_recorded(self) -> None:
         self.unrecorded = set()
-        self.cut = self.size
+        self.cut = self._recorded_size = self.size
 
     def chunks(self) -> Iterator[bytes]:
         """The whole content in order, one block at a time, for publishing."""

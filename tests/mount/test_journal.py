@@ -426,3 +426,16 @@ def test_cagefs_compact_makes_every_backing_file_current(
     assert_same_tree(backing_tree(daemon.store, identity), view, "store after compact vs mount")
     daemon.start()  # nothing left to do
     assert tree(daemon.mnt) == view
+
+
+def test_a_truncation_to_a_block_boundary_is_recorded(journaled_auto: Daemon) -> None:
+    daemon = journaled_auto
+    data = make_base(daemon)
+    with opened(daemon.mnt / "f.bin", os.O_WRONLY) as fd:
+        os.ftruncate(fd, 2 * MIB)  # no block changes: only the size
+        os.fsync(fd)
+    assert len(records(daemon.store)) == 1
+    assert (daemon.mnt / "f.bin").read_bytes() == data[: 2 * MIB]
+    daemon.kill9()
+    daemon.start()
+    assert (daemon.mnt / "f.bin").read_bytes() == data[: 2 * MIB]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from cagefs.age import CHUNK_SIZE, Buffer, PayloadReader, open_file, read_header_at
+from cagefs.age import CHUNK_SIZE, Buffer, PayloadReader, open_file
 from cagefs.fs.cache import new_version_id
 from cagefs.fs.env import Env
 from cagefs.fs.staging import Overlay, ScratchBlocks
@@ -398,7 +398,7 @@ class FileContent:
         made obsolete (to drop once the rename is durable), if any."""
         obsolete = self.forget_records()
         if self.pending is not None:
-            self.base = version_tag(read_header_at(self.pending.fd))
+            self.base = self.pending.proof
         self.pending = None
         self.on_disk = True
         return obsolete

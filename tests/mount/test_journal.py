@@ -439,3 +439,25 @@ def test_a_truncation_to_a_block_boundary_is_recorded(journaled_auto: Daemon) ->
     daemon.kill9()
     daemon.start()
     assert (daemon.mnt / "f.bin").read_bytes() == data[: 2 * MIB]
+
+
+@each_strategy
+def test_kill9_during_compaction_keeps_the_fsynced_state(journaled: Daemon) -> None:
+    daemon = journaled
+    daemon.stop_clean()
+    daemon.options = ["--compact-idle", "1s"]
+    daemon.start()
+    data = bytearray(make_base(daemon, size=40 * MIB))
+    for i in range(4):
+        edit(daemon.mnt / "f.bin", i * 9 * MIB + 7, b"compact me %d" % i)
+        data[i * 9 * MIB + 7 : i * 9 * MIB + 19] = b"compact me %d" % i
+    tmp = daemon.store / META / "tmp"
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith("v-") for p in tmp.iterdir()):  # the fold's new version
+        assert time.monotonic() < deadline, "no compaction started"
+        time.sleep(0.002)
+    daemon.kill9()
+    daemon.start()
+    assert records(daemon.store) == []
+    assert (daemon.mnt / "f.bin").read_bytes() == data
+    assert decrypt_backing(daemon.store / "f.bin.age", daemon.identity) == data

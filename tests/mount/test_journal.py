@@ -419,6 +419,8 @@ def test_cagefs_compact_makes_every_backing_file_current(
     os.rename(daemon.mnt / "b.bin", daemon.mnt / "moved.bin")
     view = tree(daemon.mnt)
     daemon.kill9()
+    exported = cagefs("export", daemon.store, daemon.store.parent / "out", "-i", identity)
+    assert exported.returncode == 0 and "run `cagefs compact" in exported.stderr  # warned
     proc = cagefs("compact", daemon.store, "-i", identity)
     assert proc.returncode == 0, proc.stderr
     assert "2 file(s) brought up to date" in proc.stderr, proc.stderr

@@ -35,7 +35,8 @@ class Publisher:
         self._lock = trio.Lock()
         self._replaced: list[int | None] = []  # files renamed over, held until durable
         self._reported: set[str] = set()  # versions whose failure to publish was logged
-        self._obsolete: list[bytes] = []  # bases whose journal records a rename superseded
+        self._obsolete: list[bytes] = []  # bases whose records a published version replaced
+        self._fold_failed: set[FileContent] = set()  # logged once, retried every round
 
     async def run(self) -> None:
         while True:
@@ -132,10 +133,15 @@ class Publisher:
                     continue
                 try:
                     await self.compact(content)
+                    self._fold_failed.discard(content)
                 except (OSError, AgeError) as exc:  # kept as records; retried next time (I10)
-                    log.error("%s: could not fold journal records: %s", self._name(content), exc)
+                    if content not in self._fold_failed:
+                        self._fold_failed.add(content)
+                        name = self._name(content)
+                        log.error("%s: could not fold journal records (retrying): %s", name, exc)
                 except Exception:
                     log.exception("%s: internal error folding journal records", self._name(content))
+            self._fold_failed &= self._env.journaled
 
     def _name(self, content: FileContent) -> str:
         node = self._owner(content)

@@ -37,7 +37,13 @@ from bench.report import Results, save
 
 # One module per kind of measurement, each with a `WORKLOAD` (a harness.Workload); a new
 # measurement is a new module named here.
-WORKLOAD_MODULES = ("bench.seq", "bench.fiojobs", "bench.smallfiles", "bench.sqlite")
+WORKLOAD_MODULES = (
+    "bench.seq",
+    "bench.fiojobs",
+    "bench.smallfiles",
+    "bench.sqlite",
+    "bench.append",
+)
 WORKLOADS: list[Workload] = [importlib.import_module(m).WORKLOAD for m in WORKLOAD_MODULES]
 MOUNT = Metric("mount", "mount time", "s", lower_is_better=True)
 
@@ -76,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sqlite-seconds", type=float, default=30, help="time limit per SQLite mode"
     )
+    parser.add_argument("--append-mib", type=int, default=1024, help="file lines go to")
+    parser.add_argument("--appends", type=int, default=100, help="lines appended, each fsync'ed")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where scratch goes")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
@@ -84,6 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.repeat, args.seq_mib, args.fio_mib, args.fio_runtime = 1, 8, 4, 0
         args.files, args.sqlite_mib, args.transactions, args.sqlite_seconds = 200, 1, 10, 3
+        args.append_mib, args.appends = 4, 10
     unknown = set(args.workloads.split(",")) - set(names)
     strategies_unknown = set(args.strategies.split(",")) - set(STRATEGIES)
     if unknown or strategies_unknown:
@@ -101,6 +110,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         sqlite_mib=args.sqlite_mib,
         transactions=args.transactions,
         sqlite_seconds=args.sqlite_seconds,
+        append_mib=args.append_mib,
+        appends=args.appends,
     )
 
 

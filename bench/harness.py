@@ -164,6 +164,18 @@ def with_descendants(roots: list[int]) -> list[int]:
     return sorted(found)
 
 
+def bytes_written(servers: list[int]) -> int:
+    """Bytes sent to storage so far (`write_bytes` of /proc/PID/io) by `servers` and the
+    processes below them, and by this process (which writes a plain directory itself)."""
+    total = 0
+    for pid in [*with_descendants(servers), os.getpid()] if servers else [os.getpid()]:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("write_bytes:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def memory_bytes(pids: list[int]) -> int:
     """The processes' summed proportional set size: resident memory, with each page shared
     between them (cagefs's sealer rings are mapped by the daemon and a sealer) counted once."""
@@ -350,6 +362,8 @@ class Settings:
     sqlite_mib: int
     transactions: int
     sqlite_seconds: float  # per mode: stop early, counting what committed, once this is spent
+    append_mib: int = 1024  # the file `append` adds lines to
+    appends: int = 100
 
 
 class Workload:

@@ -66,7 +66,7 @@ def test_suite_quick_run_measures_every_workload_on_every_target(tmp_path: Path)
         for section in results["sections"]
     }
     every = {"plain", "gocryptfs", "cagefs-auto"}
-    for workload in ("seq", "fio", "smallfiles", "sqlite"):
+    for workload in ("seq", "fio", "smallfiles", "sqlite", "append"):
         assert every <= measured[workload], workload
     assert {"ceiling", "age"} <= measured["seq"]
     assert (run_dir / "table.txt").read_text().startswith("$ ")

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from cagefs.cli.progress import Progress
     from cagefs.store import check_store
     from cagefs.store.auth import FileAuth
+    from cagefs.store.journal import pending_records
     from cagefs.store.transfer import export_tree
     from cagefs.store.verify import backing_files
 
@@ -37,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
     if os.path.lexists(args.dest) and (not args.dest.is_dir() or any(args.dest.iterdir())):
         raise CageError(f"{args.dest} exists and is not an empty directory")
     store = open_store_from(args)
+    if pending_records(store.root):
+        print(
+            f"cagefs export: {args.store} holds change-journal records (a mount is running, or "
+            f"one stopped uncleanly): files are exported as of their last fold; run `cagefs "
+            f"compact {args.store}` first for the latest fsync'ed content",
+            file=sys.stderr,
+        )
     args.dest.mkdir(mode=0o700, exist_ok=True)
     files = [(store.root / relative).lstat().st_size for relative in backing_files(store.root)]
     progress = Progress("export", _entries(store.root), sum(files))

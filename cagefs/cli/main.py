@@ -23,6 +23,7 @@ VERBS = {
     "umount": "umount",
     "status": "status",
     "verify": "verify",
+    "compact": "compact",
     "recipients": "recipients",
     "rekey": "rekey",
     "passwd": "passwd",

@@ -101,6 +101,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "e.g. 90s, 30m, 2h",
     )
     parser.add_argument(
+        "--compact-idle",
+        type=parse_duration,
+        metavar="DURATION",
+        help="fold a file's change-journal records into a new version of it once it has been "
+        "unchanged this long (default 5s)",
+    )
+    parser.add_argument(
         "--encrypt-only",
         action="store_true",
         help="no identity: create and write files (to config.toml's recipients), never read "
@@ -158,6 +165,7 @@ CONVERTERS: dict[str, Callable[[str], object]] = {
     "cache_mib": setting("chunk_cache_mib", int, "a whole number"),
     "publish_interval": setting("publish_interval", float, "a number"),
     "idle": parse_duration,
+    "compact_idle": parse_duration,
 }
 
 
@@ -201,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         mountpoint = check_mountpoint(args.mountpoint, args.store)
         store = open_store_from(args, accept_untagged=args.accept_untagged)  # or encrypt-only
+        recover_journal(store, writable=not read_only and not args.encrypt_only)
         filesystem = _filesystem()  # loaded only once there is something to serve
         options = filesystem.MountOptions(
             strategy=strategy or env_strategy or store.config.strategy,
@@ -213,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             fsname=args.fsname or str(store.root.resolve()),
             kernel_flags=tuple(kernel_flags),
             idle=args.idle,
+            compact_idle=_either(args.compact_idle, 5.0),
             status_socket=status_socket(mountpoint),
             encrypt_only=args.encrypt_only,
         )
@@ -236,6 +246,23 @@ def run(args: argparse.Namespace) -> int:
     if fallback:
         print(f"cagefs mount: no syslog here: the log is in {fallback}", file=sys.stderr)
     return 0
+
+
+def recover_journal(store: "Store", writable: bool) -> None:
+    """Changes a crash left in the change journal are folded into their files (under the
+    lock, before the mount is offered); a damaged record refuses the mount, naming it."""
+    from cagefs.store import links
+    from cagefs.store.journal import recover_store
+
+    if writable:  # a crashed mount's linked publishes finished, its temps removed: no daemon
+        links.recover(store.root)  # owns them now, and records may name what they publish
+    done = recover_store(store, writable)
+    if done.replayed:
+        print(
+            f"cagefs mount: {len(done.replayed)} file(s) brought up to date from the change "
+            "journal left by an unclean stop",
+            file=sys.stderr,
+        )
 
 
 def _filesystem() -> types.ModuleType:

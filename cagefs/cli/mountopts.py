@@ -39,6 +39,7 @@ VALUE_OPTIONS = {
     "publish_interval": "publish_interval",
     "log": "log",
     "idle": "idle",
+    "compact_idle": "compact_idle",
     "fsname": "fsname",
 }
 FLAG_OPTIONS = {

@@ -62,7 +62,24 @@ def open_for_change(args: argparse.Namespace, verb: str) -> "Iterator[tuple[Stor
         identities = load_identities(args.identity, args.passfile)
         store = unlock_store(args.store, identities, args.passfile)
         recover(store.root)  # an interrupted run's, now that no daemon owns them
-        yield store, Plan.load(store.root)
+        plan = Plan.load(store.root)
+        if plan is None:
+            fold_journal(store)
+        yield store, plan
+
+
+def fold_journal(store: "Store") -> None:
+    """Changes still in journal records are folded into their files first: a key change
+    gives every file a new version, which would leave the records naming an old one."""
+    from cagefs.store.journal import pending_records, recover_store
+    from cagefs.store.keyring import load_auth_key
+
+    if pending_records(store.root):
+        store.auth = load_auth_key(store.root, store.identities)
+        try:
+            recover_store(store, writable=True)
+        finally:
+            store.auth = None
 
 
 def carry_out(store: "Store", plan: "Plan", verb: str, resumed: bool = False) -> int:

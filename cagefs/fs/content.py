@@ -32,6 +32,7 @@ from cagefs.fs.env import Env
 from cagefs.fs.staging import Overlay, ScratchBlocks
 from cagefs.fs.streaming import INLINE_UNTIL, StreamWriter, write_out
 from cagefs.store.direct import ReadAhead
+from cagefs.store.journal import Record, version_tag, wants_record
 from cagefs.store.versions import NewVersion, check_room
 
 if TYPE_CHECKING:
@@ -106,6 +107,13 @@ class FileContent:
         self.kernel_cached = True  # the kernel may hold pages of this file (directio.py)
         self.lock = trio.Lock()
         self.node: Node | None = None  # set by the inode table when attached
+        # The change journal (store/journal.py): `base` is the proof TAG of `current` while it
+        # is the published backing file; `records` of the overlay's changes name it.
+        self.base: bytes | None = None
+        self.records = 0
+        self.recorded_bytes = 0
+        self.recorded_size = self.size
+        self.changed_at = time.monotonic()
 
     @classmethod
     def open_existing(cls, env: Env, fd: int) -> "FileContent":
@@ -116,7 +124,9 @@ class FileContent:
         except BaseException:
             os.close(fd)
             raise
-        return cls(env, attrs, Version(fd, opened.reader, new_version_id()), on_disk=True)
+        content = cls(env, attrs, Version(fd, opened.reader, new_version_id()), on_disk=True)
+        content.base = version_tag(opened.header)
+        return content
 
     @classmethod
     def create(cls, env: Env, mode: int, uid: int, gid: int) -> "FileContent":
@@ -237,16 +247,126 @@ class FileContent:
         self.size = self.current.reader.size if self.current else 0
         if self.current is not None:  # its time too: the kernel drops pages of a changed mtime
             self.attrs.st_mtime_ns = os.fstat(self.current.fd).st_mtime_ns
+        if self.records:
+            self._reload_records()
+
+    def _reload_records(self) -> None:
+        """Back to base + records, the file's durable state: read them back from the journal."""
+        journal, base = self.env.journal, self.current
+        assert journal is not None and base is not None and self.base is not None
+        replay = journal.replay(self.base, base.reader.size, self.env.identities)
+        overlay = Overlay(
+            self.env.policy.blocks_for(replay.size), base.reader.size, base.reader.read_chunk
+        )
+        overlay.truncate(replay.base_limit)
+        overlay.truncate(replay.size)
+        for index, block in replay.blocks.items():
+            overlay.blocks.put(index, block + bytes(CHUNK_SIZE - len(block)))
+        overlay.mark_recorded()
+        self.overlay, self.size = overlay, replay.size
 
     async def seal_staged(self) -> None:
-        """Seal staged changes (but not a stream: `check_stream` reserved its room)."""
-        if self.overlay or self._early:
+        """Seal staged changes (but not a stream: `check_stream` reserved its room). A change
+        the journal will take at the last release or fsync is only checked for room."""
+        if self.overlay is not None and self._wants_record():
+            check_room(self.env.root, 0, len(self.overlay.unrecorded_blocks()) * CHUNK_SIZE)
+        elif self.overlay or self._early:
             await self.seal()
 
-    async def finalize(self) -> None:
-        """Seal whatever is unsaved and queue it for publishing: a state a writer intended."""
+    async def finalize(self, journal: bool = False) -> None:
+        """Make what is unsaved durable-to-be: a state a writer intended. With `journal`
+        (fsync, last release), a small change to a large published file becomes a journal
+        record, durable when this returns; otherwise it is sealed into a new version and
+        queued for publishing."""
+        overlay = self.overlay
+        if journal and overlay is not None and self._wants_record():
+            if overlay.recorded and not self.records:  # no change at all: nothing to keep
+                self.overlay = None
+                overlay.close()
+            else:
+                await self._write_record(overlay)
+            return
         await self.seal()
         self._promote()
+
+    @property
+    def compactable(self) -> bool:
+        """Records to fold, and nothing newer that no writer has asked to keep yet (a
+        stream, a version sealed at a flush, unrecorded changes while handles are open)."""
+        if self.records == 0 or self.stream is not None or self.provisional is not None:
+            return False
+        return self.handles == 0 or (self.overlay is not None and self.overlay.recorded)
+
+    def _wants_record(self) -> bool:
+        if self.env.journal is None or self.stream is not None or self._early:
+            return False
+        if self.pending is not None or self.provisional is not None or self.base is None:
+            return False
+        if self.node is None or self.node.path is None or self.current is None:
+            return False
+        overlay = self.overlay
+        assert overlay is not None
+        if overlay.recorded and self.records:
+            return True  # nothing new since the last record: durable already
+        if os.fstat(self.current.fd).st_nlink != 1:
+            return False  # several names share the backing file: the full publish path
+        change = len(overlay.unrecorded_blocks()) * CHUNK_SIZE
+        size = max(self.size, self.current.reader.size)
+        return wants_record(size, change, self.recorded_bytes)
+
+    async def _write_record(self, overlay: Overlay) -> None:
+        """Write the changes since the last record as the next one (off the loop: it is
+        encrypted and fsync'ed), then mark them recorded."""
+        if overlay.recorded:
+            return
+        journal = self.env.journal
+        assert journal is not None and self.base is not None and self.node is not None
+        assert self.node.path is not None
+        indices = overlay.unrecorded_blocks()
+        record = self._record(self.node.path, overlay.cut, indices)
+        blocks = (overlay.block(i)[: record.block_length(i)] for i in indices)
+        self.recorded_bytes += await trio.to_thread.run_sync(journal.write, record, blocks)
+        overlay.mark_recorded()
+        self.records += 1
+        self.recorded_size = self.size
+        self.env.journaled.add(self)
+
+    def _record(self, path: str, cut: int, indices: list[int]) -> Record:
+        assert self.base is not None
+        a = self.attrs
+        return Record(
+            path,
+            self.base,
+            self.records + 1,
+            self.size,
+            cut,
+            a.st_mode & 0o7777,
+            a.st_uid,
+            a.st_gid,
+            a.st_atime_ns,
+            a.st_mtime_ns,
+            indices,
+        )
+
+    async def record_move(self, new_path: str) -> None:
+        """A rename: one more record, with no change, naming the new path, so that recovery
+        finds the base under whichever name the crash left it (records name every path)."""
+        if self.records == 0 or self.env.journal is None:
+            return
+        record = self._record(new_path, self.recorded_size, [])
+        record.size = self.recorded_size
+        self.recorded_bytes += await trio.to_thread.run_sync(self.env.journal.write, record, [])
+        self.records += 1
+
+    def forget_records(self) -> bytes | None:
+        """The file's records are obsolete (a new version published, or the file gone):
+        returns the base they name, for the caller to drop them once that is durable."""
+        if self.records == 0:
+            return None
+        base = self.base
+        self.records = self.recorded_bytes = 0
+        self.env.journaled.discard(self)
+        return base
 
     async def seal(self) -> None:
         """Seal whatever is unsaved into a complete version (provisional while handles are
@@ -273,9 +393,15 @@ class FileContent:
             else:
                 overlay.close()
 
-    def published(self) -> None:
+    def published(self) -> bytes | None:
+        """The pending version is now the backing file; returns the base whose records that
+        made obsolete (to drop once the rename is durable), if any."""
+        obsolete = self.forget_records()
+        if self.pending is not None:
+            self.base = self.pending.proof
         self.pending = None
         self.on_disk = True
+        return obsolete
 
     def discard_pending(self) -> None:
         """The file was unlinked before its new version was published: drop the temp."""
@@ -433,9 +559,12 @@ class FileContent:
     def _touch(self) -> None:
         now = time.time_ns()
         self.attrs.st_mtime_ns = self.attrs.st_ctime_ns = now
+        self.changed_at = time.monotonic()
 
     def _restamp(self) -> None:
         """Attribute changes reach the version on disk at once, not only the next one."""
         self.attrs.st_ctime_ns = time.time_ns()
-        if self.current and not self.dirty:
+        if self.current and (not self.dirty or self.records):
+            # With records, `current` is their base: mode and owner are read from it when
+            # they are folded (times come from the last record).
             self.attrs.stamp(self.current.fd)

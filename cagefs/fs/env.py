@@ -11,6 +11,7 @@ from cagefs.fs.cache import ChunkCache
 from cagefs.fs.strategies import Policy
 from cagefs.store.auth import FileAuth
 from cagefs.store.filekeys import FileKeys
+from cagefs.store.journal import Journal
 from cagefs.store.sealer import SealerPool
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class Env:
     keys: FileKeys | None = None  # in `identities` too: new versions' keys go in (filekeys.py)
     sealers: SealerPool = field(default_factory=SealerPool)
     publish_queue: "set[FileContent]" = field(default_factory=set)
+    journal: Journal | None = None  # None: no records (read-only, encrypt-only)
+    journaled: "set[FileContent]" = field(default_factory=set)  # contents with records
 
     def queue_publish(self, content: "FileContent") -> None:
         self.publish_queue.add(content)

@@ -29,6 +29,7 @@ from cagefs.fs.strategies import Policy, Strategy
 from cagefs.store import links, reclaim
 from cagefs.store.auth import FileAuth
 from cagefs.store.filekeys import FileKeys
+from cagefs.store.journal import Journal
 from cagefs.store.sealer import SealerPool
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class MountOptions:
     idle: float | None = None  # unmount after this many seconds with nothing open, no request
     status_socket: Path | None = None  # where `cagefs status` asks (fs/status.py)
     encrypt_only: bool = False  # no identity: create and write files, never read them
+    compact_idle: float = 5.0  # fold a file's journal records once it is unchanged this long
 
 
 def serve(
@@ -90,11 +92,14 @@ def serve(
         cache=ChunkCache(options.cache_mib * 1024 * 1024),
         encrypt_only=options.encrypt_only,
         keys=keys,
+        journal=_journal(store, options),
     )
     table = InodeTable(store.root)
     publisher = Publisher(env, table, options.publish_interval)
     operations = Operations(env, publisher, table)
     background: list[Callable[[], Awaitable[None]]] = [publisher.run, _stop_on_signals]
+    if env.journal is not None:
+        background.append(functools.partial(publisher.compact_when_idle, options.compact_idle))
     if options.idle is not None:
         background.append(functools.partial(_unmount_when_idle, options.idle))
     recent_errors = RecentErrors()
@@ -115,7 +120,16 @@ def serve(
         pyfuse3.close(unmount=True)
         env.sealers.close()
         reclaim.wait()
+        if env.journal is not None:
+            env.journal.close()
     log.info("unmounted %s", mountpoint)
+
+
+def _journal(store: "Store", options: MountOptions) -> Journal | None:
+    """Journal records need a mount that writes and can read back what it wrote."""
+    if options.read_only or options.encrypt_only or store.auth is None:
+        return None
+    return Journal(store.root, store.recipients, store.auth)
 
 
 def _fuse_options(options: MountOptions) -> set[str]:

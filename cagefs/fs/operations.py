@@ -529,13 +529,14 @@ class Operations(pyfuse3.Operations):
         failed = False
         if content.handles == 0:
             async with content.lock:
-                failed = not await self._save(handle.node, content)
+                failed = not await self._save(handle.node, content, journal=True)
         self.table.drop_if_unused(handle.node)
         if failed:  # the kernel may hold pages and a size of the changes just given up
             await directio.drop_cached_pages(handle.node.ino)
 
-    async def _save(self, node: Node, content: FileContent) -> bool:
-        """Publish what the last handle leaves (later, with its group); False if it was lost.
+    async def _save(self, node: Node, content: FileContent, journal: bool = False) -> bool:
+        """Publish what the last handle leaves (later, with its group; a small change as a
+        journal record with `journal`, now); False if it was lost.
 
         Nobody is left to tell of a failure: the last version a writer intended stays, and the
         log says what was lost. A file without a name is never sealed (it would fill the disk
@@ -545,7 +546,7 @@ class Operations(pyfuse3.Operations):
             content.abandon_changes()
             return True
         try:
-            await content.finalize()  # writes through mmap can arrive after flush
+            await content.finalize(journal)  # writes through mmap can arrive after flush
         except (OSError, AgeError) as exc:
             log.error("%s: changes lost, could not be saved: %s", shown(node.path), exc)
         except Exception:  # a bug: still say which file lost what, and keep serving
@@ -562,7 +563,7 @@ class Operations(pyfuse3.Operations):
             return  # unlinked: nothing will ever be published
         async with handle.content.lock:
             with about(handle.node.path):
-                await handle.content.finalize()
+                await handle.content.finalize(journal=True)
                 await self.publisher.publish_now(handle.node)
 
     # --- names: unlink, rename, links -----------------------------------------------------
@@ -588,6 +589,7 @@ class Operations(pyfuse3.Operations):
                     os.unlink(entry, dir_fd=dir_fd)
                 self.table.unname(node, join(parent.path, text), st)
                 _changed(node)
+                await self._drop_records(node, dir_fd)
 
     async def _find_other_names(self, node: Node) -> None:
         """Before an open file loses the last name this mount knows: its other names in the
@@ -618,6 +620,9 @@ class Operations(pyfuse3.Operations):
         replaced = self.table.by_path.get(found[0]) if found is not None else None
         if replaced is not None:  # an open file losing its last known name keeps its others
             await self._find_other_names(replaced)
+        if old_parent.path is not None and new_parent.path is not None:
+            new_path = join(new_parent.path, new_name)
+            await self._record_moves(join(old_parent.path, old_name), new_path)
         with self.table.dir_at(old_parent) as old_fd, self.table.dir_at(new_parent) as new_fd:
             source, _ = self._lookup(old_parent, old_name, old_fd)
             target = self.table.probe(new_parent, new_name, new_fd)
@@ -645,7 +650,35 @@ class Operations(pyfuse3.Operations):
                     assert target is not None
                     self.table.unname(replaced, new_path, target[2])
                     _changed(replaced)
+                    await self._drop_records(replaced, new_fd)
                 self.table.move(source, old_path, new_path)
+
+    async def _record_moves(self, old_path: str, new_path: str) -> None:
+        """Files with journal records at or under `old_path` get a record naming their path
+        after the rename, before it: a crash on either side of it leaves them found."""
+        for content in list(self.env.journaled):
+            node = content.node
+            if node is None or node.content is not content or node.path is None:
+                continue
+            for path in node.names:  # a linked file's records name all its names
+                if path == old_path or path.startswith(old_path + "/"):
+                    async with content.lock:
+                        await content.record_move(new_path + path[len(old_path) :])
+                    break
+
+    async def _drop_records(self, node: Node, dir_fd: int) -> None:
+        """A name removed from the namespace. The file's last: its records are dropped once the
+        removal is durable (else a crash could bring back the file without its last fsync'ed
+        changes). One of several: a record names a name it keeps, for recovery to find."""
+        content = node.content
+        if content is not None and content.records and node.path is not None:
+            async with content.lock:
+                await content.record_move(node.path)
+            return
+        base = content.forget_records() if content is not None else None
+        if base is not None and self.env.journal is not None:
+            fsync_dirs([open_listing(dir_fd)])
+            self.env.journal.drop(base)
 
     def _check_replace(self, source: Node, target: Probed | None) -> Node | None:
         """The node a rename replaces, after POSIX's checks on what may replace what."""
@@ -706,6 +739,10 @@ class Operations(pyfuse3.Operations):
         if node.kind is Kind.DIR:
             raise pyfuse3.FUSEError(errno.EPERM)
         with self._new_entry(new_parent_inode, new_name, node.kind) as (dir_fd, path, entry):
+            content = node.content
+            if content is not None and content.records:  # recovery then finds every name
+                async with content.lock:
+                    await content.record_move(path)
             if node in self.table.unpublished:
                 touch_dir(dir_fd)
                 node.nlink = len(node.names) + 1

@@ -10,18 +10,21 @@ import contextlib
 import errno
 import logging
 import os
+import time
 
 import trio
 
+from cagefs.age import AgeError
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
-from cagefs.fs.errors import shown
+from cagefs.fs.errors import about, shown
 from cagefs.fs.inodes import InodeTable, Kind, Node
 from cagefs.store import links, reclaim
 from cagefs.store.paths import fsync_dirs, link_over, open_listing, rename_into
 from cagefs.store.versions import NewVersion, syncfs
 
 log = logging.getLogger("cagefs")
+MAX_JOURNALED = 256  # files with journal records past this are folded without waiting to idle
 
 
 class Publisher:
@@ -32,6 +35,8 @@ class Publisher:
         self._lock = trio.Lock()
         self._replaced: list[int | None] = []  # files renamed over, held until durable
         self._reported: set[str] = set()  # versions whose failure to publish was logged
+        self._obsolete: list[bytes] = []  # bases whose records a published version replaced
+        self._fold_failed: set[FileContent] = set()  # logged once, retried every round
         # Linked files' publishes (with their version's inode), done once durable.
         self._intents: list[tuple[links.Intent, tuple[int, int]]] = []
 
@@ -73,11 +78,14 @@ class Publisher:
                     dests += self._claim(content, version)
                 except OSError as exc:
                     self._not_published(content, version, exc, last)
+            synced = True
             if dests:
                 try:
                     await trio.to_thread.run_sync(fsync_dirs, dests)
                 except OSError as exc:
                     log.error("publishing: could not sync a directory: %s", exc.strerror)
+                    synced = False
+            await self._drop_obsolete_records(synced)
             self._let_go_of_replaced()
 
     async def publish_now(self, node: Node) -> None:
@@ -96,8 +104,63 @@ class Publisher:
                 raise OSError(errno.EIO, f"{shown(node.path)}: not published") from None
             try:
                 await trio.to_thread.run_sync(fsync_dirs, dests)
+            except BaseException:
+                self._obsolete.clear()  # left for the next mount's recovery to remove
+                raise
             finally:
                 self._let_go_of_replaced()
+            await self._drop_obsolete_records(True)
+
+    async def compact(self, content: FileContent) -> None:
+        """Fold a file's journal records into a new version, published now (I3); the records
+        go once it is durable. A file still written since its last record waits (publishing
+        that would make a state nobody intended durable)."""
+        node = self._owner(content)
+        if node is None:
+            return
+        async with content.lock:
+            if not content.compactable or content.node is not node:
+                return
+            with about(node.path):
+                await content.finalize()
+                await self.publish_now(node)
+
+    async def compact_when_idle(self, idle: float) -> None:
+        """Fold the records of files unchanged for `idle` seconds, and at once those of the
+        oldest past MAX_JOURNALED files with records. (A file whose records reached their
+        bound is published whole at its next fsync already.)"""
+        while True:
+            await trio.sleep(min(idle, 1.0))
+            now = time.monotonic()
+            oldest_first = sorted(self._env.journaled, key=lambda c: c.changed_at)
+            too_many = len(oldest_first) - MAX_JOURNALED  # each holds its changes in memory (I7)
+            for position, content in enumerate(oldest_first):
+                if now - content.changed_at < idle and position >= too_many:
+                    continue
+                try:
+                    await self.compact(content)
+                    self._fold_failed.discard(content)
+                except (OSError, AgeError) as exc:  # kept as records; retried next time (I10)
+                    if content not in self._fold_failed:
+                        self._fold_failed.add(content)
+                        name = self._name(content)
+                        log.error("%s: could not fold journal records (retrying): %s", name, exc)
+                except Exception:
+                    log.exception("%s: internal error folding journal records", self._name(content))
+            self._fold_failed &= self._env.journaled
+
+    def _name(self, content: FileContent) -> str:
+        node = self._owner(content)
+        return shown(node.path if node else None)
+
+    async def _drop_obsolete_records(self, durable: bool) -> None:
+        """Records whose file has a newer version on disk, now durable, are removed (left
+        for the next mount's recovery to remove if the directories could not be synced)."""
+        bases, self._obsolete = self._obsolete, []
+        journal = self._env.journal
+        if durable and bases and journal is not None:
+            for base in bases:
+                await trio.to_thread.run_sync(journal.drop, base)
 
     async def _find_names(self, content: FileContent) -> None:
         """A new version must reach every name of a linked file: find those not known yet."""
@@ -127,7 +190,9 @@ class Publisher:
             directories = [self._claim_name(content, version, node)]
             self._table.set_backing(node, None)
         self._reported.discard(version.path)
-        content.published()
+        obsolete = content.published()
+        if obsolete is not None:
+            self._obsolete.append(obsolete)
         self._table.unpublished.discard(node)
         self._table.drop_if_unused(node)
         return directories

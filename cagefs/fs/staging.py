@@ -137,6 +137,10 @@ class Overlay:
         self.size = size
         self._read_base_chunk = read_base_chunk
         self._base_limit = size if read_base_chunk else 0
+        # Since the last journal record (store/journal.py): blocks changed, smallest size.
+        self.unrecorded: set[int] = set()
+        self.cut = size
+        self._recorded_size = size
 
     def block(self, index: int) -> bytes:
         """The full 64 KiB of block `index`, zero-padded."""
@@ -174,6 +178,7 @@ class Overlay:
                     block = bytearray(self.block(index))
                     block[within : within + take] = view[:take]
                     self.blocks.put(index, bytes(block))
+                self.unrecorded.add(index)
                 view = view[take:]
                 position += take
         finally:
@@ -186,10 +191,26 @@ class Overlay:
                 block = bytearray(self.block(index))
                 block[within:] = bytes(CHUNK_SIZE - within)
                 self.blocks.put(index, bytes(block))
+                self.unrecorded.add(index)
                 index += 1
             self.blocks.drop_from(index)
+            self.unrecorded = {i for i in self.unrecorded if i < index}
             self._base_limit = min(self._base_limit, size)
+            self.cut = min(self.cut, size)
         self.size = size
+
+    @property
+    def recorded(self) -> bool:
+        """Nothing changed since the last journal record."""
+        return not self.unrecorded and self.cut == self.size == self._recorded_size
+
+    def unrecorded_blocks(self) -> list[int]:
+        """The blocks a journal record of the changes since the last one must hold."""
+        return sorted(i for i in self.unrecorded if i * CHUNK_SIZE < self.size)
+
+    def mark_recorded(self) -> None:
+        self.unrecorded = set()
+        self.cut = self._recorded_size = self.size
 
     def chunks(self) -> Iterator[bytes]:
         """The whole content in order, one block at a time, for publishing."""

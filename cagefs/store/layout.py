@@ -11,6 +11,7 @@ from pathlib import Path
 SUFFIX = ".age"
 META_DIR = ".cagefs"
 TMP_DIR = f"{META_DIR}/tmp"
+JOURNAL_DIR = f"{META_DIR}/journal"  # change records (store/journal.py)
 CONFIG_FILE = f"{META_DIR}/config.toml"
 IDENTITY_FILE = f"{META_DIR}/identity.age"
 CANARY_FILE = f"{META_DIR}/canary.age"

@@ -94,10 +94,12 @@ class NewVersion:
         self.path = _unique_temp_path(root)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._file_key = b""
+        self.proof = b""  # its proof TAG: what journal records name it by (store/journal.py)
 
         def tag(file_key: bytes, stanzas: Sequence[Stanza]) -> Sequence[Stanza]:
             self._file_key = file_key
             proof = auth.tag(file_key, stanzas)
+            self.proof = proof[0].body
             if keys is not None:
                 keys.remember([*stanzas, *proof], file_key)
             return proof

@@ -1,0 +1,412 @@
+"""The change journal: a small change made durable without a whole new version (DESIGN I3).
+
+An fsync of a small change to a large published file writes a *record* instead of re-encrypting
+the file: a standard age file `.cagefs/journal/BASE-SEQ.age`, encrypted to the store's
+recipients under a fresh file key (I1, I2) and carrying a proof of origin of kind `journal`
+(store/auth.py). Its plaintext (docs/JOURNAL.md) is
+
+    cagefs-journal v1\\n
+    {"path": ..., "base": ..., "seq": ..., "size": ..., "cut": ..., ...}\\n   (one JSON line)
+    the changed 64 KiB blocks, in the order of "blocks", each cut at "size"
+
+`base` is the proof TAG of the exact published version the record applies to (unique per
+version: every version has a fresh file key), and BASE in the name is its first 16 bytes in
+hex. A record is written to a temp in `.cagefs/tmp/`, fsync'ed, renamed into the journal and
+the journal directory fsync'ed: a torn temp is never a record, and a crash leaves a file as its
+base plus its complete records, in order.
+
+The durable state of a file is its published version plus the records naming that version.
+`recover` (at mount, `cagefs compact`) folds them into a new version and publishes it (I3),
+then removes them; records whose base is no longer at any path they name are obsolete (the
+file was compacted, replaced or deleted since) and are removed. A damaged record (bad proof,
+truncated, a gap in the sequence) stops recovery with one line naming it: never dropped.
+"""
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cagefs.age import CHUNK_SIZE, PayloadReader, open_file, read_header_at, start_file
+from cagefs.age.encoding import b64decode, b64encode
+from cagefs.age.errors import AgeError
+from cagefs.age.header import Header, Stanza
+from cagefs.age.recipients import Identity, Recipient
+from cagefs.errors import CageError, ExitCode
+from cagefs.store.auth import STANZA_TYPE, AuthKey, FileAuth, Kind, Proof
+from cagefs.store.layout import JOURNAL_DIR, SUFFIX, TEMP_PREFIX, tmp_dir
+from cagefs.store.links import LinkIndex, put_in_place
+from cagefs.store.paths import StoreDirs, fsync_dirs, open_listing
+from cagefs.store.paths import open_file as open_backing
+from cagefs.store.rewrap import keep_attributes, write_version
+from cagefs.store.sealer import SealerPool
+from cagefs.store.versions import write_all
+
+if TYPE_CHECKING:
+    from cagefs.store import Store
+
+MAGIC = b"cagefs-journal v1\n"
+_NAME = re.compile(r"([0-9a-f]{32})-([0-9]{10})\.age")
+_HEADER_LIMIT = 16 * 1024 * 1024  # a record's JSON line: indices of at most ~1M blocks
+_ZEROS = bytes(CHUNK_SIZE)
+# Which changes get a record rather than a new version (fs/content.py asks `wants_record`).
+RECORD_MIN_FILE = 1024 * 1024  # smaller files are re-encrypted whole: that is cheap already
+RECORD_MAX_SHARE = 4  # a change up to 1/4 of the file
+RECORDS_LIMIT = 64 * 1024 * 1024  # records of one file past this: fold them (compaction)
+
+
+class JournalDamage(CageError):
+    """A record that cannot be trusted or read: recovery stops rather than drop changes."""
+
+    exit_code = ExitCode.DAMAGE
+
+
+@dataclass
+class Record:
+    """A record's header: what it applies to and what the file is after it."""
+
+    path: str  # the file's plaintext path in the store (its backing file is path + ".age")
+    base: bytes  # the proof TAG of the published version it applies to
+    seq: int  # 1, 2, ... for one base
+    size: int  # the file's size after this record
+    cut: int  # the smallest size the file had since the previous record (truncation)
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    blocks: list[int] = field(default_factory=list)  # changed block indices, increasing
+
+    def encode(self) -> bytes:
+        fields = asdict(self) | {"base": b64encode(self.base)}
+        return MAGIC + json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+    def block_length(self, index: int) -> int:
+        return min(CHUNK_SIZE, self.size - index * CHUNK_SIZE)
+
+
+def version_tag(header: Header) -> bytes | None:
+    """The proof TAG that names a version (None for an untagged file: it gets no records)."""
+    proofs = [s for s in header.stanzas if s.type == STANZA_TYPE]
+    return proofs[0].body if len(proofs) == 1 else None
+
+
+def base_id(tag: bytes) -> str:
+    return tag[:16].hex()
+
+
+def record_name(base: bytes, seq: int) -> str:
+    return f"{base_id(base)}-{seq:010d}{SUFFIX}"
+
+
+def wants_record(size: int, change: int, recorded: int) -> bool:
+    """Whether `change` bytes of a file of `size` (with `recorded` bytes of records already)
+    are worth a record rather than a whole new version."""
+    return (
+        size >= RECORD_MIN_FILE
+        and change <= size // RECORD_MAX_SHARE
+        and recorded + change <= RECORDS_LIMIT
+    )
+
+
+class Journal:
+    """A mount's (or `cagefs compact`'s) writer and remover of records."""
+
+    def __init__(self, root: Path, recipients: Sequence[Recipient], key: AuthKey) -> None:
+        self.root = root
+        self._recipients = recipients
+        self._key = key
+        directory = root / JOURNAL_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self._dir_fd)
+
+    def write(self, record: Record, blocks: Iterable[bytes]) -> int:
+        """Make `record` durable with the contents of its blocks; returns the bytes it took.
+
+        On failure (ENOSPC) no record is left and the error is raised: nothing is lost, the
+        caller still holds the changes.
+        """
+        temp = str(tmp_dir(self.root) / f"{TEMP_PREFIX}j-{os.urandom(12).hex()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            writer = start_file(lambda data: write_all(fd, data), self._recipients, self._tag)
+            writer.write(record.encode())
+            for index, block in zip(record.blocks, blocks, strict=True):
+                if len(block) != record.block_length(index):
+                    raise AssertionError(f"block {index} has {len(block)} bytes")
+                writer.write(block)
+            writer.close()
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            os.rename(temp, record_name(record.base, record.seq), dst_dir_fd=self._dir_fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        finally:
+            os.close(fd)
+        os.fsync(self._dir_fd)
+        return size
+
+    def drop(self, base: bytes) -> None:
+        """Remove every record of `base` (obsolete: a newer version is durable, or the file is
+        gone). Not fsync'ed: a record that comes back after a crash no longer matches."""
+        prefix = base_id(base) + "-"
+        # Last first: stopped part-way (kill -9), what is left is still a whole sequence.
+        for name in sorted(os.listdir(self._dir_fd), reverse=True):
+            if name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=self._dir_fd)
+
+    def replay(self, base: bytes, size: int, identities: Sequence[Identity]) -> "Replay":
+        """The changes the records of `base` (a version of `size` bytes) hold: for a mount
+        going back to them after a failed save."""
+        prefix = base_id(base) + "-"
+        replay = Replay(size, size)
+        for name in sorted(n for n in os.listdir(self._dir_fd) if n.startswith(prefix)):
+            replay.apply(*read_record(self._dir_fd, name, identities, self._key))
+        return replay
+
+    def _tag(self, file_key: bytes, stanzas: Sequence[Stanza]) -> list[Stanza]:
+        return [self._key.tag(file_key, stanzas, Kind.JOURNAL)]
+
+
+def read_record(
+    dir_fd: int, name: str, identities: Sequence[Identity], key: AuthKey
+) -> tuple[Record, dict[int, bytes]]:
+    """A record and its blocks, or JournalDamage naming it."""
+    where = f"{JOURNAL_DIR}/{name}"
+    try:
+        fd = open_backing(dir_fd, name)
+    except OSError as exc:
+        raise JournalDamage(f"journal record {where}: {exc.strerror}") from None
+    try:
+
+        def check(header: Header, file_key: bytes) -> None:
+            proof = key.proof(header, file_key, Kind.JOURNAL)
+            if proof is not Proof.VALID:
+                raise JournalDamage(f"journal record {where}: {proof.value}")
+
+        try:
+            reader = open_file(fd, identities, check).reader
+            record, blocks = _parse(reader)
+        except (AgeError, ValueError, KeyError, TypeError) as exc:
+            raise JournalDamage(f"journal record {where} is damaged: {exc}") from None
+    finally:
+        os.close(fd)
+    if record_name(record.base, record.seq) != name:
+        raise JournalDamage(f"journal record {where} ({record.path}) is not named for its content")
+    return record, blocks
+
+
+def _parse(reader: PayloadReader) -> tuple[Record, dict[int, bytes]]:
+    head = reader.read(0, min(reader.size, len(MAGIC) + _HEADER_LIMIT))
+    if not head.startswith(MAGIC):
+        raise ValueError("not a cagefs journal record")
+    end = head.find(b"\n", len(MAGIC))
+    if end < 0:
+        raise ValueError("record header too long or cut short")
+    fields = json.loads(head[len(MAGIC) : end])
+    fields["base"] = b64decode(fields["base"])
+    record = Record(**fields)
+    for name in ("seq", "size", "cut", "mode", "uid", "gid", "atime_ns", "mtime_ns"):
+        if not isinstance(getattr(record, name), int) or getattr(record, name) < 0:
+            raise ValueError(f"bad {name}")
+    indices = record.blocks
+    if not isinstance(record.path, str) or not record.path or record.seq < 1:
+        raise ValueError("bad path or sequence number")
+    if any(not isinstance(i, int) for i in indices) or indices != sorted(set(indices)):
+        raise ValueError("bad block list")
+    if indices and (indices[0] < 0 or indices[-1] * CHUNK_SIZE >= record.size):
+        raise ValueError("block past the end of the file")
+    offset = end + 1
+    if reader.size != offset + sum(record.block_length(i) for i in indices):
+        raise ValueError("record is not as long as its header says")
+    blocks = {}
+    for index in indices:
+        length = record.block_length(index)
+        blocks[index] = reader.read(offset, length)
+        offset += length
+    return record, blocks
+
+
+@dataclass
+class Replay:
+    """A file's changes as its records describe them, over its base version."""
+
+    size: int
+    base_limit: int  # base content past this was truncated away
+    blocks: dict[int, bytes] = field(default_factory=dict)
+
+    def apply(self, record: Record, blocks: dict[int, bytes]) -> None:
+        for index in [i for i in self.blocks if i * CHUNK_SIZE >= record.cut]:
+            del self.blocks[index]
+        self.base_limit = min(self.base_limit, record.cut)
+        self.blocks.update(blocks)
+        self.size = record.size
+
+    def block(self, index: int, read_base_chunk: Callable[[int], bytes]) -> bytes:
+        """Block `index` of the result, zero-padded to a full block."""
+        block = self.blocks.get(index)
+        if block is None:
+            start = index * CHUNK_SIZE
+            block = b""
+            if start < self.base_limit:
+                block = read_base_chunk(index)[: self.base_limit - start]
+        return block + _ZEROS[len(block) :]
+
+    def chunks(self, read_base_chunk: Callable[[int], bytes]) -> Iterator[bytes]:
+        for index in range(-(-self.size // CHUNK_SIZE)):
+            yield self.block(index, read_base_chunk)[: self.size - index * CHUNK_SIZE]
+
+
+@dataclass
+class Recovered:
+    replayed: list[str] = field(default_factory=list)  # plaintext paths made current
+    dropped: int = 0  # obsolete records removed
+
+
+def recover_store(store: "Store", writable: bool) -> Recovered:
+    """Before a mount or offline (`cagefs compact`), under the store lock: every file's
+    records folded in. A mount that cannot (read-only, encrypt-only) is refused instead of
+    serving files without their last fsync'ed changes."""
+    if not pending_records(store.root):
+        return Recovered()
+    if not writable or store.auth is None or not store.identities:
+        raise CageError(
+            f"{store.root} holds journal records not yet folded into their files: mount it "
+            f"read-write with its identity once, or run `cagefs compact {store.root}`"
+        )
+    sealers = SealerPool()
+    try:
+        return recover(store.root, store.identities, store.recipients, store.auth, sealers)
+    finally:
+        sealers.close()
+
+
+def pending_records(root: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(root / JOURNAL_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def recover(
+    root: Path,
+    identities: Sequence[Identity],
+    recipients: Sequence[Recipient],
+    key: AuthKey,
+    sealers: SealerPool,
+) -> Recovered:
+    """Fold every file's records into a new published version; remove obsolete records.
+
+    Call under the store lock. Idempotent: a crash part-way leaves files either folded (their
+    records then obsolete) or still with their base and records. Raises JournalDamage for a
+    record that cannot be trusted, before anything of that file is changed.
+    """
+    done = Recovered()
+    names = pending_records(root)
+    if not names:
+        return done
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        match = _NAME.fullmatch(name)
+        if match is None:
+            raise JournalDamage(f"{JOURNAL_DIR}/{name} is not a journal record: move it away")
+        groups.setdefault(match[1], []).append((int(match[2]), name))
+    journal_fd = os.open(root / JOURNAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dirs = StoreDirs(root)
+    try:
+        for members in groups.values():
+            members.sort()
+            path = _recover_file(dirs, journal_fd, members, identities, recipients, key, sealers)
+            if path is None:
+                done.dropped += len(members)
+            else:
+                done.replayed.append(path)
+            for _, name in members:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=journal_fd)
+        os.fsync(journal_fd)
+    finally:
+        dirs.close()
+        os.close(journal_fd)
+    return done
+
+
+def _recover_file(
+    dirs: StoreDirs,
+    journal_fd: int,
+    members: list[tuple[int, str]],
+    identities: Sequence[Identity],
+    recipients: Sequence[Recipient],
+    key: AuthKey,
+    sealers: SealerPool,
+) -> str | None:
+    """Publish one file's base + records as a new version; its path, or None if obsolete."""
+    records = [read_record(journal_fd, name, identities, key) for _, name in members]
+    base = records[0][0].base
+    if any(record.base != base for record, _ in records):
+        raise JournalDamage(f"journal records {members[0][1]}...: not all of one version")
+    found = _find_base(dirs, [record.path for record, _ in reversed(records)], base)
+    if found is None:
+        return None  # (a removal of obsolete records stopped part-way may have left a gap)
+    if [seq for seq, _ in members] != list(range(1, len(members) + 1)):
+        first_gap = next(name for i, (seq, name) in enumerate(members, 1) if seq != i)
+        raise JournalDamage(f"journal record {JOURNAL_DIR}/{first_gap} follows a missing record")
+    path, fd = found
+    try:
+        reader = open_file(fd, identities, FileAuth(key).check).reader
+        replay = Replay(reader.size, reader.size)
+        for record, blocks in records:
+            replay.apply(record, blocks)
+        last = records[-1][0]
+        version = write_version(
+            dirs.root, recipients, key, sealers, replay.chunks(reader.read_chunk), replay.size
+        )
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    try:
+        keep_attributes(version.fd, st)
+        os.utime(version.fd, ns=(last.atime_ns, last.mtime_ns))
+        os.fsync(version.fd)
+        names = LinkIndex(dirs.root).names(path + SUFFIX, st)
+        if len(names) > 1:  # linked after its records were written: every name gets it
+            put_in_place(dirs.root, version.path, path + SUFFIX, names)
+        else:
+            head, _, name = path.rpartition("/")
+            with dirs.at(head) as dir_fd:
+                os.rename(version.path, name + SUFFIX, dst_dir_fd=dir_fd)
+                fsync_dirs([open_listing(dir_fd)])
+    except BaseException:
+        version.discard()
+        raise
+    os.close(version.fd)
+    return path
+
+
+def _find_base(dirs: StoreDirs, paths: list[str], base: bytes) -> tuple[str, int] | None:
+    """The path (of those a file's records name, latest first) whose backing file is the
+    version `base`, open; None if none is (compacted, replaced or deleted since)."""
+    for path in dict.fromkeys(paths):
+        head, _, name = path.rpartition("/")
+        try:
+            with dirs.at(head) as dir_fd:
+                fd = open_backing(dir_fd, name + SUFFIX)
+        except OSError:
+            continue
+        try:
+            if version_tag(read_header_at(fd)) == base:
+                return path, fd
+        except AgeError:
+            pass
+        os.close(fd)
+    return None

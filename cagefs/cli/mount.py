@@ -252,10 +252,18 @@ def recover_journal(store: "Store", writable: bool) -> None:
     """Changes a crash left in the change journal are folded into their files (under the
     lock, before the mount is offered); a damaged record refuses the mount, naming it."""
     from cagefs.store import links
-    from cagefs.store.journal import recover_store
+    from cagefs.store.journal import pending_records, recover_store
 
-    if writable:  # a crashed mount's linked publishes finished, its temps removed: no daemon
-        links.recover(store.root)  # owns them now, and records may name what they publish
+    if writable and pending_records(store.root):
+        # A crashed mount's linked publishes finished, its temps removed (no daemon owns them
+        # now), as records may name what they publish; else the daemon does it, and logs it.
+        finished, _ = links.recover(store.root)
+        if finished:
+            print(
+                f"cagefs mount: finished {finished} publish(es) of hard-linked files cut by "
+                "a crash",
+                file=sys.stderr,
+            )
     done = recover_store(store, writable)
     if done.replayed:
         print(

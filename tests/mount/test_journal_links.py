@@ -112,6 +112,7 @@ def test_a_second_name_renamed_elsewhere_then_killed(journaled: Daemon) -> None:
     os.rename(journaled.mnt / "d" / "h.bin", journaled.mnt / "e" / "x.bin")
     os.rename(journaled.mnt / "g.bin", journaled.mnt / "d" / "g2.bin")
     os.rename(journaled.mnt / "d", journaled.mnt / "d3")  # a directory holding a name
+    os.rename(journaled.mnt / "f.bin", journaled.mnt / "e" / "x.bin")  # one file: both stay
     assert records(journaled.store), "records gone before the crash"
     journaled.kill9()
     journaled.start()

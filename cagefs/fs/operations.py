@@ -70,10 +70,15 @@ class Operations(pyfuse3.Operations):
     # --- names and attributes -------------------------------------------------------------
 
     def _attributes(
-        self, node: Node, st: os.stat_result | None = None, dir_fd: int | None = None
+        self,
+        node: Node,
+        st: os.stat_result | None = None,
+        dir_fd: int | None = None,
+        name: str | None = None,
     ) -> pyfuse3.EntryAttributes:
         """The node's attributes. `st`, when given, is a fresh lstat of its backing entry;
-        `dir_fd`, when given, the store directory that holds the entry."""
+        `dir_fd`, when given, the store directory that holds the entry, `name` its name there
+        (default: the node's path's; a linked file's name may be in another directory)."""
         if node.content is not None:
             return entry_attributes(node, node.content.attrs, node.content.size)
         if node.path is None:
@@ -83,7 +88,8 @@ class Operations(pyfuse3.Operations):
         if dir_fd is None:
             with self.table.at(node.path, node.kind) as (fd, _):
                 return self._attributes(node, st, fd)
-        entry = backing_name(node.path.rpartition("/")[2], node.kind) if node.path else "."
+        name = name if name is not None else node.path.rpartition("/")[2]
+        entry = backing_name(name, node.kind) if node.path else "."
         if st is None:
             st = os.lstat(entry, dir_fd=dir_fd)
         if node.kind is not Kind.DIR:
@@ -116,7 +122,7 @@ class Operations(pyfuse3.Operations):
         parent = self.table.get(parent_inode)
         with self.table.dir_at(parent) as dir_fd:
             node, st = self._lookup(parent, text, dir_fd)
-            attrs = self._attributes(node, st, dir_fd)
+            attrs = self._attributes(node, st, dir_fd, text)
         node.lookups += 1
         return attrs
 
@@ -367,7 +373,7 @@ class Operations(pyfuse3.Operations):
             for index in range(max(start_id - 2, 0), len(names)):
                 try:
                     node, st = self._lookup(directory, names[index], dir_fd)
-                    attrs = self._attributes(node, st, dir_fd)
+                    attrs = self._attributes(node, st, dir_fd, names[index])
                 except (pyfuse3.FUSEError, FileNotFoundError):
                     continue  # removed since the snapshot
                 if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attrs, index + 3):

@@ -117,6 +117,28 @@ def test_unknown_names_get_every_version(mounted: Daemon) -> None:
     mounted.assert_store_matches()
 
 
+def test_a_name_in_another_directory_than_the_first_shows_the_size(
+    daemons: Callable[..., Daemon],
+) -> None:
+    """A lookup by a name in another directory than the node's first name reads the header
+    of the entry it names (a size of 0 was cached for the new version, seen through `z`)."""
+    daemon = daemons("auto")
+    daemon.start()
+    mnt = daemon.mnt
+    (mnt / "d").mkdir()
+    (mnt / "x").write_bytes(b"v1\n")
+    os.link(mnt / "x", mnt / "d" / "y")
+    os.link(mnt / "x", mnt / "z")
+    daemon.remount()
+    assert (mnt / "d" / "y").read_bytes() == b"v1\n"  # the node's first name: d/y
+    with open(mnt / "z", "ab") as f:  # a new version, not yet stat'ed by any name
+        f.write(b"v2\n")
+    time.sleep(2.5)  # past the kernel's entry timeout: the next stat of `z` is a lookup
+    for name in ("z", "d/y", "x"):
+        assert os.stat(mnt / name).st_size == 6, f"{name}: size {os.stat(mnt / name).st_size}"
+        assert (mnt / name).read_bytes() == b"v1\nv2\n", name
+
+
 def hard_linked_tree(root: Path) -> None:
     (root / "x" / "y").mkdir(parents=True)
     (root / "one").write_bytes(os.urandom(100_000))

@@ -344,7 +344,12 @@ def test_verify_json_lists_problems_with_the_damage_exit_code(
     (root / "d/cut.age").unlink()
     clean = cagefs("verify", root, "-i", keyfile.path, "--json")
     assert clean.returncode == 0
-    assert json.loads(clean.stdout) == {"store": str(root), "checked": 1, "problems": []}
+    assert json.loads(clean.stdout) == {
+        "store": str(root),
+        "checked": 1,
+        "problems": [],
+        "journal": {"records": 0, "files": []},
+    }
 
 
 def test_a_file_removed_while_verify_runs_is_not_damage(tmp_path: Path, keyfile: KeyFile) -> None:

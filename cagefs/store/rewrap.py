@@ -25,7 +25,6 @@ from cagefs.age.stream import CHUNK_CT_SIZE, CHUNK_SIZE, Buffer, PayloadReader
 from cagefs.pools import LazyPool
 from cagefs.store.atomic import replace_atomically
 from cagefs.store.auth import STANZA_TYPE, AuthKey, FileAuth, Kind
-from cagefs.store.direct import ALIGN, _open_direct
 from cagefs.store.links import put_in_place
 from cagefs.store.sealer import SLOT_SIZE, SealerError, SealerPool, SealJob
 from cagefs.store.versions import NewVersion
@@ -36,8 +35,7 @@ _REKEY_SEALERS = 2  # one for the file being decrypted, one for the tail of the 
 _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 AHEAD_SLOTS = 4  # a rekey reads the ciphertext of this many sealer slots at a time...
 AHEAD_BLOCKS = 3  # ...this many such blocks ahead of its decryption
-# A block's ciphertext, and room to align both of its ends for O_DIRECT.
-_AHEAD_BUFFER = AHEAD_SLOTS * SLOT_SIZE // CHUNK_SIZE * CHUNK_CT_SIZE + 2 * ALIGN
+_AHEAD_BUFFER = AHEAD_SLOTS * SLOT_SIZE // CHUNK_SIZE * CHUNK_CT_SIZE  # a block's ciphertext
 
 
 def recipient_stanzas(header: Header) -> list[Stanza]:
@@ -202,12 +200,12 @@ class _Sealing:
 
     def feed_from(self, reader: PayloadReader, fd: int, buffers: list[memoryview]) -> None:
         """The plaintext of `reader` (on `fd`), decrypted straight into the slots of the
-        sealer's ring, if there is one: no plaintext is copied. The ciphertext is read ahead
-        (`_CiphertextAhead`): read in turn with the decryption, through the page cache, the
-        reads took half of the decrypting process's time, and the copy out of the page cache
-        a seventh of a rekey's CPU. (Earlier: 1 GiB read cold in 0.7-1.0 s with
-        `POSIX_FADV_SEQUENTIAL`, 1.2-1.6 s without, 1.3-1.4 s with direct.ReadAhead's 1 MiB
-        O_DIRECT reads, one at a time.) `buffers`: spare read buffers, taken and given back."""
+        sealer's ring, if there is one: no plaintext is copied. The kernel is told the file
+        is read sequentially (twice the read-ahead): 1 GiB read cold in 0.7-1.0 s so, 1.2-1.6 s
+        without, and 1.3-1.4 s with direct.ReadAhead's 1 MiB O_DIRECT reads. The ciphertext
+        is also read ahead on threads (`_CiphertextAhead`): read in turn with the decryption,
+        the reads took half of the decrypting process's time. `buffers`: spare read buffers,
+        taken and given back."""
         with contextlib.suppress(OSError):  # advice only
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         self._begin(reader.size)
@@ -284,26 +282,25 @@ _read_ahead = LazyPool("cagefs-rekey-read", lambda: 2)  # two reads in flight ke
 class _CiphertextAhead:
     """Serves `pread` for a `PayloadReader` read in order, span after span (`spans`: the file
     ranges its reads will ask for, in order), from blocks of `AHEAD_SLOTS` spans read ahead
-    into reused buffers on I/O threads, with O_DIRECT where the filesystem has it: the reads
-    overlap the decryption, and the ciphertext goes from the disk straight into the buffers,
-    never copied out of the page cache (nor left in it, where the old version would only
-    push other data out). A read no block holds (out of order, or a block that came short: a
-    file truncated meanwhile) is an ordinary pread, so errors are the ordinary ones."""
+    into reused buffers on I/O threads: the reads overlap the decryption, and no buffer is
+    allocated per read. (O_DIRECT reads, which skip the page-cache copy, used less CPU but
+    made a cold rekey no faster: the kernel's own read-ahead keeps the disk busier.) A read no
+    block holds (out of order, or a block that came short: a file truncated meanwhile) is an
+    ordinary pread, so errors are the ordinary ones."""
 
     def __init__(
         self, fd: int, spans: Sequence[tuple[int, int]], spare: list[memoryview]
     ) -> None:
         self._fd = fd
-        self._direct = _open_direct(fd, os.O_RDONLY)  # None where refused
         self._blocks = iter(
             (group[0][0], group[-1][1])
             for group in (spans[i : i + AHEAD_SLOTS] for i in range(0, len(spans), AHEAD_SLOTS))
         )
         self._spare = spare  # given back to as blocks are let go of: for the next file too
-        # (start, stop, buffer, the read: where `start` is in the buffer, and bytes from it)
-        self._ahead: collections.deque[
-            tuple[int, int, memoryview, Future[tuple[int, int]]]
-        ] = collections.deque()
+        # (start, stop, buffer, its read: the bytes read from start)
+        self._ahead: collections.deque[tuple[int, int, memoryview, Future[int]]] = (
+            collections.deque()
+        )
         self._schedule()
 
     def pread(self, size: int, offset: int) -> Buffer:
@@ -312,11 +309,9 @@ class _CiphertextAhead:
             if offset < start:
                 break
             if offset + size <= stop:
-                lead, got = read.result()
-                if start + got < offset + size:
+                if start + read.result() < offset + size:
                     break  # came short
-                at = lead + offset - start
-                return buffer[at : at + size]
+                return buffer[offset - start : offset - start + size]
             self._release()  # read past it: its buffer is read into again
         return os.pread(self._fd, size, offset)
 
@@ -325,9 +320,6 @@ class _CiphertextAhead:
         self._blocks = iter(())
         while self._ahead:
             self._release()
-        if self._direct is not None:
-            os.close(self._direct)
-            self._direct = None
 
     def _release(self) -> None:
         _, _, buffer, read = self._ahead.popleft()
@@ -339,34 +331,20 @@ class _CiphertextAhead:
     def _schedule(self) -> None:
         while len(self._ahead) < AHEAD_BLOCKS and (block := next(self._blocks, None)):
             start, stop = block
-            assert stop - start <= _AHEAD_BUFFER - 2 * ALIGN, "spans longer than a slot's"
+            assert stop - start <= _AHEAD_BUFFER, "spans longer than a slot's ciphertext"
             buffer = self._spare.pop() if self._spare else memoryview(mmap.mmap(-1, _AHEAD_BUFFER))
-            read = _read_ahead().submit(self._read, buffer, start, stop)
+            read = _read_ahead().submit(_pread_into, self._fd, buffer, stop - start, start)
             self._ahead.append((start, stop, buffer, read))
-
-    def _read(self, buffer: memoryview, start: int, stop: int) -> tuple[int, int]:
-        """Read [start, stop) into `buffer`: (where `start` landed, bytes from there)."""
-        if self._direct is not None:
-            lead = start % ALIGN
-            size = -(-(stop - start + lead) // ALIGN) * ALIGN
-            try:
-                got = _pread_into(self._direct, buffer, size, start - lead)
-                return lead, max(0, min(got - lead, stop - start))
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # refused for this file: the ordinary way
-                    raise
-        return 0, _pread_into(self._fd, buffer, stop - start, start)
 
 
 def _pread_into(fd: int, buffer: memoryview, size: int, offset: int) -> int:
-    """Read `size` bytes at `offset` into the start of `buffer`; fewer only at end of file
-    (with O_DIRECT, a read that ends off the alignment has reached it)."""
+    """Read `size` bytes at `offset` into the start of `buffer`; fewer only at end of file."""
     done = 0
     while done < size:
         got = os.preadv(fd, [buffer[done:size]], offset + done)
-        done += got
-        if not got or done % ALIGN:
+        if not got:
             break
+        done += got
     return done
 
 

@@ -31,6 +31,8 @@ from cagefs.store.layout import (
     KEYCHANGE_FILE,
     TMP_DIR,
 )
+from cagefs.store.rewrap import AHEAD_SLOTS
+from cagefs.store.sealer import SLOT_SIZE
 from cagefs.store.verify import GONE, verify_store
 
 
@@ -181,6 +183,31 @@ def test_damaged_and_planted_files_are_listed_and_left_as_they_are(
     assert (root / "planted.age").read_bytes() == planted
     assert go_age(root / "ok.age", keyfile).stdout == b"fine"
     assert not (root / KEYCHANGE_FILE).exists()
+    assert os.listdir(root / TMP_DIR) == []
+
+
+def test_rekey_reads_large_files_ahead_exactly(tmp_path: Path, keyfile: KeyFile) -> None:
+    """Files of many read-ahead blocks (rewrap.AHEAD_SLOTS sealer slots each, AHEAD_BLOCKS of
+    them in flight), at and around block and chunk boundaries, come out exact (Go `age -d`);
+    damage in a late block is found and the file left as it was."""
+    block = AHEAD_SLOTS * SLOT_SIZE
+    sizes = {"one-block": block, "block-and-a-byte": block + 1, "many": 3 * block + 70_001}
+    files = {name: os.urandom(size) for name, size in sizes.items()}
+    files["late-damage"] = os.urandom(4 * block + 5)
+    root = tmp_path / "store"
+    make_store(root, keyfile, files)
+    data = bytearray((root / "late-damage.age").read_bytes())
+    data[-(block + 100)] ^= 1  # in the last block but one
+    (root / "late-damage.age").write_bytes(bytes(data))
+    proc = cagefs("rekey", root, "-i", keyfile.path)
+    assert proc.returncode == ExitCode.DAMAGE, proc.stderr
+    assert [line.split(":")[0] for line in proc.stdout.decode().splitlines()] == [
+        "late-damage.age"
+    ]
+    assert (root / "late-damage.age").read_bytes() == bytes(data)
+    for name in sizes:
+        got = go_age(root / f"{name}.age", keyfile).stdout
+        assert len(got) == len(files[name]) and got == files[name], name
     assert os.listdir(root / TMP_DIR) == []
 
 
@@ -344,7 +371,12 @@ def test_verify_json_lists_problems_with_the_damage_exit_code(
     (root / "d/cut.age").unlink()
     clean = cagefs("verify", root, "-i", keyfile.path, "--json")
     assert clean.returncode == 0
-    assert json.loads(clean.stdout) == {"store": str(root), "checked": 1, "problems": []}
+    assert json.loads(clean.stdout) == {
+        "store": str(root),
+        "checked": 1,
+        "problems": [],
+        "journal": {"records": 0, "files": []},
+    }
 
 
 def test_a_file_removed_while_verify_runs_is_not_damage(tmp_path: Path, keyfile: KeyFile) -> None:

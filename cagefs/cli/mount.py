@@ -108,6 +108,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "unchanged this long (default 5s)",
     )
     parser.add_argument(
+        "--max-journaled-files",
+        type=CONVERTERS["max_journaled"],
+        dest="max_journaled",
+        metavar="N",
+        help="files that may hold change-journal records at once (each keeps its changes in "
+        "memory); past N the oldest are folded at once (default 256)",
+    )
+    parser.add_argument(
         "--encrypt-only",
         action="store_true",
         help="no identity: create and write files (to config.toml's recipients), never read "
@@ -150,6 +158,13 @@ def parse_size(text: str) -> int:
     return int(number) << (10 * " KMGT".index(unit.upper() or " "))
 
 
+def parse_count(text: str) -> int:
+    """A whole number of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return int(text)
+
+
 def parse_duration(text: str) -> float:
     """Seconds from `90`, `90s`, `30m`, `2h`, `1d` (more than 0)."""
     match = _DURATION.fullmatch(text.strip())
@@ -166,6 +181,7 @@ CONVERTERS: dict[str, Callable[[str], object]] = {
     "publish_interval": setting("publish_interval", float, "a number"),
     "idle": parse_duration,
     "compact_idle": parse_duration,
+    "max_journaled": parse_count,
 }
 
 
@@ -223,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
             kernel_flags=tuple(kernel_flags),
             idle=args.idle,
             compact_idle=_either(args.compact_idle, 5.0),
+            max_journaled=_either(args.max_journaled, filesystem.MAX_JOURNALED),
             status_socket=status_socket(mountpoint),
             encrypt_only=args.encrypt_only,
         )

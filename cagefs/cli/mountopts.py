@@ -40,6 +40,7 @@ VALUE_OPTIONS = {
     "log": "log",
     "idle": "idle",
     "compact_idle": "compact_idle",
+    "max_journaled_files": "max_journaled",
     "fsname": "fsname",
 }
 FLAG_OPTIONS = {

@@ -57,6 +57,7 @@ def ask(mountpoint: str) -> dict[str, object]:
 def describe(report: dict) -> str:
     if "error" in report:
         return f"{report['mountpoint']}: {report['error']}"
+    journal = report.get("journal", {})  # a daemon from before the journal has none
     lines = [
         f"{report['mountpoint']}: {report['store']}, pid {report['pid']}, "
         f"strategy {report['strategy']}, up {report['uptime_s']:.0f} s",
@@ -64,13 +65,21 @@ def describe(report: dict) -> str:
         f"{report['open_handles']} open handle(s)",
         f"  unpublished: {report['unpublished']['files']} file(s), "
         f"{report['unpublished']['bytes']} bytes",
+        f"  journal: {journal.get('records', 0)} record(s) of {journal.get('files', 0)} "
+        f"file(s), {journal.get('bytes', 0)} bytes, not yet folded into the files",
         f"  cache {report['cache']['bytes']} of {report['cache']['limit']} bytes; "
         f"sealers {report['sealers']['running']} ({report['sealers']['idle']} idle)",
     ]
     lines += [
-        f"  {f['state']:9} {f['size']:>12}  {f['path'] or '(unlinked)'}" for f in report["files"]
+        f"  {f['state']:9} {f['size']:>12}  {f['path'] or '(unlinked)'}{_records(f)}"
+        for f in report["files"]
     ]
     lines += [f"  error at {e['time']}: {e['message']}" for e in report["last_errors"]]
     return "\n".join(lines)
 
 
+
+
+def _records(entry: dict) -> str:
+    records = entry.get("records", 0)
+    return f" ({records} journal record(s))" if records else ""

@@ -1,9 +1,12 @@
 """`cagefs verify STORE`: list every backing file that is damaged, untrusted or untagged.
 
-Each line on stdout is `PATH: problem`, PATH the backing file relative to STORE. The exit status
-is 0 when every file decrypts, authenticates and carries the store's proof of origin, and
-ExitCode.DAMAGE when anything was listed. `--upgrade` gives a store made before tamper evidence
-its authentication key and tags its untagged files first (resumable: run it again after a crash).
+Each line on stdout is `PATH: problem`, PATH the backing file relative to STORE. Pending
+change-journal records are checked too (a damaged one is listed by its path under
+`.cagefs/journal/`: it would refuse the next mount), and counted with the files they belong to.
+The exit status is 0 when every file decrypts, authenticates and carries the store's proof of
+origin and every record reads, and ExitCode.DAMAGE when anything was listed. `--upgrade` gives
+a store made before tamper evidence its authentication key and tags its untagged files first
+(resumable: run it again after a crash).
 """
 
 import argparse
@@ -12,9 +15,14 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cagefs.cli.keyargs import add_identity_arguments, open_store_from
 from cagefs.errors import ExitCode
+
+if TYPE_CHECKING:
+    from cagefs.cli.progress import Progress
+    from cagefs.store import Store
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -71,17 +79,43 @@ def run(args: argparse.Namespace) -> int:
                     problems.append({"path": relative, "problem": problem})
                     if not args.json:
                         progress.note(f"{relative}: {problem}")
+            pending = _check_journal(store, problems, progress if not args.json else None)
         finally:
             progress.close()
     if args.json:
         report = {"store": str(args.store), "checked": checked, "problems": problems}
+        report |= {"journal": {"records": sum(pending.values()), "files": sorted(pending)}}
         print(json.dumps(report | ({"tagged": tagged} if args.upgrade else {}), indent=1))
     done = f", {tagged} tagged now" if args.upgrade else ""
     print(
         f"cagefs verify: {checked} files checked, {len(problems)} with problems{done}",
         file=sys.stderr,
     )
+    if pending:
+        print(
+            f"cagefs verify: {sum(pending.values())} journal record(s) not yet folded into "
+            f"{', '.join(sorted(pending))} (a read-write mount or `cagefs compact` folds them)",
+            file=sys.stderr,
+        )
     return ExitCode.DAMAGE if problems else 0
+
+
+def _check_journal(
+    store: "Store", problems: list[dict[str, str]], progress: "Progress | None"
+) -> dict[str, int]:
+    """Check every pending journal record as recovery would read it; a damaged one is a
+    problem (it would refuse the next mount). Returns the records per file path."""
+    from cagefs.store.journal import check_records
+
+    pending: dict[str, int] = {}
+    for where, record in check_records(store.root, store.identities, store.auth):
+        if isinstance(record, str):
+            problems.append({"path": where, "problem": record})
+            if progress is not None:
+                progress.note(f"{where}: {record}")
+        else:
+            pending[record.path] = pending.get(record.path, 0) + 1
+    return pending
 
 
 def _size(path: Path) -> int:

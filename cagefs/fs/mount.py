@@ -23,7 +23,7 @@ from cagefs.fs.cache import ChunkCache
 from cagefs.fs.env import Env
 from cagefs.fs.inodes import InodeTable
 from cagefs.fs.operations import Operations
-from cagefs.fs.publisher import Publisher
+from cagefs.fs.publisher import MAX_JOURNALED, Publisher
 from cagefs.fs.status import RecentErrors, serve_status, snapshot
 from cagefs.fs.strategies import Policy, Strategy
 from cagefs.store import links, reclaim
@@ -57,6 +57,7 @@ class MountOptions:
     status_socket: Path | None = None  # where `cagefs status` asks (fs/status.py)
     encrypt_only: bool = False  # no identity: create and write files, never read them
     compact_idle: float = 5.0  # fold a file's journal records once it is unchanged this long
+    max_journaled: int = MAX_JOURNALED  # files with records past this: the oldest folded at once
 
 
 def serve(
@@ -99,7 +100,11 @@ def serve(
     operations = Operations(env, publisher, table)
     background: list[Callable[[], Awaitable[None]]] = [publisher.run, _stop_on_signals]
     if env.journal is not None:
-        background.append(functools.partial(publisher.compact_when_idle, options.compact_idle))
+        background.append(
+            functools.partial(
+                publisher.compact_when_idle, options.compact_idle, options.max_journaled
+            )
+        )
     if options.idle is not None:
         background.append(functools.partial(_unmount_when_idle, options.idle))
     recent_errors = RecentErrors()

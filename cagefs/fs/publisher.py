@@ -24,7 +24,7 @@ from cagefs.store.paths import fsync_dirs, link_over, open_listing, rename_into
 from cagefs.store.versions import NewVersion, syncfs
 
 log = logging.getLogger("cagefs")
-MAX_JOURNALED = 256  # files with journal records past this are folded without waiting to idle
+MAX_JOURNALED = 256  # default: files with journal records past this are folded without waiting
 
 
 class Publisher:
@@ -125,15 +125,15 @@ class Publisher:
                 await content.finalize()
                 await self.publish_now(node)
 
-    async def compact_when_idle(self, idle: float) -> None:
+    async def compact_when_idle(self, idle: float, max_files: int = MAX_JOURNALED) -> None:
         """Fold the records of files unchanged for `idle` seconds, and at once those of the
-        oldest past MAX_JOURNALED files with records. (A file whose records reached their
+        oldest past `max_files` files with records. (A file whose records reached their
         bound is published whole at its next fsync already.)"""
         while True:
             await trio.sleep(min(idle, 1.0))
             now = time.monotonic()
             oldest_first = sorted(self._env.journaled, key=lambda c: c.changed_at)
-            too_many = len(oldest_first) - MAX_JOURNALED  # each holds its changes in memory (I7)
+            too_many = len(oldest_first) - max_files  # each holds its changes in memory (I7)
             for position, content in enumerate(oldest_first):
                 if now - content.changed_at < idle and position >= too_many:
                     continue

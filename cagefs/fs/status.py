@@ -5,7 +5,8 @@ daemon knows is reported: nothing is guessed from /proc.
 Each open or unsaved file is listed by its plaintext path (names are not secret in a store:
 its backing files carry them) and its state: `streaming` (written in order into a sealer),
 `staged` (changed blocks in RAM or scratch), `pending` (sealed, waiting for its publish) or
-`clean`. No file content is ever included.
+`clean`, with how many change-journal records it has not yet folded into its backing file
+(store/journal.py); `journal` sums them. No file content is ever included.
 """
 
 import collections
@@ -53,13 +54,14 @@ def snapshot(
         if content is None:
             continue
         state = _state(content)
-        if state != "clean" or content.handles:
+        if state != "clean" or content.handles or content.records:
             files.append(
                 {
                     "path": node.path,
                     "state": state,
                     "size": content.size,
                     "handles": content.handles,
+                    "records": content.records,
                 }
             )
         if state != "clean":
@@ -76,6 +78,11 @@ def snapshot(
         "open_handles": ACTIVITY.open_handles,
         "files": files,
         "unpublished": {"files": len(env.publish_queue), "bytes": unpublished_bytes},
+        "journal": {
+            "files": len(env.journaled),
+            "records": sum(content.records for content in env.journaled),
+            "bytes": sum(content.recorded_bytes for content in env.journaled),
+        },
         "cache": {"bytes": env.cache.used_bytes, "limit": env.cache.limit_bytes},
         "sealers": {"running": running, "idle": idle},
         "last_errors": [

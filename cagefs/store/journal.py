@@ -410,3 +410,34 @@ def _find_base(dirs: StoreDirs, paths: list[str], base: bytes) -> tuple[str, int
             pass
         os.close(fd)
     return None
+
+
+def check_records(
+    root: Path, identities: Sequence[Identity], key: AuthKey | None
+) -> Iterator[tuple[str, Record | str]]:
+    """Every pending record read as recovery reads it (decrypted, authenticated, parsed), for
+    `cagefs verify`: (its path relative to the store, its Record or what is wrong with it), in
+    name order. Only reads; records folded away meanwhile (by a mount beside) are skipped."""
+    try:
+        dir_fd = os.open(root / JOURNAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        for name in sorted(os.listdir(dir_fd)):
+            where = f"{JOURNAL_DIR}/{name}"
+            checked: Record | str
+            if _NAME.fullmatch(name) is None:
+                checked = "not a journal record: move it away"
+            elif key is None:
+                checked = "cannot be authenticated: the store has no authentication key"
+            else:
+                try:
+                    checked = read_record(dir_fd, name, identities, key)[0]
+                except JournalDamage as damage:
+                    if not os.path.lexists(os.path.join(root, where)):
+                        continue
+                    checked = str(damage).removeprefix(f"journal record {where}")
+                    checked = checked.removeprefix(":").strip().removeprefix("is ")
+            yield where, checked
+    finally:
+        os.close(dir_fd)

@@ -470,7 +470,7 @@ class Operations(pyfuse3.Operations):
             return self._open_handle(node, content, direct, flags, ctx.uid)
 
     @fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> Buffer:
         if self.env.encrypt_only:  # not even what this mount wrote: it is the store's now
             raise pyfuse3.FUSEError(errno.EACCES)
         handle = self._handles[fh]

@@ -33,6 +33,7 @@ from cagefs.age import Buffer
 log = logging.getLogger("cagefs")
 PAGE_SIZE = 4096
 QUEUE_MAX = 32  # chunks waiting to be stored: at most 2 MiB held
+CLOSE_WAIT = 5.0  # seconds
 
 Store = Callable[[int, int, Buffer], None]
 _Job = tuple[int, list[tuple[int, memoryview]]]
@@ -82,7 +83,11 @@ class PageStore:
             await trio.to_thread.run_sync(self._wait_for, ino)
 
     def close(self) -> None:
-        """Drop what is queued and wait for a store under way; before the FUSE session ends."""
+        """Drop what is queued and wait for a store under way; before the FUSE session ends.
+
+        A store can wait for a page whose read was left unanswered when the loop stopped
+        (SIGTERM, --idle): it ends only when the unmount aborts that read, so the wait for it
+        is bounded rather than a hang of the daemon's exit."""
         with self._changed:
             self._closed = True
             for ino, _ in self._jobs:
@@ -90,7 +95,9 @@ class PageStore:
             self._jobs.clear()
             self._changed.notify_all()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(CLOSE_WAIT)
+            if self._thread.is_alive():
+                log.warning("a page store still waits for the kernel; unmounting anyway")
 
     def _wait_for(self, ino: int) -> None:
         with self._changed:

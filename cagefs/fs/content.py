@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 _REORDER_LIMIT = 8 * 1024 * 1024
 _REORDER_MAX_WRITES = 64
 _LARGE_READ = 128 * 1024
-Decrypted = Callable[[int, bytes], None]
+ChunkUsed = Callable[[int, bytes], None]
 _READ_AHEAD_BLOCKS = 4
 
 
@@ -151,9 +151,9 @@ class FileContent:
             and self.provisional is None
         )
 
-    def read(self, offset: int, length: int, decrypted: Decrypted | None = None) -> Buffer:
-        """`decrypted(start, chunk)`, if given, hears of each chunk a small read of the
-        complete version had to decrypt (fs/pagestore.py hands the rest of it to the kernel)."""
+    def read(self, offset: int, length: int, chunk_used: ChunkUsed | None = None) -> Buffer:
+        """`chunk_used(start, chunk)`, if given, hears of each chunk (decrypted or cached) a
+        small read of the complete version used (fs/pagestore.py hands the rest to the kernel)."""
         if self.stream:
             self._ensure_overlay() if self._early else self._seal_stream()
         if self.overlay:
@@ -163,7 +163,7 @@ class FileContent:
         if length >= _LARGE_READ and offset < self.size:
             return self._read_large(self.current, offset, length)
 
-        return self._read_cached(self.current, offset, length, decrypted)
+        return self._read_cached(self.current, offset, length, chunk_used)
 
     def write(self, offset: int, data: Buffer) -> None:
         if offset > self.size:
@@ -444,7 +444,7 @@ class FileContent:
         return buffer
 
     def _read_cached(
-        self, version: Version, offset: int, length: int, decrypted: Decrypted | None
+        self, version: Version, offset: int, length: int, chunk_used: ChunkUsed | None
     ) -> Buffer:
         end = min(offset + length, self.size)
         if offset >= end:
@@ -456,9 +456,9 @@ class FileContent:
             if chunk is None:
                 chunk = version.reader.read_chunk(index)
                 cache.put(version.id, index, chunk)
-                if decrypted is not None:
-                    decrypted(index * CHUNK_SIZE, chunk)
             start = index * CHUNK_SIZE
+            if chunk_used is not None:
+                chunk_used(start, chunk)
             parts.append(memoryview(chunk)[max(offset - start, 0) : end - start])
         # A read within one chunk (every 4 KiB page) is a view of the cached chunk: no copy,
         # and safe, since a chunk is an immutable `bytes` that the view keeps alive.

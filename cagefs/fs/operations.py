@@ -513,9 +513,9 @@ class Operations(pyfuse3.Operations):
         await _acquire(content.lock)
         try:
             content.kernel_cached = True
-            around = None if ino in self._writers else functools.partial(
-                self.pages.around, ino, off, size
-            )
+            # An O_DIRECT reader keeps no page; a writer's pages must not be overwritten.
+            stores = not handle.direct and ino not in self._writers
+            around = functools.partial(self.pages.around, ino, off, size) if stores else None
             with about(handle.node.path):
                 return content.read(off, size, around)
         finally:

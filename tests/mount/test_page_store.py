@@ -2,6 +2,7 @@
 (cagefs/fs/pagestore.py): the pages appear there, and they never hide a write or a truncate
 made after them, nor hang readers and writers working on the same file at once."""
 
+import mmap
 import os
 import random
 import subprocess
@@ -65,6 +66,38 @@ def test_a_small_read_caches_the_rest_of_its_chunk(mounted: Daemon) -> None:
     finally:
         os.close(fd)
     mounted.assert_store_matches()
+
+
+def test_a_chunk_still_in_the_daemons_cache_is_stored_again(mounted: Daemon) -> None:
+    """The kernel dropped the pages (fio does, before each job) but the daemon still has the
+    decrypted chunk: one read gives the kernel the whole chunk again."""
+    path = mounted.mnt / "again.bin"
+    data = saved_file(path, 2 * CHUNK)
+    fd = uncached_reader(path)
+    try:
+        os.pread(fd, PAGE, 0)
+        assert wait_cached(path, CHUNK) == CHUNK
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert cached_bytes(path) == 0
+        assert os.pread(fd, PAGE, 3 * PAGE) == data[3 * PAGE : 4 * PAGE]
+        assert wait_cached(path, CHUNK) == CHUNK
+    finally:
+        os.close(fd)
+
+
+def test_an_o_direct_reader_stores_no_page(mounted: Daemon) -> None:
+    path = mounted.mnt / "direct.bin"
+    data = saved_file(path, 2 * CHUNK)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        buffer = mmap.mmap(-1, PAGE)  # O_DIRECT wants an aligned buffer
+        assert os.preadv(fd, [buffer], CHUNK) == PAGE
+        assert bytes(buffer) == data[CHUNK : CHUNK + PAGE]
+        time.sleep(0.3)  # what a store would take
+        assert cached_bytes(path) == 0
+    finally:
+        os.close(fd)
 
 
 def test_stored_pages_never_hide_a_later_write_or_truncate(mounted: Daemon) -> None:

@@ -170,3 +170,26 @@ def test_random_reads_of_an_age_file(keyfile, tmp_path: Path) -> None:
             assert reader.read_chunk(index) == plaintext[start : start + CHUNK_SIZE]
     finally:
         os.close(fd)
+
+
+def test_a_header_longer_than_one_read_opens_from_a_descriptor(keyfile, tmp_path: Path) -> None:
+    """The header is read from a descriptor in blocks (4 KiB, then 64 KiB): one of 60
+    recipients (about 6 KiB, written by Go age) goes past the first, and opens."""
+    others = [
+        subprocess.run(["age-keygen"], capture_output=True, text=True, check=True)
+        .stdout.split("public key: ")[1]
+        .split()[0]
+        for _ in range(59)
+    ]
+    plaintext = plaintext_of(70_000)
+    args = [arg for recipient in [*others, keyfile.recipient] for arg in ("-r", recipient)]
+    path = tmp_path / "many.age"
+    path.write_bytes(age_cli("-e", *args, stdin=plaintext))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        opened = open_file(fd, [keyfile.identity])
+        length, stanzas = opened.header.length, len(opened.header.stanzas)
+        assert (length > 4096, stanzas) == (True, 60)
+        assert opened.reader.read(0, len(plaintext) + 1) == plaintext
+    finally:
+        os.close(fd)

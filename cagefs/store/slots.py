@@ -128,6 +128,7 @@ class _Slots:
     to_zero: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)  # found at start: zeros, or torn?
     want: dict[int, int] = field(default_factory=dict)  # free slots to keep, by class
+    doubled: set[int] = field(default_factory=set)  # classes whose want grew since a batch
     sizes: dict[str, int] = field(default_factory=dict)  # every slot's size
     next_number: int = 1
 
@@ -183,7 +184,9 @@ class SlotPool:
                     if len(free) < want[fits[0]] // 2:
                         self._lock.notify()
                     return name, self.sizes[k]
-            want[fits[0]] = min(2 * want[fits[0]], self._limit // self.sizes[fits[0]])
+            if fits[0] not in self._state.doubled:  # once per batch made, however many miss
+                self._state.doubled.add(fits[0])
+                want[fits[0]] = min(2 * want[fits[0]], self._limit // self.sizes[fits[0]])
             self._lock.notify()
             return None
 
@@ -358,6 +361,7 @@ class SlotPool:
             for name in made:
                 self._state.sizes[name] = size
             self._state.free.setdefault(size, []).extend(made)
+            self._state.doubled.discard(k)
 
     def _new_header(self) -> tuple[bytes, bytes]:
         file_key = new_file_key()

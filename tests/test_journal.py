@@ -347,3 +347,24 @@ def test_pending_records_are_slot_records_not_free_slots(store: Store, keyfile: 
     assert is_slot(name)
     with pytest.raises(CageError, match="cagefs compact"):
         recover_store(store, writable=False)
+
+
+def test_slots_of_records_dropped_at_close_hold_none_and_are_zeroed_next_time(
+    store: Store, keyfile: KeyFile
+) -> None:
+    assert store.auth is not None
+    content = bytearray(b"u" * 2 * CHUNK_SIZE)
+    base = put_file(store, "u", bytes(content))
+    journal = Journal(store.root, store.recipients, store.auth)
+    journal.slots.prepare(1, 1)
+    write(journal, content, record_of("u", base, 1, len(content), len(content), [0]))
+    (name,) = pending_records(store.root)
+    journal.slots.close()  # (stopped first: the drop below is left to close)
+    journal.drop(base)
+    journal.close()
+    slot = store.root / JOURNAL_DIR / name
+    assert pending_records(store.root) == [] and slot.read_bytes()[512:].strip(b"\0")
+    again = Journal(store.root, store.recipients, store.auth)
+    again.slots.settle()
+    assert not slot.read_bytes().strip(b"\0") and again.slots.free_count() == len(slots_of(store))
+    again.close()

@@ -246,15 +246,21 @@ class SlotPool:
             return sum(len(names) for names in self._state.free.values())
 
     def close(self) -> None:
-        """Stop the thread. Slots still to be zeroed hold obsolete records: they are removed
-        (a removal a crash undoes leaves an obsolete record, which recovery drops)."""
+        """Stop the thread. Slots still to be zeroed hold obsolete records: their first
+        sector is zeroed, so they hold none (the next mount zeroes the rest before using
+        them). Not flushed: if a crash undoes it, recovery finds an obsolete record and drops
+        it."""
         with self._lock:
             self._closed = True
             self._lock.notify()
         self._thread.join()
         for name in self._state.to_zero:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=self._dir_fd)
+            with contextlib.suppress(OSError):
+                fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
+                try:
+                    os.pwrite(fd, _ZERO_SECTOR, 0)
+                finally:
+                    os.close(fd)
 
     # ------------------------------------------------------------ the thread
 
@@ -301,6 +307,13 @@ class SlotPool:
                 log.warning("journal slots: %s", exc.strerror or exc)
                 with self._lock:
                     self._state.want.clear()
+            except Exception:  # a bug: no more slots (records are files), the mount goes on
+                log.exception("journal slots stopped")
+                with self._lock:
+                    self._closed = True
+                    self._state.free.clear()
+                    self._lock.notify_all()
+                return
 
     def _make_free(self, checks: list[str], zeroes: list[str]) -> None:
         """Slots found at start (zeros, or a torn write?) and slots of obsolete records:

@@ -48,7 +48,7 @@ FREE_MARGIN = 2 * POOL_LIMIT  # no slot is made that leaves the disk less free t
 READY_HEADERS = 8
 _BATCH = 8  # slots made between two directory fsyncs
 
-# (file key, header bytes) for a new record; the proof stanzas are computed from both.
+# The proof stanzas of a new header, from its file key and its other stanzas (Journal._tag).
 Tagger = Callable[[bytes, Sequence[Stanza]], list[Stanza]]
 
 

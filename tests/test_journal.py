@@ -13,6 +13,7 @@ from conftest import KeyFile
 
 from cagefs.age import CHUNK_SIZE
 from cagefs.age.file import read_header_at
+from cagefs.age.x25519 import X25519Identity
 from cagefs.errors import CageError
 from cagefs.store import Store, init_store
 from cagefs.store.journal import (
@@ -201,7 +202,7 @@ def test_records_land_in_slots_that_go_age_opens(
     content = bytearray(random.Random(blocks).randbytes(17 * CHUNK_SIZE - 3))
     base = put_file(store, "s", bytes(content))
     journal = Journal(store.root, store.recipients, store.auth)
-    journal.slots.prepare(max(blocks, 1), 1)
+    journal.slots.prepare(blocks, 1)
     sizes = {name: len(data) for name, data in slots_of(store).items()}
     indices = [16, *range(blocks - 1)] if blocks else []  # the short last block too
     if blocks:
@@ -367,4 +368,23 @@ def test_slots_of_records_dropped_at_close_hold_none_and_are_zeroed_next_time(
     again = Journal(store.root, store.recipients, store.auth)
     again.slots.settle()
     assert not slot.read_bytes().strip(b"\0") and again.slots.free_count() == len(slots_of(store))
+    again.close()
+
+
+def test_slots_made_for_other_recipients_are_made_again(store: Store, keyfile: KeyFile) -> None:
+    assert store.auth is not None
+    journal = Journal(store.root, store.recipients, store.auth)
+    journal.slots.prepare(1, 2)
+    journal.close()
+    old = slots_of(store)
+    assert old
+    recipients = [*store.recipients, X25519Identity.generate().recipient()]  # a longer header
+    content = bytearray(b"r" * 2 * CHUNK_SIZE)
+    base = put_file(store, "r", bytes(content))
+    again = Journal(store.root, recipients, store.auth)
+    assert not set(slots_of(store)) & set(old), "slots of the old header length kept"
+    again.slots.prepare(1, 2)
+    write(again, content, record_of("r", base, 1, len(content), len(content), [0]))
+    (name,) = pending_records(store.root)
+    assert is_slot(name) and header_of(store.root / JOURNAL_DIR / name, keyfile)["pad"] > 0
     again.close()

@@ -471,6 +471,26 @@ def recover(
     return done
 
 
+TORN = "torn"  # a slot whose write a crash cut: read_slot's answer
+FREE = "free"  # a slot that holds no record
+
+
+def read_slot(
+    dir_fd: int, name: str, identities: Sequence[Identity], key: AuthKey
+) -> tuple[Record, dict[int, bytes]] | str:
+    """What a slot holds (store/slots.py): FREE (its first sector is zeros), its record, or
+    TORN (it fails to authenticate and has a sector of zeros); JournalDamage if it fails
+    without one."""
+    if not holds_record(dir_fd, name):
+        return FREE
+    try:
+        return read_record(dir_fd, name, identities, key)
+    except JournalDamage:
+        if has_zero_sector(dir_fd, name):
+            return TORN
+        raise
+
+
 def _group(
     journal_fd: int,
     names: list[str],
@@ -487,13 +507,12 @@ def _group(
             continue
         if not is_slot(name):
             raise JournalDamage(f"{JOURNAL_DIR}/{name} is not a journal record: move it away")
-        try:
-            record, _ = read_record(journal_fd, name, identities, key)
-        except JournalDamage:
-            if not has_zero_sector(journal_fd, name):
-                raise
+        found = read_slot(journal_fd, name, identities, key)
+        if found is TORN:
             torn.append(name)
+        if not isinstance(found, tuple):
             continue
+        record, _ = found
         groups.setdefault(base_id(record.base), []).append((record.seq, name))
     return groups
 

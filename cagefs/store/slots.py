@@ -5,11 +5,11 @@ thread of the journal: real zeros written (not fallocate: unwritten extents woul
 fdatasync commit metadata), fsync'ed, the directory fsync'ed. A record (store/journal.py) is
 written over a FREE slot with pwrite + fdatasync: no create, no rename, no directory fsync. A
 slot holding a record is a standard age file, so its size is exactly the record's encrypted
-length: slots come in a few classes (records of 1, 2, 4, 8, 16 blocks plus a JSON line), and
+length: slots come in a few classes (records of 0, 1, 2, 4, 8, 16 blocks plus a JSON line), and
 the record's plaintext is padded (its `pad` field) to fill the slot.
 
 Torn versus damaged. A slot is written only once it holds zeros made durable, so a crash
-during a record write leaves a mix of zeros and new bytes. At recovery (`classify`): a slot
+during a record write leaves a mix of zeros and new bytes. At recovery (`journal.read_slot`): a slot
 whose first sector is zeros holds no record (free, or torn before its header landed); one that
 authenticates is a record; one that fails and has an all-zero aligned 512-byte sector is a
 TORN write of an fsync that never returned (dropped, with one line); one that fails with no
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 SLOT = re.compile(r"slot-([0-9]{6})\.age")
 SECTOR = 512
 _ZERO_SECTOR = bytes(SECTOR)
-CLASSES = (1, 2, 4, 8, 16)  # the blocks a slot's record holds
+CLASSES = (0, 1, 2, 4, 8, 16)  # the blocks a slot's record holds (0: times, a new path)
 HEAD_ROOM = 1024  # a slot's room for the record's magic and JSON line (more: the next class)
 POOL_LIMIT = 64 * 1024 * 1024  # bytes of slot files per store, free or holding records
 FREE_MARGIN = 2 * POOL_LIMIT  # no slot is made that leaves the disk less free than this

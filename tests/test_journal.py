@@ -265,13 +265,17 @@ def zero_part(path: Path, start: int, length: int) -> None:
         f.write(bytes(length))
 
 
-@pytest.mark.parametrize("cut", ["head", "middle", "tail"])
+@pytest.mark.parametrize("cut", ["head", "middle", "tail", "end"])
 def test_a_torn_last_slot_record_is_dropped(store: Store, keyfile: KeyFile, cut: str) -> None:
     assert store.auth is not None
     _, first, _, one, two = two_slot_records(store, keyfile)
     size = two.stat().st_size
-    start = {"head": 0, "middle": 8192, "tail": size - 5000}[cut]
-    zero_part(two, start, 4096)
+    start, length = {
+        "head": (0, 4096), "middle": (8192, 4096), "tail": (size - 5000, 4096),
+        "end": (size // 512 * 512, size % 512),  # only the last, shorter sector
+    }[cut]
+    assert size % 512 >= 32
+    zero_part(two, start, length)
     done = recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
     assert done.replayed == ["t"]
     assert plaintext(store, keyfile, "t") == first, "not the state of the last complete record"

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 SLOT = re.compile(r"slot-([0-9]{6})\.age")
 SECTOR = 512
 _ZERO_SECTOR = bytes(SECTOR)
+_TAIL_MIN = 32  # zeros at a slot's end that count as its last, shorter sector
 CLASSES = (0, 1, 2, 4, 8, 16)  # the blocks a slot's record holds (0: times, a new path)
 HEAD_ROOM = 1024  # a slot's room for the record's magic and JSON line (more: the next class)
 POOL_LIMIT = 64 * 1024 * 1024  # bytes of slot files per store, free or holding records
@@ -77,15 +78,17 @@ def holds_record(dir_fd: int, name: str) -> bool:
 
 
 def has_zero_sector(dir_fd: int, name: str) -> bool:
-    """Whether an aligned 512-byte sector of the slot is all zeros: the mark of a write that
-    was cut (ciphertext and age headers never have one)."""
+    """Whether an aligned 512-byte sector of the slot is all zeros (or its last, shorter
+    one, if it has 32 bytes or more): the mark of a write that was cut (ciphertext and age
+    headers never have one)."""
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         offset = 0
-        while piece := os.pread(fd, 1 << 20, offset):
+        while piece := os.pread(fd, 1 << 20, offset):  # (1 MiB: whole sectors)
             view = memoryview(piece)
-            for start in range(0, len(piece) - SECTOR + 1, SECTOR):
-                if view[start : start + SECTOR] == _ZERO_SECTOR:
+            for start in range(0, len(piece), SECTOR):
+                sector = view[start : start + SECTOR]
+                if len(sector) >= _TAIL_MIN and sector == _ZERO_SECTOR[: len(sector)]:
                     return True
             offset += len(piece)
     finally:

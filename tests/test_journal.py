@@ -285,7 +285,7 @@ def test_a_torn_last_slot_record_is_dropped(store: Store, keyfile: KeyFile, cut:
     else:  # no header: no record; the next journal finds it is not zeros, and zeroes it
         assert done.torn == [] and two.exists()
         journal = Journal(store.root, store.recipients, store.auth)
-        journal.slots.settle()
+        journal.slots.prepare(1, len(slots_of(store)))
         assert not two.read_bytes().strip(b"\0")
         assert journal.slots.free_count() == len(slots_of(store))
         journal.close()
@@ -370,7 +370,7 @@ def test_slots_of_records_dropped_at_close_hold_none_and_are_zeroed_next_time(
     slot = store.root / JOURNAL_DIR / name
     assert pending_records(store.root) == [] and slot.read_bytes()[512:].strip(b"\0")
     again = Journal(store.root, store.recipients, store.auth)
-    again.slots.settle()
+    again.slots.prepare(1, len(slots_of(store)))
     assert not slot.read_bytes().strip(b"\0") and again.slots.free_count() == len(slots_of(store))
     again.close()
 

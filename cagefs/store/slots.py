@@ -129,7 +129,9 @@ class _Slots:
     free: dict[int, list[str]] = field(default_factory=dict)  # by size
     used: dict[str, bytes] = field(default_factory=dict)  # slot -> the base of its record
     to_zero: list[str] = field(default_factory=list)
-    unchecked: list[str] = field(default_factory=list)  # found at start: zeros, or torn?
+    # Found at start, by size: zeros, or a cut write, or an obsolete record whose first sector
+    # an unmount zeroed; checked (zeroed if need be) when their class wants more free slots.
+    unchecked: dict[int, list[str]] = field(default_factory=dict)
     want: dict[int, int] = field(default_factory=dict)  # free slots to keep, by class
     doubled: set[int] = field(default_factory=set)  # classes whose want grew since a batch
     sizes: dict[str, int] = field(default_factory=dict)  # every slot's size
@@ -163,7 +165,7 @@ class SlotPool:
             size = os.stat(name, dir_fd=dir_fd).st_size
             if size in self.sizes.values():
                 self._state.sizes[name] = size
-                self._state.unchecked.append(name)
+                self._state.unchecked.setdefault(size, []).append(name)
             else:  # made for other recipients (a key change since): made again when needed
                 os.unlink(name, dir_fd=dir_fd)
         self._thread = threading.Thread(target=self._work, name="cagefs-slots", daemon=True)
@@ -268,17 +270,19 @@ class SlotPool:
     # ------------------------------------------------------------ the thread
 
     def _pending(self) -> bool:
-        state = self._state
         return bool(
-            state.unchecked or state.to_zero or self._grow_class() is not None
+            self._state.to_zero or self._short() is not None
             or len(self._headers) < READY_HEADERS
         )
 
-    def _grow_class(self) -> int | None:
+    def _short(self) -> int | None:
+        """A class with fewer free slots than wanted that can have more: slots found at
+        start, or new ones within the limit."""
         state = self._state
         room = self._limit - sum(state.sizes.values())
         for k, want in state.want.items():
-            if len(state.free.get(self.sizes[k], [])) < want and self.sizes[k] <= room:
+            size = self.sizes[k]
+            if len(state.free.get(size, [])) < want and (state.unchecked.get(size) or size <= room):
                 return k
         return None
 
@@ -293,9 +297,13 @@ class SlotPool:
                     return
                 self._busy = True
                 state = self._state
-                checks, state.unchecked = state.unchecked, []
                 zeroes, state.to_zero = state.to_zero, []
-                grow = self._grow_class()
+                grow = self._short()
+                checks: list[str] = []
+                if grow is not None:
+                    found = state.unchecked.get(self.sizes[grow], [])
+                    need = state.want[grow] - len(state.free.get(self.sizes[grow], []))
+                    checks, found[:] = found[:need], found[need:]
                 headers = len(self._headers) < READY_HEADERS
             try:
                 if checks or zeroes:
@@ -319,20 +327,22 @@ class SlotPool:
                 return
 
     def _make_free(self, checks: list[str], zeroes: list[str]) -> None:
-        """Slots found at start (zeros, or a torn write?) and slots of obsolete records:
-        zeros, made durable, then free."""
-        ready = []
-        for name in checks + zeroes:
+        """Slots found at start (zeros, or not?) and slots of obsolete records: zeros, made
+        durable, then free, one by one."""
+        obsolete = set(zeroes)
+        for done, name in enumerate(checks + zeroes):
+            if self._closed:  # unmounting: close() makes the obsolete ones hold no record
+                with self._lock:
+                    self._state.to_zero += [n for n in (checks + zeroes)[done:] if n in obsolete]
+                return
             fd = os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir_fd)
             try:
-                if name in zeroes or not _all_zero(fd):
+                if name in obsolete or not _all_zero(fd):
                     _write_zeros(fd, self._state.sizes[name])
                     os.fdatasync(fd)
             finally:
                 os.close(fd)
-            ready.append(name)
-        with self._lock:
-            for name in ready:
+            with self._lock:
                 self._state.free.setdefault(self._state.sizes[name], []).append(name)
 
     def _grow(self, k: int) -> None:

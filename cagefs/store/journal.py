@@ -189,13 +189,13 @@ class Journal:
     ) -> None:
         """The record over a free slot: one write, one fdatasync (the slot's zeros are
         durable: a crash leaves zeros and new bytes, which recovery tells for torn)."""
-        out = bytearray(header)
-        writer = PayloadWriter(out.extend, file_key)
-        writer.write(head)
-        self._write_blocks(writer, record, blocks)
-        writer.write(bytes(record.pad))
-        writer.close()
         try:
+            out = bytearray(header)
+            writer = PayloadWriter(out.extend, file_key)
+            writer.write(head)
+            self._write_blocks(writer, record, blocks)
+            writer.write(bytes(record.pad))
+            writer.close()
             fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
             try:
                 view = memoryview(out)

@@ -1,9 +1,11 @@
 """store/journal.py without a mount: records are age files, replay is exact, damage is loud."""
 
+import json
 import os
 import random
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pyrage
 import pytest
@@ -11,6 +13,8 @@ from conftest import KeyFile
 
 from cagefs.age import CHUNK_SIZE
 from cagefs.age.file import read_header_at
+from cagefs.age.x25519 import X25519Identity
+from cagefs.errors import CageError
 from cagefs.store import Store, init_store
 from cagefs.store.journal import (
     MAGIC,
@@ -19,11 +23,13 @@ from cagefs.store.journal import (
     Record,
     pending_records,
     recover,
+    recover_store,
     version_tag,
 )
 from cagefs.store.layout import JOURNAL_DIR
 from cagefs.store.rewrap import publish, write_version
 from cagefs.store.sealer import SealerPool
+from cagefs.store.slots import POOL_LIMIT, is_slot
 
 
 @pytest.fixture
@@ -45,6 +51,29 @@ def put_file(store: Store, name: str, data: bytes) -> bytes:
         tag = version_tag(read_header_at(f.fileno()))
     assert tag is not None
     return tag
+
+
+def in_order(store: Store, keyfile: KeyFile) -> list[str]:
+    """The records in the journal (files and slots), by seq."""
+    journal = store.root / JOURNAL_DIR
+    names = pending_records(store.root)
+    return sorted(names, key=lambda name: int(header_of(journal / name, keyfile)["seq"]))
+
+
+def header_of(record: Path, keyfile: KeyFile) -> dict[str, Any]:
+    """A record's JSON line, as Go `age -d` decrypts it (slots and files alike)."""
+    plain = go_age_decrypt(record, keyfile)
+    assert plain.startswith(MAGIC), plain[:40]
+    line: dict[str, Any] = json.loads(plain[len(MAGIC) : plain.index(b"\n", len(MAGIC))])
+    return line
+
+
+def go_age_decrypt(path: Path, keyfile: KeyFile) -> bytes:
+    proc = subprocess.run(
+        ["age", "-d", "-i", str(keyfile.path), str(path)], capture_output=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def record_of(path: str, base: bytes, seq: int, size: int, cut: int, blocks: list[int]) -> Record:
@@ -121,17 +150,23 @@ def test_records_of_another_version_are_dropped(store: Store, keyfile: KeyFile) 
     assert plaintext(store, keyfile, "h") == b"c" * 100
 
 
+@pytest.mark.parametrize("where", ["file", "slot"])
 @pytest.mark.parametrize("damage", ["flip", "truncate", "gap", "foreign"])
 def test_a_damaged_record_stops_recovery_naming_it(
-    store: Store, keyfile: KeyFile, damage: str
+    store: Store, keyfile: KeyFile, damage: str, where: str
 ) -> None:
     assert store.auth is not None
     content = bytearray(b"x" * 2 * CHUNK_SIZE)
     base = put_file(store, "k", bytes(content))
-    journal = Journal(store.root, store.recipients, store.auth)
+    limit = POOL_LIMIT if where == "slot" else 0
+    journal = Journal(store.root, store.recipients, store.auth, limit)
+    if where == "slot":
+        journal.slots.prepare(1, 2)
     for seq in (1, 2):
         write(journal, content, record_of("k", base, seq, len(content), len(content), [seq - 1]))
-    first, second = sorted((store.root / JOURNAL_DIR).iterdir())
+    journal.close()
+    first, second = (store.root / JOURNAL_DIR / name for name in in_order(store, keyfile))
+    assert is_slot(second.name) == (where == "slot")
     if damage == "flip":
         data = bytearray(second.read_bytes())
         data[-20] ^= 1
@@ -152,3 +187,208 @@ def test_a_damaged_record_stops_recovery_naming_it(
     assert second.name in str(raised.value) and "\n" not in str(raised.value)
     assert second.exists()  # never dropped
     assert plaintext(store, keyfile, "k") == bytes(content)
+
+
+def slots_of(store: Store) -> dict[str, bytes]:
+    journal = store.root / JOURNAL_DIR
+    return {p.name: p.read_bytes() for p in sorted(journal.iterdir()) if is_slot(p.name)}
+
+
+@pytest.mark.parametrize("blocks", [0, 1, 2, 3, 5, 16])
+def test_records_land_in_slots_that_go_age_opens(
+    store: Store, keyfile: KeyFile, blocks: int
+) -> None:
+    assert store.auth is not None
+    content = bytearray(random.Random(blocks).randbytes(17 * CHUNK_SIZE - 3))
+    base = put_file(store, "s", bytes(content))
+    journal = Journal(store.root, store.recipients, store.auth)
+    journal.slots.prepare(blocks, 1)
+    sizes = {name: len(data) for name, data in slots_of(store).items()}
+    indices = [16, *range(blocks - 1)] if blocks else []  # the short last block too
+    if blocks:
+        content[16 * CHUNK_SIZE : 16 * CHUNK_SIZE + 4] = b"LAST"
+    write(journal, content, record_of("s", base, 1, len(content), len(content), sorted(indices)))
+    (name,) = pending_records(store.root)
+    assert is_slot(name), f"the record went to {name}, not a slot"
+    slot = store.root / JOURNAL_DIR / name
+    assert slot.stat().st_size == sizes[name], "the slot's size changed: not written in place"
+    plain = go_age_decrypt(slot, keyfile)
+    line = header_of(slot, keyfile)
+    assert line["blocks"] == sorted(indices) and line["pad"] > 0
+    data = b"".join(bytes(content[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE]) for i in line["blocks"])
+    assert plain.endswith(data + bytes(line["pad"]))
+    assert b"LAST" not in slot.read_bytes()
+    journal.close()
+    done = recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
+    assert done.replayed == ["s"] and pending_records(store.root) == []
+    assert plaintext(store, keyfile, "s") == bytes(content)
+
+
+def test_a_record_too_big_for_a_slot_is_a_file(store: Store, keyfile: KeyFile) -> None:
+    assert store.auth is not None
+    content = bytearray(b"b" * 40 * CHUNK_SIZE)
+    base = put_file(store, "big", bytes(content))
+    journal = Journal(store.root, store.recipients, store.auth)
+    journal.slots.prepare(16, 2)
+    content[:] = b"c" * len(content)
+    write(journal, content, record_of("big", base, 1, len(content), len(content), list(range(17))))
+    (name,) = pending_records(store.root)
+    assert not is_slot(name) and header_of(store.root / JOURNAL_DIR / name, keyfile)["seq"] == 1
+    journal.close()
+    recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
+    assert plaintext(store, keyfile, "big") == b"c" * 17 * CHUNK_SIZE + b"b" * 23 * CHUNK_SIZE
+
+
+def two_slot_records(store: Store, keyfile: KeyFile) -> tuple[bytes, bytes, bytes, Path, Path]:
+    """A file: its content, after record 1 and after record 2 (both in slots), and the slots."""
+    assert store.auth is not None
+    before = bytearray(b"0" * 3 * CHUNK_SIZE)
+    base = put_file(store, "t", bytes(before))
+    journal = Journal(store.root, store.recipients, store.auth)
+    journal.slots.prepare(1, 2)
+    first = bytearray(before)
+    first[10:15] = b"first"
+    write(journal, first, record_of("t", base, 1, len(first), len(first), [0]))
+    second = bytearray(first)
+    second[CHUNK_SIZE + 10 : CHUNK_SIZE + 16] = b"second"
+    write(journal, second, record_of("t", base, 2, len(second), len(second), [1]))
+    journal.close()
+    one, two = (store.root / JOURNAL_DIR / name for name in in_order(store, keyfile))
+    assert is_slot(one.name) and is_slot(two.name)
+    return bytes(before), bytes(first), bytes(second), one, two
+
+
+def zero_part(path: Path, start: int, length: int) -> None:
+    """As a crash leaves a slot: some sectors of the new record, some of the zeros before."""
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(bytes(length))
+
+
+@pytest.mark.parametrize("cut", ["head", "middle", "tail", "end"])
+def test_a_torn_last_slot_record_is_dropped(store: Store, keyfile: KeyFile, cut: str) -> None:
+    assert store.auth is not None
+    _, first, _, one, two = two_slot_records(store, keyfile)
+    size = two.stat().st_size
+    start, length = {
+        "head": (0, 4096), "middle": (8192, 4096), "tail": (size - 5000, 4096),
+        "end": (size // 512 * 512, size % 512),  # only the last, shorter sector
+    }[cut]
+    assert size % 512 >= 32
+    zero_part(two, start, length)
+    done = recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
+    assert done.replayed == ["t"]
+    assert plaintext(store, keyfile, "t") == first, "not the state of the last complete record"
+    assert pending_records(store.root) == [] and not one.exists()
+    if cut != "head":
+        assert done.torn == [two.name] and not two.exists()
+    else:  # no header: no record; the next journal finds it is not zeros, and zeroes it
+        assert done.torn == [] and two.exists()
+        journal = Journal(store.root, store.recipients, store.auth)
+        journal.slots.prepare(1, len(slots_of(store)))
+        assert not two.read_bytes().strip(b"\0")
+        assert journal.slots.free_count() == len(slots_of(store))
+        journal.close()
+
+
+def test_a_torn_slot_record_before_a_later_one_is_damage(
+    store: Store, keyfile: KeyFile
+) -> None:
+    assert store.auth is not None
+    before, _, _, one, two = two_slot_records(store, keyfile)
+    zero_part(one, 8192, 1024)
+    with pytest.raises(JournalDamage) as raised:
+        recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
+    assert two.name in str(raised.value) and "missing" in str(raised.value)
+    assert one.exists() and two.exists()
+    assert plaintext(store, keyfile, "t") == before
+
+
+def test_a_slot_with_flipped_bytes_and_no_zero_sector_is_damage(
+    store: Store, keyfile: KeyFile
+) -> None:
+    assert store.auth is not None
+    before, _, _, _, two = two_slot_records(store, keyfile)
+    data = bytearray(two.read_bytes())
+    data[9000] ^= 0x10
+    two.write_bytes(data)
+    with pytest.raises(JournalDamage) as raised:
+        recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
+    assert two.name in str(raised.value) and "\n" not in str(raised.value)
+    assert two.read_bytes() == data
+    assert plaintext(store, keyfile, "t") == before
+
+
+def test_dropped_records_free_their_slots_as_zeros(store: Store, keyfile: KeyFile) -> None:
+    assert store.auth is not None
+    content = bytearray(b"z" * 2 * CHUNK_SIZE)
+    base = put_file(store, "d", bytes(content))
+    journal = Journal(store.root, store.recipients, store.auth)
+    journal.slots.prepare(1, 2)
+    free = journal.slots.free_count()
+    write(journal, content, record_of("d", base, 1, len(content), len(content), [0]))
+    assert journal.slots.free_count() == free - 1 and len(pending_records(store.root)) == 1
+    replay = journal.replay(base, len(content), store.identities)
+    assert replay.blocks == {0: bytes(content[:CHUNK_SIZE])}
+    journal.drop(base)
+    journal.slots.settle()
+    assert journal.slots.free_count() == len(slots_of(store)) and pending_records(store.root) == []
+    assert all(not data.strip(b"\0") for data in slots_of(store).values())
+    journal.close()
+    assert slots_of(store), "free slots are kept for the next mount"
+
+
+def test_pending_records_are_slot_records_not_free_slots(store: Store, keyfile: KeyFile) -> None:
+    assert store.auth is not None
+    content = bytearray(b"p" * 2 * CHUNK_SIZE)
+    base = put_file(store, "p", bytes(content))
+    journal = Journal(store.root, store.recipients, store.auth)
+    journal.slots.prepare(1, 2)
+    assert slots_of(store) and pending_records(store.root) == []
+    assert recover_store(store, writable=False).replayed == []  # a read-only mount is fine
+    write(journal, content, record_of("p", base, 1, len(content), len(content), [0]))
+    journal.close()
+    (name,) = pending_records(store.root)
+    assert is_slot(name)
+    with pytest.raises(CageError, match="cagefs compact"):
+        recover_store(store, writable=False)
+
+
+def test_slots_of_records_dropped_at_close_hold_none_and_are_zeroed_next_time(
+    store: Store, keyfile: KeyFile
+) -> None:
+    assert store.auth is not None
+    content = bytearray(b"u" * 2 * CHUNK_SIZE)
+    base = put_file(store, "u", bytes(content))
+    journal = Journal(store.root, store.recipients, store.auth)
+    journal.slots.prepare(1, 1)
+    write(journal, content, record_of("u", base, 1, len(content), len(content), [0]))
+    (name,) = pending_records(store.root)
+    journal.slots.close()  # (stopped first: the drop below is left to close)
+    journal.drop(base)
+    journal.close()
+    slot = store.root / JOURNAL_DIR / name
+    assert pending_records(store.root) == [] and slot.read_bytes()[512:].strip(b"\0")
+    again = Journal(store.root, store.recipients, store.auth)
+    again.slots.prepare(1, len(slots_of(store)))
+    assert not slot.read_bytes().strip(b"\0") and again.slots.free_count() == len(slots_of(store))
+    again.close()
+
+
+def test_slots_made_for_other_recipients_are_made_again(store: Store, keyfile: KeyFile) -> None:
+    assert store.auth is not None
+    journal = Journal(store.root, store.recipients, store.auth)
+    journal.slots.prepare(1, 2)
+    journal.close()
+    old = slots_of(store)
+    assert old
+    recipients = [*store.recipients, X25519Identity.generate().recipient()]  # a longer header
+    content = bytearray(b"r" * 2 * CHUNK_SIZE)
+    base = put_file(store, "r", bytes(content))
+    again = Journal(store.root, recipients, store.auth)
+    assert not set(slots_of(store)) & set(old), "slots of the old header length kept"
+    again.slots.prepare(1, 2)
+    write(again, content, record_of("r", base, 1, len(content), len(content), [0]))
+    (name,) = pending_records(store.root)
+    assert is_slot(name) and header_of(store.root / JOURNAL_DIR / name, keyfile)["pad"] > 0
+    again.close()

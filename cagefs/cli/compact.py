@@ -26,15 +26,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cagefs.store import check_store, links
-    from cagefs.store.journal import recover_store
+    from cagefs.store import check_store
+    from cagefs.store.journal import clear_slots, recover_store
     from cagefs.store.lock import lock_store
 
     check_store(args.store)
     with lock_store(args.store, "compact"):
         store = open_store_from(args)
-        links.recover(store.root)  # a crashed mount's or compaction's: nobody owns them now
-        done = recover_store(store, writable=True)
+        done = recover_store(store, writable=True)  # a crashed mount's: nobody owns it now
+        clear_slots(store.root)  # no records left: the free slots go too
     print(
         f"cagefs compact: {len(done.replayed)} file(s) brought up to date, "
         f"{done.dropped} obsolete record(s) removed",

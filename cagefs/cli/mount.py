@@ -268,21 +268,21 @@ def run(args: argparse.Namespace) -> int:
 def recover_journal(store: "Store", writable: bool) -> None:
     """Changes a crash left in the change journal are folded into their files (under the
     lock, before the mount is offered); a damaged record refuses the mount, naming it."""
-    from cagefs.store import links
-    from cagefs.store.journal import pending_records, recover_store
+    from cagefs.store.journal import recover_store
 
-    if writable and pending_records(store.root):
-        # Records may name a linked file whose publish a crash cut: that publish is finished
-        # first (and the crash's temps removed: no daemon owns them now). Without records the
-        # daemon does it, and logs it.
-        finished, _ = links.recover(store.root)
-        if finished:
-            print(
-                f"cagefs mount: finished {finished} publish(es) of hard-linked files cut by "
-                "a crash",
-                file=sys.stderr,
-            )
     done = recover_store(store, writable)
+    if done.links_finished:
+        print(
+            f"cagefs mount: finished {done.links_finished} publish(es) of hard-linked files "
+            "cut by a crash",
+            file=sys.stderr,
+        )
+    for name in done.torn:
+        print(
+            f"cagefs mount: dropped journal slot {name}: a record write cut by a crash (its "
+            "fsync never returned)",
+            file=sys.stderr,
+        )
     if done.replayed:
         print(
             f"cagefs mount: {len(done.replayed)} file(s) brought up to date from the change "

@@ -54,32 +54,33 @@ def open_for_change(args: argparse.Namespace, verb: str) -> "Iterator[tuple[Stor
     from cagefs.cli.keyargs import load_identities
     from cagefs.store import check_store, unlock_store
     from cagefs.store.keychange import Plan
-    from cagefs.store.links import recover
     from cagefs.store.lock import lock_store
 
     check_store(args.store)
     with lock_store(args.store, verb):
         identities = load_identities(args.identity, args.passfile)
         store = unlock_store(args.store, identities, args.passfile)
-        recover(store.root)  # an interrupted run's, now that no daemon owns them
         plan = Plan.load(store.root)
-        if plan is None:
-            fold_journal(store)
+        fold_journal(store, plan is None)
         yield store, plan
 
 
-def fold_journal(store: "Store") -> None:
-    """Changes still in journal records are folded into their files first: a key change
-    gives every file a new version, which would leave the records naming an old one."""
+def fold_journal(store: "Store", fold: bool) -> None:
+    """What an interrupted run left, now that no daemon owns it (`links.recover`), and if
+    `fold`, changes still in journal records are folded into their files: a key change gives
+    every file a new version, which would leave the records naming an old one."""
+    from cagefs.store import links
     from cagefs.store.journal import pending_records, recover_store
     from cagefs.store.keyring import load_auth_key
 
-    if pending_records(store.root):
-        store.auth = load_auth_key(store.root, store.identities)
-        try:
-            recover_store(store, writable=True)
-        finally:
-            store.auth = None
+    if not fold or not pending_records(store.root):
+        links.recover(store.root)
+        return
+    store.auth = load_auth_key(store.root, store.identities)
+    try:
+        recover_store(store, writable=True)
+    finally:
+        store.auth = None
 
 
 def carry_out(store: "Store", plan: "Plan", verb: str, resumed: bool = False) -> int:

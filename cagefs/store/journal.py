@@ -27,16 +27,24 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cagefs.age import CHUNK_SIZE, PayloadReader, open_file, read_header_at, start_file
+from cagefs.age import (
+    CHUNK_SIZE,
+    PayloadReader,
+    PayloadWriter,
+    open_file,
+    read_header_at,
+    start_file,
+)
 from cagefs.age.encoding import b64decode, b64encode
 from cagefs.age.errors import AgeError
 from cagefs.age.header import Header, Stanza
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.errors import CageError, ExitCode
+from cagefs.store import links, slots
 from cagefs.store.auth import STANZA_TYPE, AuthKey, FileAuth, Kind, Proof
 from cagefs.store.layout import JOURNAL_DIR, SUFFIX, TEMP_PREFIX, tmp_dir
 from cagefs.store.links import LinkIndex, put_in_place
@@ -44,6 +52,7 @@ from cagefs.store.paths import StoreDirs, fsync_dirs, open_listing
 from cagefs.store.paths import open_file as open_backing
 from cagefs.store.rewrap import keep_attributes, write_version
 from cagefs.store.sealer import SealerPool
+from cagefs.store.slots import SlotPool, has_zero_sector, holds_record, is_slot, payload_room
 from cagefs.store.versions import write_all
 
 if TYPE_CHECKING:
@@ -80,10 +89,32 @@ class Record:
     atime_ns: int
     mtime_ns: int
     blocks: list[int] = field(default_factory=list)  # changed block indices, increasing
+    pad: int = 0  # zero bytes after the blocks, filling a slot (store/slots.py); 0: omitted
 
-    def encode(self) -> bytes:
-        fields = asdict(self) | {"base": b64encode(self.base)}
-        return MAGIC + json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+    def encode(self, trailing: int = 0) -> bytes:
+        fields = vars(self) | {"base": b64encode(self.base)}  # (asdict: a deep copy)
+        if not self.pad:
+            del fields["pad"]
+        line = json.dumps(fields, separators=(",", ":")) + " " * trailing
+        return MAGIC + line.encode() + b"\n"
+
+    def data_length(self) -> int:
+        return sum(self.block_length(i) for i in self.blocks)
+
+    def padded_to(self, length: int) -> bytes | None:
+        """Set `pad` so that the record's plaintext is `length` bytes; its head, or None if
+        it does not fit. (A pad that gains a digit can shorten itself: a trailing space in
+        the JSON line absorbs that.)"""
+        data = self.data_length()
+        for trailing in (0, 1):
+            self.pad = 0
+            for _ in range(3):
+                self.pad = max(0, length - data - len(self.encode(trailing)))
+            head = self.encode(trailing)
+            if len(head) + data + self.pad == length:
+                return head
+        self.pad = 0
+        return None
 
     def block_length(self, index: int) -> int:
         return min(CHUNK_SIZE, self.size - index * CHUNK_SIZE)
@@ -114,17 +145,23 @@ def wants_record(size: int, change: int, recorded: int) -> bool:
 
 
 class Journal:
-    """A mount's (or `cagefs compact`'s) writer and remover of records."""
+    """A mount's writer and remover of records: into free slots (store/slots.py) when one
+    fits, else as record files."""
 
-    def __init__(self, root: Path, recipients: Sequence[Recipient], key: AuthKey) -> None:
+    def __init__(
+        self, root: Path, recipients: Sequence[Recipient], key: AuthKey,
+        slots_limit: int = slots.POOL_LIMIT,
+    ) -> None:
         self.root = root
         self._recipients = recipients
         self._key = key
         directory = root / JOURNAL_DIR
         directory.mkdir(mode=0o700, exist_ok=True)
         self._dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.slots = SlotPool(self._dir_fd, recipients, self._tag, slots_limit)
 
     def close(self) -> None:
+        self.slots.close()
         os.close(self._dir_fd)
 
     def write(self, record: Record, blocks: Iterable[bytes]) -> int:
@@ -133,15 +170,54 @@ class Journal:
         On failure (ENOSPC) no record is left and the error is raised: nothing is lost, the
         caller still holds the changes.
         """
+        length = len(record.encode()) + record.data_length()
+        slot = self.slots.take(length)
+        if slot is not None:
+            name, size = slot
+            file_key, header = self.slots.header()
+            room = payload_room(size, len(header))
+            head = record.padded_to(room) if room is not None else None
+            if head is not None:
+                self._write_slot(name, header, file_key, head, record, blocks)
+                return size
+            self.slots.give_back(name)  # (a JSON line at a digit's edge: rare)
+        return self._write_file(record, blocks)
+
+    def _write_slot(
+        self, name: str, header: bytes, file_key: bytes, head: bytes, record: Record,
+        blocks: Iterable[bytes],
+    ) -> None:
+        """The record over a free slot: one write, one fdatasync (the slot's zeros are
+        durable: a crash leaves zeros and new bytes, which recovery tells for torn)."""
+        try:
+            out = bytearray(header)
+            writer = PayloadWriter(out.extend, file_key)
+            writer.write(head)
+            self._write_blocks(writer, record, blocks)
+            writer.write(bytes(record.pad))
+            writer.close()
+            fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
+            try:
+                view = memoryview(out)
+                while view:
+                    view = view[os.pwrite(fd, view, len(out) - len(view)) :]
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            self.slots.spoiled(name)
+            raise
+        self.slots.holds(name, record.base)
+
+    def _write_file(self, record: Record, blocks: Iterable[bytes]) -> int:
+        """The record as a new file: temp, fsync, rename, directory fsync."""
+        record.pad = 0
         temp = str(tmp_dir(self.root) / f"{TEMP_PREFIX}j-{os.urandom(12).hex()}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             writer = start_file(lambda data: write_all(fd, data), self._recipients, self._tag)
             writer.write(record.encode())
-            for index, block in zip(record.blocks, blocks, strict=True):
-                if len(block) != record.block_length(index):
-                    raise AssertionError(f"block {index} has {len(block)} bytes")
-                writer.write(block)
+            self._write_blocks(writer, record, blocks)
             writer.close()
             os.fsync(fd)
             size = os.fstat(fd).st_size
@@ -155,23 +231,41 @@ class Journal:
         os.fsync(self._dir_fd)
         return size
 
+    @staticmethod
+    def _write_blocks(writer: PayloadWriter, record: Record, blocks: Iterable[bytes]) -> None:
+        for index, block in zip(record.blocks, blocks, strict=True):
+            if len(block) != record.block_length(index):
+                raise AssertionError(f"block {index} has {len(block)} bytes")
+            writer.write(block)
+
     def drop(self, base: bytes) -> None:
         """Remove every record of `base` (obsolete: a newer version is durable, or the file is
-        gone). Not fsync'ed: a record that comes back after a crash no longer matches."""
+        gone). Not fsync'ed: a record that comes back after a crash no longer matches. Slots
+        are zeroed by the slots' thread before they are free again."""
         prefix = base_id(base) + "-"
         # Last first: stopped part-way (kill -9), what is left is still a whole sequence.
         for name in sorted(os.listdir(self._dir_fd), reverse=True):
             if name.startswith(prefix):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=self._dir_fd)
+        self.slots.release(base)
 
     def replay(self, base: bytes, size: int, identities: Sequence[Identity]) -> "Replay":
         """The changes the records of `base` (a version of `size` bytes) hold: for a mount
         going back to them after a failed save."""
         prefix = base_id(base) + "-"
+        found = [
+            read_record(self._dir_fd, name, identities, self._key)
+            for name in os.listdir(self._dir_fd)
+            if name.startswith(prefix)
+        ]
+        found += [
+            read_record(self._dir_fd, name, identities, self._key)
+            for name in self.slots.records_of(base)
+        ]
         replay = Replay(size, size)
-        for name in sorted(n for n in os.listdir(self._dir_fd) if n.startswith(prefix)):
-            replay.apply(*read_record(self._dir_fd, name, identities, self._key))
+        for record, blocks in sorted(found, key=lambda pair: pair[0].seq):
+            replay.apply(record, blocks)
         return replay
 
     def _tag(self, file_key: bytes, stanzas: Sequence[Stanza]) -> list[Stanza]:
@@ -201,7 +295,7 @@ def read_record(
             raise JournalDamage(f"journal record {where} is damaged: {exc}") from None
     finally:
         os.close(fd)
-    if record_name(record.base, record.seq) != name:
+    if not is_slot(name) and record_name(record.base, record.seq) != name:
         raise JournalDamage(f"journal record {where} ({record.path}) is not named for its content")
     return record, blocks
 
@@ -226,14 +320,18 @@ def _parse(reader: PayloadReader) -> tuple[Record, dict[int, bytes]]:
         raise ValueError("bad block list")
     if indices and (indices[0] < 0 or indices[-1] * CHUNK_SIZE >= record.size):
         raise ValueError("block past the end of the file")
+    if not isinstance(record.pad, int) or record.pad < 0:
+        raise ValueError("bad pad")
     offset = end + 1
-    if reader.size != offset + sum(record.block_length(i) for i in indices):
+    if reader.size != offset + record.data_length() + record.pad:
         raise ValueError("record is not as long as its header says")
     blocks = {}
     for index in indices:
         length = record.block_length(index)
         blocks[index] = reader.read(offset, length)
         offset += length
+    if reader.read(offset, record.pad).strip(b"\0"):  # (read: its chunks authenticated too)
+        raise ValueError("padding is not zeros")
     return record, blocks
 
 
@@ -271,14 +369,20 @@ class Replay:
 class Recovered:
     replayed: list[str] = field(default_factory=list)  # plaintext paths made current
     dropped: int = 0  # obsolete records removed
+    torn: list[str] = field(default_factory=list)  # slots whose write a crash cut
+    links_finished: int = 0  # publishes of hard-linked files a crash cut, finished first
 
 
 def recover_store(store: "Store", writable: bool) -> Recovered:
-    """Before a mount or offline (`cagefs compact`), under the store lock: every file's
-    records folded in. A mount that cannot (read-only, encrypt-only) is refused instead of
-    serving files without their last fsync'ed changes."""
+    """Before a mount or offline (`cagefs compact`, a key change), under the store lock: the
+    publishes of linked files a crash cut are finished (records may name such a file), then
+    every file's records folded in. A mount that cannot (read-only, encrypt-only) is refused
+    instead of serving files without their last fsync'ed changes."""
+    done = Recovered()
+    if writable:
+        done.links_finished, _ = links.recover(store.root)
     if not pending_records(store.root):
-        return Recovered()
+        return done
     if not writable or store.auth is None or not store.identities:
         raise CageError(
             f"{store.root} holds journal records not yet folded into their files: mount it "
@@ -286,16 +390,40 @@ def recover_store(store: "Store", writable: bool) -> Recovered:
         )
     sealers = SealerPool()
     try:
-        return recover(store.root, store.identities, store.recipients, store.auth, sealers)
+        folded = recover(store.root, store.identities, store.recipients, store.auth, sealers)
     finally:
         sealers.close()
+    folded.links_finished = done.links_finished
+    return folded
 
 
 def pending_records(root: Path) -> list[str]:
+    """The records in the journal: record files, and slots that hold one (or its torn
+    write); free slots are not records."""
     try:
-        return sorted(os.listdir(root / JOURNAL_DIR))
+        dir_fd = os.open(root / JOURNAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return []
+    try:
+        return sorted(
+            name
+            for name in os.listdir(dir_fd)
+            if not is_slot(name) or holds_record(dir_fd, name)
+        )
+    finally:
+        os.close(dir_fd)
+
+
+def clear_slots(root: Path) -> int:
+    """Remove the free slots, once no records are left (`cagefs compact`)."""
+    try:
+        dir_fd = os.open(root / JOURNAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    try:
+        return slots.clear(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def recover(
@@ -307,26 +435,26 @@ def recover(
 ) -> Recovered:
     """Fold every file's records into a new published version; remove obsolete records.
 
-    Call under the store lock. Idempotent: a crash part-way leaves files either folded (their
-    records then obsolete) or still with their base and records. Raises JournalDamage for a
-    record that cannot be trusted, before anything of that file is changed.
+    Call under the store lock, after `links.recover`. Idempotent: a crash part-way leaves
+    files either folded (their records then obsolete) or still with their base and records.
+    Raises JournalDamage for a record that cannot be trusted, before anything of that file is
+    changed. A torn slot (store/slots.py) is dropped; one before a later record of its
+    version leaves a gap, which is damage.
     """
     done = Recovered()
     names = pending_records(root)
     if not names:
         return done
-    groups: dict[str, list[tuple[int, str]]] = {}
-    for name in names:
-        match = _NAME.fullmatch(name)
-        if match is None:
-            raise JournalDamage(f"{JOURNAL_DIR}/{name} is not a journal record: move it away")
-        groups.setdefault(match[1], []).append((int(match[2]), name))
     journal_fd = os.open(root / JOURNAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     dirs = StoreDirs(root)
     try:
+        groups = _group(journal_fd, names, identities, key, done.torn)
+        index = LinkIndex(root)
         for members in groups.values():
             members.sort()
-            path = _recover_file(dirs, journal_fd, members, identities, recipients, key, sealers)
+            path = _recover_file(
+                dirs, journal_fd, members, identities, recipients, key, sealers, index
+            )
             if path is None:
                 done.dropped += len(members)
             else:
@@ -334,11 +462,59 @@ def recover(
             for _, name in members:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=journal_fd)
+        for name in done.torn:
+            os.unlink(name, dir_fd=journal_fd)
         os.fsync(journal_fd)
     finally:
         dirs.close()
         os.close(journal_fd)
     return done
+
+
+TORN = "torn"  # a slot whose write a crash cut: read_slot's answer
+FREE = "free"  # a slot that holds no record
+
+
+def read_slot(
+    dir_fd: int, name: str, identities: Sequence[Identity], key: AuthKey
+) -> tuple[Record, dict[int, bytes]] | str:
+    """What a slot holds (store/slots.py): FREE (its first sector is zeros), its record, or
+    TORN (it fails to authenticate and has a sector of zeros); JournalDamage if it fails
+    without one."""
+    if not holds_record(dir_fd, name):
+        return FREE
+    try:
+        return read_record(dir_fd, name, identities, key)
+    except JournalDamage:
+        if has_zero_sector(dir_fd, name):
+            return TORN
+        raise
+
+
+def _group(
+    journal_fd: int,
+    names: list[str],
+    identities: Sequence[Identity],
+    key: AuthKey,
+    torn: list[str],
+) -> dict[str, list[tuple[int, str]]]:
+    """Records by the version they apply to, as (seq, name); torn slots into `torn`."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        match = _NAME.fullmatch(name)
+        if match is not None:
+            groups.setdefault(match[1], []).append((int(match[2]), name))
+            continue
+        if not is_slot(name):
+            raise JournalDamage(f"{JOURNAL_DIR}/{name} is not a journal record: move it away")
+        found = read_slot(journal_fd, name, identities, key)
+        if found is TORN:
+            torn.append(name)
+        if not isinstance(found, tuple):
+            continue
+        record, _ = found
+        groups.setdefault(base_id(record.base), []).append((record.seq, name))
+    return groups
 
 
 def _recover_file(
@@ -349,6 +525,7 @@ def _recover_file(
     recipients: Sequence[Recipient],
     key: AuthKey,
     sealers: SealerPool,
+    index: LinkIndex,
 ) -> str | None:
     """Publish one file's base + records as a new version; its path, or None if obsolete."""
     records = [read_record(journal_fd, name, identities, key) for _, name in members]
@@ -378,7 +555,7 @@ def _recover_file(
         keep_attributes(version.fd, st)
         os.utime(version.fd, ns=(last.atime_ns, last.mtime_ns))
         os.fsync(version.fd)
-        names = LinkIndex(dirs.root).names(path + SUFFIX, st)
+        names = index.names(path + SUFFIX, st)
         if len(names) > 1:  # linked after its records were written: every name gets it
             put_in_place(dirs.root, version.path, path + SUFFIX, names)
         else:
@@ -417,7 +594,8 @@ def check_records(
 ) -> Iterator[tuple[str, Record | str]]:
     """Every pending record read as recovery reads it (decrypted, authenticated, parsed), for
     `cagefs verify`: (its path relative to the store, its Record or what is wrong with it), in
-    name order. Only reads; records folded away meanwhile (by a mount beside) are skipped."""
+    name order. Free and torn slots hold no record (recovery drops a torn one). Only reads;
+    records folded away meanwhile (by a mount beside) are skipped."""
     try:
         dir_fd = os.open(root / JOURNAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -426,13 +604,20 @@ def check_records(
         for name in sorted(os.listdir(dir_fd)):
             where = f"{JOURNAL_DIR}/{name}"
             checked: Record | str
-            if _NAME.fullmatch(name) is None:
+            slot = is_slot(name)
+            if _NAME.fullmatch(name) is None and not slot:
                 checked = "not a journal record: move it away"
             elif key is None:
                 checked = "cannot be authenticated: the store has no authentication key"
             else:
                 try:
-                    checked = read_record(dir_fd, name, identities, key)[0]
+                    held = read_slot if slot else read_record
+                    found = held(dir_fd, name, identities, key)
+                    if isinstance(found, str):
+                        continue  # FREE or TORN: no record (the next recovery drops a torn one)
+                    checked = found[0]
+                except FileNotFoundError:
+                    continue
                 except JournalDamage as damage:
                     if not os.path.lexists(os.path.join(root, where)):
                         continue

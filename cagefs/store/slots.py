@@ -1,0 +1,405 @@
+"""Record slots: a journal record made durable by one in-place write and one fdatasync.
+
+`.cagefs/journal/slot-NNNNNN.age` files are made ahead of need, off the fsync path, by a
+thread of the journal: real zeros written (not fallocate: unwritten extents would make
+fdatasync commit metadata), fsync'ed, the directory fsync'ed. A record (store/journal.py) is
+written over a FREE slot with pwrite + fdatasync: no create, no rename, no directory fsync. A
+slot holding a record is a standard age file, so its size is exactly the record's encrypted
+length: slots come in a few classes (records of 0, 1, 2, 4, 8, 16 blocks plus a JSON line), and
+the record's plaintext is padded (its `pad` field) to fill the slot.
+
+Torn versus damaged. A slot is written only once it holds zeros made durable, so a crash
+during a record write leaves a mix of zeros and new bytes. At recovery (`journal.read_slot`): a slot
+whose first sector is zeros holds no record (free, or torn before its header landed); one that
+authenticates is a record; one that fails and has an all-zero aligned 512-byte sector is a
+TORN write of an fsync that never returned (dropped, with one line); one that fails with no
+zero sector is DAMAGE (the mount is refused, naming it). Obsolete records are zeroed (and
+fdatasync'ed) by the thread before their slots are free again.
+
+Each record needs a fresh file key (I2): the thread also keeps a few ready headers (file key,
+header bytes with its proof), each used once.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cagefs.age import CHUNK_SIZE
+from cagefs.age.errors import AgeError
+from cagefs.age.header import Stanza, encode_header
+from cagefs.age.recipients import Recipient, new_file_key, wrap_file_key
+from cagefs.age.stream import payload_size, plaintext_size
+from cagefs.store.versions import write_all
+
+log = logging.getLogger(__name__)
+
+SLOT = re.compile(r"slot-([0-9]{6})\.age")
+SECTOR = 512
+_ZERO_SECTOR = bytes(SECTOR)
+_TAIL_MIN = 32  # zeros at a slot's end that count as its last, shorter sector
+CLASSES = (0, 1, 2, 4, 8, 16)  # the blocks a slot's record holds (0: times, a new path)
+HEAD_ROOM = 1024  # a slot's room for the record's magic and JSON line (more: the next class)
+POOL_LIMIT = 64 * 1024 * 1024  # bytes of slot files per store, free or holding records
+FREE_MARGIN = 2 * POOL_LIMIT  # no slot is made that leaves the disk less free than this
+READY_HEADERS = 8
+_BATCH = 8  # slots made between two directory fsyncs
+
+# The proof stanzas of a new header, from its file key and its other stanzas (Journal._tag).
+Tagger = Callable[[bytes, Sequence[Stanza]], list[Stanza]]
+
+
+def capacity(blocks: int) -> int:
+    """The plaintext bytes of a record in a slot of this class."""
+    return blocks * CHUNK_SIZE + HEAD_ROOM
+
+
+def slot_name(number: int) -> str:
+    return f"slot-{number:06d}.age"
+
+
+def is_slot(name: str) -> bool:
+    return SLOT.fullmatch(name) is not None
+
+
+def holds_record(dir_fd: int, name: str) -> bool:
+    """Whether a slot's first sector is written (a record, torn or damaged); else it holds
+    none: it is free, or a write was torn before its header landed."""
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        first = os.pread(fd, SECTOR, 0)
+    finally:
+        os.close(fd)
+    return first != bytes(len(first))
+
+
+def has_zero_sector(dir_fd: int, name: str) -> bool:
+    """Whether an aligned 512-byte sector of the slot is all zeros (or its last, shorter
+    one, if it has 32 bytes or more): the mark of a write that was cut (ciphertext and age
+    headers never have one)."""
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        offset = 0
+        while piece := os.pread(fd, 1 << 20, offset):  # (1 MiB: whole sectors)
+            view = memoryview(piece)
+            for start in range(0, len(piece), SECTOR):
+                sector = view[start : start + SECTOR]
+                if len(sector) >= _TAIL_MIN and sector == _ZERO_SECTOR[: len(sector)]:
+                    return True
+            offset += len(piece)
+    finally:
+        os.close(fd)
+    return False
+
+
+def _all_zero(fd: int) -> bool:
+    offset = 0
+    while piece := os.pread(fd, 1 << 20, offset):
+        if piece != bytes(len(piece)):
+            return False
+        offset += len(piece)
+    return True
+
+
+def _write_zeros(fd: int, size: int) -> None:
+    zeros = bytes(min(size, 1 << 20))
+    offset = 0
+    while offset < size:
+        offset += os.pwrite(fd, zeros[: size - offset], offset)
+
+
+def clear(dir_fd: int) -> int:
+    """Remove every slot (`cagefs compact`: no records are left, then no slots either)."""
+    removed = 0
+    for name in os.listdir(dir_fd):
+        if is_slot(name):
+            os.unlink(name, dir_fd=dir_fd)
+            removed += 1
+    return removed
+
+
+@dataclass
+class _Slots:
+    """The pool's bookkeeping, under its lock."""
+
+    free: dict[int, list[str]] = field(default_factory=dict)  # by size
+    used: dict[str, bytes] = field(default_factory=dict)  # slot -> the base of its record
+    to_zero: list[str] = field(default_factory=list)
+    # Found at start, by size: zeros, or a cut write, or an obsolete record whose first sector
+    # an unmount zeroed; checked (zeroed if need be) when their class wants more free slots.
+    unchecked: dict[int, list[str]] = field(default_factory=dict)
+    want: dict[int, int] = field(default_factory=dict)  # free slots to keep, by class
+    doubled: set[int] = field(default_factory=set)  # classes whose want grew since a batch
+    sizes: dict[str, int] = field(default_factory=dict)  # every slot's size
+    next_number: int = 1
+
+
+class SlotPool:
+    """A journal's slots and ready headers, and the thread that makes, zeroes and checks them."""
+
+    def __init__(
+        self, dir_fd: int, recipients: Sequence[Recipient], tagger: Tagger,
+        limit: int = POOL_LIMIT,
+    ) -> None:
+        self._dir_fd = dir_fd
+        self._recipients = recipients
+        self._tagger = tagger
+        self._limit = limit
+        self._headers: deque[tuple[bytes, bytes]] = deque()
+        header_length = len(self._new_header()[1])  # fixed for a set of recipients
+        self.sizes = {k: header_length + payload_size(capacity(k)) for k in CLASSES}
+        self._state = _Slots()
+        self._lock = threading.Condition()
+        self._closed = False
+        self._busy = False
+        self._disk_full = False
+        for name in sorted(os.listdir(dir_fd)):
+            match = SLOT.fullmatch(name)
+            if match is None:
+                continue
+            self._state.next_number = max(self._state.next_number, int(match[1]) + 1)
+            size = os.stat(name, dir_fd=dir_fd).st_size
+            if size in self.sizes.values():
+                self._state.sizes[name] = size
+                self._state.unchecked.setdefault(size, []).append(name)
+            else:  # made for other recipients (a key change since): made again when needed
+                os.unlink(name, dir_fd=dir_fd)
+        self._thread = threading.Thread(target=self._work, name="cagefs-slots", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ the write path
+
+    def take(self, length: int) -> tuple[str, int] | None:
+        """A free slot for a record of `length` plaintext bytes (the smallest class that
+        holds it, or the next), or None (then more are made); the slot is the caller's."""
+        fits = [k for k in CLASSES if capacity(k) >= length]
+        if not fits:
+            return None
+        with self._lock:
+            want = self._state.want
+            want[fits[0]] = max(want.get(fits[0], 0), _BATCH)
+            for k in fits[:2]:
+                free = self._state.free.get(self.sizes[k])
+                if free:
+                    name = free.pop()
+                    if len(free) < want[fits[0]] // 2:
+                        self._lock.notify()
+                    return name, self.sizes[k]
+            if fits[0] not in self._state.doubled:  # once per batch made, however many miss
+                self._state.doubled.add(fits[0])
+                want[fits[0]] = min(2 * want[fits[0]], self._limit // self.sizes[fits[0]])
+            self._lock.notify()
+            return None
+
+    def header(self) -> tuple[bytes, bytes]:
+        """A fresh file key and its header (with proof), never handed out twice."""
+        with self._lock:
+            if len(self._headers) < READY_HEADERS // 2:
+                self._lock.notify()
+            if self._headers:
+                return self._headers.popleft()
+        return self._new_header()
+
+    def holds(self, name: str, base: bytes) -> None:
+        """The slot now holds a durable record of version `base`."""
+        with self._lock:
+            self._state.used[name] = base
+
+    def give_back(self, name: str) -> None:
+        """A slot taken but not written: free again."""
+        with self._lock:
+            self._state.free.setdefault(self._state.sizes[name], []).append(name)
+
+    def spoiled(self, name: str) -> None:
+        """A write into the slot failed: zeroed before it is used again."""
+        with self._lock:
+            self._state.to_zero.append(name)
+            self._lock.notify()
+
+    def records_of(self, base: bytes) -> list[str]:
+        with self._lock:
+            return [name for name, held in self._state.used.items() if held == base]
+
+    def release(self, base: bytes) -> None:
+        """The records of `base` are obsolete (that is durable): their slots are zeroed."""
+        with self._lock:
+            for name in [n for n, held in self._state.used.items() if held == base]:
+                del self._state.used[name]
+                self._state.to_zero.append(name)
+            self._lock.notify()
+
+    def prepare(self, blocks: int, count: int) -> None:
+        """Keep `count` free slots for records of up to `blocks` blocks, and wait for them."""
+        k = next(k for k in CLASSES if k >= blocks)
+        with self._lock:
+            self._state.want[k] = max(self._state.want.get(k, 0), count)
+        self.settle()
+
+    def settle(self) -> None:
+        """Wait until the thread has nothing left to do (tests, and a look at the pool)."""
+        with self._lock:
+            self._lock.notify()
+            while not self._closed and (self._busy or self._pending()):
+                self._lock.wait(0.05)
+
+    def free_count(self) -> int:
+        with self._lock:
+            return sum(len(names) for names in self._state.free.values())
+
+    def close(self) -> None:
+        """Stop the thread. Slots still to be zeroed hold obsolete records: their first
+        sector is zeroed, so they hold none (the next mount zeroes the rest before using
+        them). Not flushed: if a crash undoes it, recovery finds an obsolete record and drops
+        it."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join()
+        for name in self._state.to_zero:
+            with contextlib.suppress(OSError):
+                fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
+                try:
+                    os.pwrite(fd, _ZERO_SECTOR, 0)
+                finally:
+                    os.close(fd)
+
+    # ------------------------------------------------------------ the thread
+
+    def _pending(self) -> bool:
+        return bool(
+            self._state.to_zero or self._short() is not None
+            or len(self._headers) < READY_HEADERS
+        )
+
+    def _short(self) -> int | None:
+        """A class with fewer free slots than wanted that can have more: slots found at
+        start, or new ones within the limit."""
+        state = self._state
+        room = self._limit - sum(state.sizes.values())
+        for k, want in state.want.items():
+            size = self.sizes[k]
+            if len(state.free.get(size, [])) < want and (state.unchecked.get(size) or size <= room):
+                return k
+        return None
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._busy = False
+                self._lock.notify_all()
+                while not self._closed and not self._pending():
+                    self._lock.wait()
+                if self._closed:
+                    return
+                self._busy = True
+                state = self._state
+                zeroes, state.to_zero = state.to_zero, []
+                grow = self._short()
+                checks: list[str] = []
+                if grow is not None:
+                    found = state.unchecked.get(self.sizes[grow], [])
+                    need = state.want[grow] - len(state.free.get(self.sizes[grow], []))
+                    checks, found[:] = found[:need], found[need:]
+                headers = len(self._headers) < READY_HEADERS
+            try:
+                if checks or zeroes:
+                    self._make_free(checks, zeroes)
+                elif grow is not None:
+                    self._grow(grow)
+                if headers:
+                    made = [self._new_header() for _ in range(READY_HEADERS // 2)]
+                    with self._lock:
+                        self._headers.extend(made)
+            except OSError as exc:  # a full disk: the write path falls back to record files
+                log.warning("journal slots: %s", exc.strerror or exc)
+                with self._lock:
+                    self._state.want.clear()
+            except Exception:  # a bug: no more slots (records are files), the mount goes on
+                log.exception("journal slots stopped")
+                with self._lock:
+                    self._closed = True
+                    self._state.free.clear()
+                    self._lock.notify_all()
+                return
+
+    def _make_free(self, checks: list[str], zeroes: list[str]) -> None:
+        """Slots found at start (zeros, or not?) and slots of obsolete records: zeros, made
+        durable, then free, one by one."""
+        obsolete = set(zeroes)
+        for done, name in enumerate(checks + zeroes):
+            if self._closed:  # unmounting: close() makes the obsolete ones hold no record
+                with self._lock:
+                    self._state.to_zero += [n for n in (checks + zeroes)[done:] if n in obsolete]
+                return
+            fd = os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir_fd)
+            try:
+                if name in obsolete or not _all_zero(fd):
+                    _write_zeros(fd, self._state.sizes[name])
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            with self._lock:
+                self._state.free.setdefault(self._state.sizes[name], []).append(name)
+
+    def _grow(self, k: int) -> None:
+        size = self.sizes[k]
+        disk = os.statvfs(self._dir_fd)
+        if disk.f_bavail * disk.f_frsize < FREE_MARGIN + _BATCH * size:
+            if not self._disk_full:
+                log.info("journal slots: the disk is nearly full: no more slots for now")
+            self._disk_full = True
+            with self._lock:
+                self._state.want.clear()
+            return
+        self._disk_full = False
+        with self._lock:
+            room = (self._limit - sum(self._state.sizes.values())) // size
+            count = min(_BATCH, room, self._state.want[k] - len(self._state.free.get(size, [])))
+            if count <= 0:
+                return
+            first = self._state.next_number
+            self._state.next_number += count
+        made = []
+        try:
+            for number in range(first, first + count):
+                name = slot_name(number)
+                fd = os.open(
+                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                    dir_fd=self._dir_fd,
+                )
+                made.append(name)
+                try:
+                    write_all(fd, bytes(size))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.fsync(self._dir_fd)
+        except BaseException:
+            for name in made:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=self._dir_fd)
+            raise
+        with self._lock:
+            for name in made:
+                self._state.sizes[name] = size
+            self._state.free.setdefault(size, []).extend(made)
+            self._state.doubled.discard(k)
+
+    def _new_header(self) -> tuple[bytes, bytes]:
+        file_key = new_file_key()
+        stanzas = wrap_file_key(file_key, self._recipients)
+        stanzas += self._tagger(file_key, stanzas)
+        return file_key, encode_header(stanzas, file_key)
+
+
+def payload_room(slot_size: int, header_length: int) -> int | None:
+    """The plaintext length that fills a slot of `slot_size` after a header of
+    `header_length` exactly, or None if no payload has that length."""
+    try:
+        return plaintext_size(slot_size - header_length)
+    except AgeError:
+        return None

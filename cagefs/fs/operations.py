@@ -571,6 +571,7 @@ class Operations(pyfuse3.Operations):
             with about(handle.node.path):
                 await handle.content.finalize(journal=True)
                 await self.publisher.publish_now(handle.node)
+                await handle.content.sync_attributes()
 
     # --- names: unlink, rename, links -----------------------------------------------------
 

@@ -145,6 +145,52 @@ def test_records_survive_kill9_and_are_folded_at_the_next_mount(journaled: Daemo
     assert decrypt_backing(journaled.store / "f.bin.age", journaled.identity) == got
 
 
+@each_strategy
+def test_attributes_set_after_the_last_record_are_durable_at_fsync(journaled: Daemon) -> None:
+    """utime, chmod after a file's last record, then fsync: kill -9 keeps them (the times
+    used to come back as the last record's)."""
+    data = bytearray(make_base(journaled))
+    path = journaled.mnt / "f.bin"
+    times = (1_000_000_000_123_456_789, 1_100_000_000_987_654_321)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"recorded", 70_000)
+        os.fsync(fd)
+        data[70_000:70_008] = b"recorded"
+        os.utime(fd, ns=times)
+        os.fchmod(fd, 0o640)
+        os.fsync(fd)
+        journaled.kill9()  # with the file still open: no close makes anything durable
+    finally:
+        with contextlib.suppress(OSError):  # its mount is gone
+            os.close(fd)
+    journaled.start()
+    st = path.stat()
+    assert (st.st_atime_ns, st.st_mtime_ns, oct(st.st_mode & 0o7777)) == (*times, "0o640")
+    assert path.read_bytes() == data
+
+
+def test_attributes_of_a_saved_file_are_durable_at_fsync(journaled_auto: Daemon) -> None:
+    """A file with nothing unsaved: an fsync after utime syncs its backing file (a kill -9
+    cannot show a lost inode change; this checks the times reach the backing file)."""
+    daemon = journaled_auto
+    make_base(daemon)
+    path = daemon.mnt / "f.bin"
+    times = (1_000_000_000_000_000_000, 1_200_000_000_000_000_000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.utime(fd, ns=times)
+        os.fsync(fd)
+        backing = (daemon.store / "f.bin.age").stat()
+        assert (backing.st_atime_ns, backing.st_mtime_ns) == times
+        daemon.kill9()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    daemon.start()
+    assert (path.stat().st_atime_ns, path.stat().st_mtime_ns) == times
+
+
 def test_rename_and_unlink_of_files_with_records(journaled_auto: Daemon) -> None:
     daemon = journaled_auto
     data = bytearray(make_base(daemon, "a.bin"))

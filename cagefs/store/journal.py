@@ -56,7 +56,12 @@ _ZEROS = bytes(CHUNK_SIZE)
 # Which changes get a record rather than a new version (fs/content.py asks `wants_record`).
 RECORD_MIN_FILE = 1024 * 1024  # smaller files are re-encrypted whole: that is cheap already
 RECORD_MAX_SHARE = 4  # a change up to 1/4 of the file
-RECORDS_LIMIT = 64 * 1024 * 1024  # records of one file past this: fold them (compaction)
+# Records of one file past the file's own size, but at least RECORDS_LIMIT and at most
+# RECORDS_CAP: its next change publishes it whole (folding them). A fold costs the file's size
+# whatever the records, so they may grow as large before it; the cap bounds what recovery reads
+# of one file (all its records) and the disk they take.
+RECORDS_LIMIT = 64 * 1024 * 1024
+RECORDS_CAP = 256 * 1024 * 1024
 
 
 class JournalDamage(CageError):
@@ -109,8 +114,13 @@ def wants_record(size: int, change: int, recorded: int) -> bool:
     return (
         size >= RECORD_MIN_FILE
         and change <= size // RECORD_MAX_SHARE
-        and recorded + change <= RECORDS_LIMIT
+        and recorded + change <= records_limit(size)
     )
+
+
+def records_limit(size: int) -> int:
+    """How many bytes of records a file of `size` may have before it is published whole."""
+    return min(max(size, RECORDS_LIMIT), RECORDS_CAP)
 
 
 class Journal:

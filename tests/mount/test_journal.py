@@ -476,6 +476,27 @@ def test_cagefs_compact_makes_every_backing_file_current(
     assert tree(daemon.mnt) == view
 
 
+def test_a_large_file_keeps_its_records_past_64_mib(journaled_auto: Daemon) -> None:
+    """Records may grow to the file's own size (at most 256 MiB) before the file is published
+    whole: a 130 MiB file takes three records of 32 MiB (it took two, then a new version)."""
+    daemon = journaled_auto
+    data = bytearray(random.Random(7).randbytes(MIB) * 130)
+    (daemon.mnt / "big.bin").write_bytes(data)
+    daemon.remount()
+    backing = daemon.store / "big.bin.age"
+    before = backing.stat().st_ino
+    for n in range(3):
+        change = bytes([0xA0 + n]) * (32 * MIB)
+        edit(daemon.mnt / "big.bin", n * 40 * MIB, change)
+        data[n * 40 * MIB : n * 40 * MIB + len(change)] = change
+    assert len(records(daemon.store)) == 3
+    assert backing.stat().st_ino == before, "the file was published whole"
+    daemon.kill9()
+    daemon.start()
+    assert records(daemon.store) == []
+    assert (daemon.mnt / "big.bin").read_bytes() == data, "not the last fsync'ed state"
+
+
 def test_a_truncation_to_a_block_boundary_is_recorded(journaled_auto: Daemon) -> None:
     daemon = journaled_auto
     data = make_base(daemon)

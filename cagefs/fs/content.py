@@ -276,13 +276,13 @@ class FileContent:
         elif self.overlay or self._early:
             await self.seal()
 
-    async def finalize(self, journal: bool = False) -> None:
+    async def finalize(self, journal: bool = False, fsync: bool = False) -> None:
         """Make what is unsaved durable-to-be: a state a writer intended. With `journal`
         (fsync, last release), a small change to a large published file becomes a journal
-        record, durable when this returns; otherwise it is sealed into a new version and
-        queued for publishing."""
+        record, durable when this returns (with `fsync`, any change to a small one too);
+        otherwise it is sealed into a new version and queued for publishing."""
         overlay = self.overlay
-        if journal and overlay is not None and self._wants_record():
+        if journal and overlay is not None and self._wants_record(fsync):
             if overlay.recorded and not self.records:  # no change at all: nothing to keep
                 self.overlay = None
                 overlay.close()
@@ -314,7 +314,7 @@ class FileContent:
             return False
         return self.handles == 0 or (self.overlay is not None and self.overlay.recorded)
 
-    def _wants_record(self) -> bool:
+    def _wants_record(self, fsync: bool = False) -> bool:
         if self.env.journal is None or self.stream is not None or self._early:
             return False
         if self.pending is not None or self.provisional is not None or self.base is None:
@@ -329,7 +329,7 @@ class FileContent:
             return False  # several names share the backing file: the full publish path
         change = len(overlay.unrecorded_blocks()) * CHUNK_SIZE
         size = max(self.size, self.current.reader.size)
-        return wants_record(size, change, self.recorded_bytes)
+        return wants_record(size, change, self.recorded_bytes, fsync)
 
     async def _write_record(self, overlay: Overlay) -> None:
         """Write the changes since the last record as the next one (off the loop: it is

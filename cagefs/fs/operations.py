@@ -569,7 +569,7 @@ class Operations(pyfuse3.Operations):
             return  # unlinked: nothing will ever be published
         async with handle.content.lock:
             with about(handle.node.path):
-                await handle.content.finalize(journal=True)
+                await handle.content.finalize(journal=True, fsync=True)
                 await self.publisher.publish_now(handle.node)
                 await handle.content.sync_attributes()
 
@@ -676,7 +676,8 @@ class Operations(pyfuse3.Operations):
     async def _drop_records(self, node: Node, dir_fd: int) -> None:
         """A name removed from the namespace. The file's last: its records are dropped once the
         removal is durable (else a crash could bring back the file without its last fsync'ed
-        changes). One of several: a record names a name it keeps, for recovery to find."""
+        changes), by the publisher's next round. One of several: a record names a name it
+        keeps, for recovery to find."""
         content = node.content
         if content is not None and content.records and node.path is not None:
             async with content.lock:
@@ -684,8 +685,7 @@ class Operations(pyfuse3.Operations):
             return
         base = content.forget_records() if content is not None else None
         if base is not None and self.env.journal is not None:
-            fsync_dirs([open_listing(dir_fd)])
-            self.env.journal.drop(base)
+            self.publisher.drop_records_later(base, open_listing(dir_fd))
 
     def _check_replace(self, source: Node, target: Probed | None) -> Node | None:
         """The node a rename replaces, after POSIX's checks on what may replace what."""

@@ -39,11 +39,14 @@ class Publisher:
         self._fold_failed: set[FileContent] = set()  # logged once, retried every round
         # Linked files' publishes (with their version's inode), done once durable.
         self._intents: list[tuple[links.Intent, tuple[int, int]]] = []
+        # Records of files removed since the last round, with the directory to fsync first.
+        self._removed: list[tuple[bytes, int]] = []
 
     async def run(self) -> None:
         while True:
             await trio.sleep(self._interval)
             try:
+                await self._drop_records_of_removed()
                 await self.publish_all()
             except Exception:  # never let one round stop the mount (I10); the next one retries
                 log.exception("internal error while publishing")
@@ -55,6 +58,8 @@ class Publisher:
         directory is gone) is logged by name and stays pending, served and retried next round;
         with `last` (unmount) it is kept aside in `.cagefs/recovered/` instead, never lost.
         """
+        if last:
+            await self._drop_records_of_removed()
         async with self._lock:
             batch = [(c, c.pending) for c in self._env.publish_queue if c.pending is not None]
             self._env.publish_queue.clear()
@@ -152,6 +157,30 @@ class Publisher:
     def _name(self, content: FileContent) -> str:
         node = self._owner(content)
         return shown(node.path if node else None)
+
+    def drop_records_later(self, base: bytes, directory: int) -> None:
+        """A file with journal records lost its last name in `directory` (an open descriptor,
+        taken over): its records go at the next round (or unmount), once the removal is
+        durable, not in the request (a SQLite `-journal` is deleted at every commit). Until
+        then a crash leaves them, and recovery either finds the file back with them (the
+        removal was not durable) or finds their base nowhere and removes them."""
+        self._removed.append((base, directory))
+
+    async def _drop_records_of_removed(self) -> None:
+        removed, self._removed = self._removed, []
+        journal = self._env.journal
+        if not removed or journal is None:
+            return
+
+        def drop() -> None:
+            fsync_dirs([directory for _, directory in removed])
+            for base, _ in removed:
+                journal.drop(base)
+
+        try:
+            await trio.to_thread.run_sync(drop)
+        except OSError as exc:  # left for the next mount's recovery to remove
+            log.error("journal: could not drop the records of removed files: %s", exc.strerror)
 
     async def _drop_obsolete_records(self, durable: bool) -> None:
         """Records whose file has a newer version on disk, now durable, are removed (left

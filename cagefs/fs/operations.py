@@ -800,6 +800,7 @@ class Operations(pyfuse3.Operations):
                 async with content.lock:
                     await self._save(node, content)
         await self.publisher.publish_all(last=True)
+        await self.publisher.drop_records()
 
 
 @contextlib.asynccontextmanager

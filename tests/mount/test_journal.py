@@ -151,7 +151,8 @@ def test_attributes_set_after_the_last_record_are_durable_at_fsync(journaled: Da
     used to come back as the last record's)."""
     data = bytearray(make_base(journaled))
     path = journaled.mnt / "f.bin"
-    times = (1_000_000_000_123_456_789, 1_100_000_000_987_654_321)
+    # atime after mtime: relatime would move an older atime at the next read of the backing file
+    times = (1_200_000_000_123_456_789, 1_100_000_000_987_654_321)
     fd = os.open(path, os.O_WRONLY)
     try:
         os.pwrite(fd, b"recorded", 70_000)
@@ -218,6 +219,32 @@ def test_an_fsync_of_a_small_file_writes_a_record_a_close_does_not(journaled: Da
     assert len(records(journaled.store)) == 1
     path.unlink()
     wait_for(lambda: not records(journaled.store))
+
+
+def test_records_made_obsolete_by_an_fsync_go_with_the_next_round(journaled_auto: Daemon) -> None:
+    """A change too large for a record publishes the file whole at fsync; its records are
+    dropped by the publisher's next round, not in the fsync. Killed before that round, the
+    mount shows the fsync'ed file and recovery removes the leftovers."""
+    daemon = journaled_auto
+    data = bytearray(make_base(daemon))
+    path = daemon.mnt / "f.bin"
+    for i in range(3):
+        edit(path, i * 100_000, b"record %d" % i)
+        data[i * 100_000 : i * 100_000 + 8] = b"record %d" % i
+    assert len(records(daemon.store)) == 3
+    large = random.Random(3).randbytes(BASE_SIZE // 2)
+    edit(path, 0, large)  # half the file: published whole
+    data[: len(large)] = large
+    wait_for(lambda: not records(daemon.store))
+    for i in range(2):
+        edit(path, i * 100_000, b"again %d" % i)
+        data[i * 100_000 : i * 100_000 + 7] = b"again %d" % i
+    edit(path, 0, large)
+    data[: len(large)] = large
+    daemon.kill9()
+    daemon.start()
+    assert records(daemon.store) == []
+    assert path.read_bytes() == data
 
 
 def test_rename_and_unlink_of_files_with_records(journaled_auto: Daemon) -> None:

@@ -684,8 +684,14 @@ class Operations(pyfuse3.Operations):
                 await content.record_move(node.path)
             return
         base = content.forget_records() if content is not None else None
-        if base is not None and self.env.journal is not None:
+        if base is None or content is None:
+            return
+        if self.env.journal is not None:
             self.publisher.drop_records_later(base, open_listing(dir_fd))
+        async with content.lock:  # its overlay was kept for the records: nobody can save it now
+            if node.path is None and content.handles == 0:
+                content.abandon_changes()
+        self.table.drop_if_unused(node)
 
     def _check_replace(self, source: Node, target: Probed | None) -> Node | None:
         """The node a rename replaces, after POSIX's checks on what may replace what."""

@@ -33,6 +33,7 @@ from .helpers import (
     opened,
     tree,
 )
+from .test_invariants import deleted_store_files_held
 
 MIB = 1 << 20
 BASE_SIZE = 3 * MIB
@@ -219,6 +220,7 @@ def test_an_fsync_of_a_small_file_writes_a_record_a_close_does_not(journaled: Da
     assert len(records(journaled.store)) == 1
     path.unlink()
     wait_for(lambda: not records(journaled.store))
+    assert deleted_store_files_held(journaled) == [], "the deleted file is still held open"
 
 
 def test_records_made_obsolete_by_an_fsync_go_with_the_next_round(journaled_auto: Daemon) -> None:

@@ -115,6 +115,9 @@ class FileContent:
         self.recorded_bytes = 0
         self.recorded_size = self.size
         self.changed_at = time.monotonic()
+        # chmod, chown or utime since an fsync last made the attributes durable (they are
+        # stamped on the backing file at once, but nothing syncs it until an fsync asks).
+        self.attrs_unsynced = False
 
     @classmethod
     def open_existing(cls, env: Env, fd: int) -> "FileContent":
@@ -276,13 +279,13 @@ class FileContent:
         elif self.overlay or self._early:
             await self.seal()
 
-    async def finalize(self, journal: bool = False) -> None:
+    async def finalize(self, journal: bool = False, fsync: bool = False) -> None:
         """Make what is unsaved durable-to-be: a state a writer intended. With `journal`
         (fsync, last release), a small change to a large published file becomes a journal
-        record, durable when this returns; otherwise it is sealed into a new version and
-        queued for publishing."""
+        record, durable when this returns (with `fsync`, any change to a small one too);
+        otherwise it is sealed into a new version and queued for publishing."""
         overlay = self.overlay
-        if journal and overlay is not None and self._wants_record():
+        if journal and overlay is not None and self._wants_record(fsync):
             if overlay.recorded and not self.records:  # no change at all: nothing to keep
                 self.overlay = None
                 overlay.close()
@@ -292,6 +295,20 @@ class FileContent:
         await self.seal()
         self._promote()
 
+    async def sync_attributes(self) -> None:
+        """fsync(2) of a file whose content is saved: a chmod, chown or utime since the last
+        fsync is durable when this returns (they are on the backing file's inode)."""
+        if not self.attrs_unsynced or self.dirty or self.provisional or self.pending:
+            return
+        if self.current is None or not self.on_disk:
+            return
+        self.attrs_unsynced = False  # (a change while this waits sets it again)
+        try:
+            await trio.to_thread.run_sync(os.fsync, self.current.fd)
+        except BaseException:
+            self.attrs_unsynced = True
+            raise
+
     @property
     def compactable(self) -> bool:
         """Records to fold, and nothing newer that no writer has asked to keep yet (a
@@ -300,7 +317,7 @@ class FileContent:
             return False
         return self.handles == 0 or (self.overlay is not None and self.overlay.recorded)
 
-    def _wants_record(self) -> bool:
+    def _wants_record(self, fsync: bool = False) -> bool:
         if self.env.journal is None or self.stream is not None or self._early:
             return False
         if self.pending is not None or self.provisional is not None or self.base is None:
@@ -310,25 +327,39 @@ class FileContent:
         overlay = self.overlay
         assert overlay is not None
         if overlay.recorded and self.records:
-            return True  # nothing new since the last record: durable already
+            return True  # nothing new since the last record (attributes: a record of them)
         if os.fstat(self.current.fd).st_nlink != 1:
             return False  # several names share the backing file: the full publish path
         change = len(overlay.unrecorded_blocks()) * CHUNK_SIZE
         size = max(self.size, self.current.reader.size)
-        return wants_record(size, change, self.recorded_bytes)
+        return wants_record(size, change, self.recorded_bytes, fsync)
 
     async def _write_record(self, overlay: Overlay) -> None:
         """Write the changes since the last record as the next one (off the loop: it is
-        encrypted and fsync'ed), then mark them recorded."""
-        if overlay.recorded:
+        encrypted and fsync'ed), then mark them recorded. A chmod, chown or utime since then
+        is a change too: the record carries the times, the base's inode (fsync'ed first)
+        the mode and owner, which is where recovery takes them from."""
+        if overlay.recorded and not self.attrs_unsynced:
             return
         journal = self.env.journal
         assert journal is not None and self.base is not None and self.node is not None
-        assert self.node.path is not None
+        assert self.node.path is not None and self.current is not None
         indices = overlay.unrecorded_blocks()
         record = self._record(self.node.path, overlay.cut, indices)
         blocks = (overlay.block(i)[: record.block_length(i)] for i in indices)
-        self.recorded_bytes += await trio.to_thread.run_sync(journal.write, record, blocks)
+        base_fd = self.current.fd if self.attrs_unsynced else None
+        self.attrs_unsynced = False  # (a change while this waits sets it again)
+
+        def write() -> int:
+            if base_fd is not None:
+                os.fsync(base_fd)
+            return journal.write(record, blocks)
+
+        try:
+            self.recorded_bytes += await trio.to_thread.run_sync(write)
+        except BaseException:
+            self.attrs_unsynced = self.attrs_unsynced or base_fd is not None
+            raise
         overlay.mark_recorded()
         self.records += 1
         self.recorded_size = self.size
@@ -573,6 +604,7 @@ class FileContent:
     def _restamp(self) -> None:
         """Attribute changes reach the version on disk at once, not only the next one."""
         self.attrs.st_ctime_ns = time.time_ns()
+        self.attrs_unsynced = True
         if self.current and (not self.dirty or self.records):
             # With records, `current` is their base: mode and owner are read from it when
             # they are folded (times come from the last record).

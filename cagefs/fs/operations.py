@@ -609,8 +609,9 @@ class Operations(pyfuse3.Operations):
             return  # unlinked: nothing will ever be published
         async with handle.content.lock:
             with about(handle.node.path):
-                await handle.content.finalize(journal=True)
+                await handle.content.finalize(journal=True, fsync=True)
                 await self.publisher.publish_now(handle.node)
+                await handle.content.sync_attributes()
 
     # --- names: unlink, rename, links -----------------------------------------------------
 
@@ -715,16 +716,22 @@ class Operations(pyfuse3.Operations):
     async def _drop_records(self, node: Node, dir_fd: int) -> None:
         """A name removed from the namespace. The file's last: its records are dropped once the
         removal is durable (else a crash could bring back the file without its last fsync'ed
-        changes). One of several: a record names a name it keeps, for recovery to find."""
+        changes), by the publisher's next round. One of several: a record names a name it
+        keeps, for recovery to find."""
         content = node.content
         if content is not None and content.records and node.path is not None:
             async with content.lock:
                 await content.record_move(node.path)
             return
         base = content.forget_records() if content is not None else None
-        if base is not None and self.env.journal is not None:
-            fsync_dirs([open_listing(dir_fd)])
-            self.env.journal.drop(base)
+        if base is None or content is None:
+            return
+        if self.env.journal is not None:
+            self.publisher.drop_records_later(base, open_listing(dir_fd))
+        async with content.lock:  # its overlay was kept for the records: nobody can save it now
+            if node.path is None and content.handles == 0:
+                content.abandon_changes()
+        self.table.drop_if_unused(node)
 
     def _check_replace(self, source: Node, target: Probed | None) -> Node | None:
         """The node a rename replaces, after POSIX's checks on what may replace what."""
@@ -839,6 +846,7 @@ class Operations(pyfuse3.Operations):
                 async with content.lock:
                     await self._save(node, content)
         await self.publisher.publish_all(last=True)
+        await self.publisher.drop_records()
 
 
 @contextlib.asynccontextmanager

@@ -39,11 +39,15 @@ class Publisher:
         self._fold_failed: set[FileContent] = set()  # logged once, retried every round
         # Linked files' publishes (with their version's inode), done once durable.
         self._intents: list[tuple[links.Intent, tuple[int, int]]] = []
+        # Records to drop at the next round: of files removed since (with the directory to
+        # fsync first), or made obsolete by a version an fsync published (durable already).
+        self._removed: list[tuple[bytes, int | None]] = []
 
     async def run(self) -> None:
         while True:
             await trio.sleep(self._interval)
             try:
+                await self.drop_records()
                 await self.publish_all()
             except Exception:  # never let one round stop the mount (I10); the next one retries
                 log.exception("internal error while publishing")
@@ -109,7 +113,9 @@ class Publisher:
                 raise
             finally:
                 self._let_go_of_replaced()
-            await self._drop_obsolete_records(True)
+            # Not in this request: a file folded past its bound has thousands of records.
+            self._removed += [(base, None) for base in self._obsolete]
+            self._obsolete.clear()
 
     async def compact(self, content: FileContent) -> None:
         """Fold a file's journal records into a new version, published now (I3); the records
@@ -152,6 +158,31 @@ class Publisher:
     def _name(self, content: FileContent) -> str:
         node = self._owner(content)
         return shown(node.path if node else None)
+
+    def drop_records_later(self, base: bytes, directory: int | None) -> None:
+        """A file with journal records lost its last name in `directory` (an open descriptor,
+        taken over): its records go at the next round (or unmount), once the removal is
+        durable, not in the request (a SQLite `-journal` is deleted at every commit). Until
+        then a crash leaves them, and recovery either finds the file back with them (the
+        removal was not durable) or finds their base nowhere and removes them."""
+        self._removed.append((base, directory))
+
+    async def drop_records(self) -> None:
+        """Drop the records handed to `drop_records_later` (each round, and at unmount)."""
+        removed, self._removed = self._removed, []
+        journal = self._env.journal
+        if not removed or journal is None:
+            return
+
+        def drop() -> None:
+            fsync_dirs([directory for _, directory in removed if directory is not None])
+            for base, _ in removed:
+                journal.drop(base)
+
+        try:
+            await trio.to_thread.run_sync(drop)
+        except OSError as exc:  # left for the next mount's recovery to remove
+            log.error("journal: could not drop the records of removed files: %s", exc.strerror)
 
     async def _drop_obsolete_records(self, durable: bool) -> None:
         """Records whose file has a newer version on disk, now durable, are removed (left

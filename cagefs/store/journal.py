@@ -63,9 +63,14 @@ _NAME = re.compile(r"([0-9a-f]{32})-([0-9]{10})\.age")
 _HEADER_LIMIT = 16 * 1024 * 1024  # a record's JSON line: indices of at most ~1M blocks
 _ZEROS = bytes(CHUNK_SIZE)
 # Which changes get a record rather than a new version (fs/content.py asks `wants_record`).
-RECORD_MIN_FILE = 1024 * 1024  # smaller files are re-encrypted whole: that is cheap already
+RECORD_MIN_FILE = 1024 * 1024  # smaller files: a record only for an fsync (see wants_record)
 RECORD_MAX_SHARE = 4  # a change up to 1/4 of the file
-RECORDS_LIMIT = 64 * 1024 * 1024  # records of one file past this: fold them (compaction)
+# Records of one file past the file's own size, but at least RECORDS_LIMIT and at most
+# RECORDS_CAP: its next change publishes it whole (folding them). A fold costs the file's size
+# whatever the records, so they may grow as large before it; the cap bounds what recovery reads
+# of one file (all its records) and the disk they take.
+RECORDS_LIMIT = 64 * 1024 * 1024
+RECORDS_CAP = 256 * 1024 * 1024
 
 
 class JournalDamage(CageError):
@@ -134,14 +139,24 @@ def record_name(base: bytes, seq: int) -> str:
     return f"{base_id(base)}-{seq:010d}{SUFFIX}"
 
 
-def wants_record(size: int, change: int, recorded: int) -> bool:
+def wants_record(size: int, change: int, recorded: int, fsync: bool = False) -> bool:
     """Whether `change` bytes of a file of `size` (with `recorded` bytes of records already)
-    are worth a record rather than a whole new version."""
-    return (
-        size >= RECORD_MIN_FILE
-        and change <= size // RECORD_MAX_SHARE
-        and recorded + change <= RECORDS_LIMIT
-    )
+    are worth a record rather than a whole new version; `fsync`: one waits for it.
+
+    A file under RECORD_MIN_FILE gets one only for an fsync: the record is made durable in
+    place of a version's temp, fsync, rename and directory fsync (a SQLite `-journal` or a
+    young `-wal` is fsync'ed at every commit), while a close is cheaper published with its
+    group than recorded at once."""
+    if recorded + change > records_limit(size):
+        return False
+    if size < RECORD_MIN_FILE:
+        return fsync
+    return change <= size // RECORD_MAX_SHARE
+
+
+def records_limit(size: int) -> int:
+    """How many bytes of records a file of `size` may have before it is published whole."""
+    return min(max(size, RECORDS_LIMIT), RECORDS_CAP)
 
 
 class Journal:

@@ -11,7 +11,7 @@ from cagefs.age import read_header_at
 from cagefs.age.stream import NONCE_SIZE
 from cagefs.store.reclaim import LARGE
 
-from .helpers import SUFFIX, Daemon, child_pids
+from .helpers import META, SUFFIX, Daemon, child_pids
 
 
 def backing_version(path: Path) -> tuple[bytes, bytes]:
@@ -26,20 +26,25 @@ def backing_version(path: Path) -> tuple[bytes, bytes]:
 
 
 def test_every_version_is_a_whole_new_file_with_fresh_key_and_nonce(mounted: Daemon) -> None:
-    """I2: edits never patch a backing file in place; each version has a new file key and
-    nonce, so no (key, nonce) pair ever seals two plaintexts."""
+    """I2: edits never patch a backing file in place; each version, and each journal record
+    (an fsync'ed edit of this file), has a new file key and nonce, so no (key, nonce) pair
+    ever seals two plaintexts."""
     plain = mounted.mnt / "doc.txt"
     backing = mounted.store / "doc.txt.age"
     plain.write_bytes(b"a" * 200_000)
-    seen = []
+    seen: dict[tuple[str, int], tuple[bytes, bytes]] = {}
     for edit in range(4):
         with open(plain, "r+b") as f:
             f.seek(70_000 * edit)
             f.write(b"edit %d" % edit)
             f.flush()
-            os.fsync(f.fileno())  # publishes this version before fsync returns
-        seen.append(backing_version(backing))
-    keys, nonces = zip(*seen, strict=True)
+            os.fsync(f.fileno())  # a record or a new version, durable before fsync returns
+        journal = mounted.store / META / "journal"
+        for path in [backing, *(journal.iterdir() if journal.exists() else ())]:
+            with contextlib.suppress(FileNotFoundError):  # a record folded meanwhile
+                seen.setdefault((path.name, path.stat().st_ino), backing_version(path))
+    assert len(seen) >= 4, f"not every fsync'ed edit was stored anew: {sorted(seen)}"
+    keys, nonces = zip(*seen.values(), strict=True)
     assert len(set(keys)) == len(seen), "a file key's wrapping was reused"
     assert len(set(nonces)) == len(seen), "a payload nonce was reused"
     mounted.assert_store_matches()

@@ -35,6 +35,7 @@ from .helpers import (
     opened,
     tree,
 )
+from .test_invariants import deleted_store_files_held
 
 MIB = 1 << 20
 BASE_SIZE = 3 * MIB
@@ -163,6 +164,109 @@ def test_records_survive_kill9_and_are_folded_at_the_next_mount(journaled: Daemo
     assert decrypt_backing(journaled.store / "f.bin.age", journaled.identity) == got
 
 
+@each_strategy
+def test_attributes_set_after_the_last_record_are_durable_at_fsync(journaled: Daemon) -> None:
+    """utime, chmod after a file's last record, then fsync: kill -9 keeps them (the times
+    used to come back as the last record's)."""
+    data = bytearray(make_base(journaled))
+    path = journaled.mnt / "f.bin"
+    # atime after mtime: relatime would move an older atime at the next read of the backing file
+    times = (1_200_000_000_123_456_789, 1_100_000_000_987_654_321)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"recorded", 70_000)
+        os.fsync(fd)
+        data[70_000:70_008] = b"recorded"
+        os.utime(fd, ns=times)
+        os.fchmod(fd, 0o640)
+        os.fsync(fd)
+        journaled.kill9()  # with the file still open: no close makes anything durable
+    finally:
+        with contextlib.suppress(OSError):  # its mount is gone
+            os.close(fd)
+    journaled.start()
+    st = path.stat()
+    assert (st.st_atime_ns, st.st_mtime_ns, oct(st.st_mode & 0o7777)) == (*times, "0o640")
+    assert path.read_bytes() == data
+
+
+def test_attributes_of_a_saved_file_are_durable_at_fsync(journaled_auto: Daemon) -> None:
+    """A file with nothing unsaved: an fsync after utime syncs its backing file (a kill -9
+    cannot show a lost inode change; this checks the times reach the backing file)."""
+    daemon = journaled_auto
+    make_base(daemon)
+    path = daemon.mnt / "f.bin"
+    times = (1_000_000_000_000_000_000, 1_200_000_000_000_000_000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.utime(fd, ns=times)
+        os.fsync(fd)
+        backing = (daemon.store / "f.bin.age").stat()
+        assert (backing.st_atime_ns, backing.st_mtime_ns) == times
+        daemon.kill9()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    daemon.start()
+    assert (path.stat().st_atime_ns, path.stat().st_mtime_ns) == times
+
+
+@each_strategy
+def test_an_fsync_of_a_small_file_writes_a_record_a_close_does_not(journaled: Daemon) -> None:
+    """Under 1 MiB, a change fsync'ed is a record (a SQLite -journal or young -wal is
+    fsync'ed at every commit); one only closed is published whole with its group."""
+    data = bytearray(make_base(journaled, "small.db", 20_000))
+    path = journaled.mnt / "small.db"
+    backing = journaled.store / "small.db.age"
+    before = backing.stat().st_ino
+    edit(path, 100, b"fsynced")
+    data[100:107] = b"fsynced"
+    assert len(records(journaled.store)) == 1
+    assert backing.stat().st_ino == before, "the fsync re-published the whole file"
+    edit(path, 200, b"closed", fsync=False)
+    data[200:206] = b"closed"
+    wait_for(lambda: not records(journaled.store) and backing.stat().st_ino != before)
+    assert decrypt_backing(backing, journaled.identity) == data
+    edit(path, 300, b"again")
+    data[300:305] = b"again"
+    assert len(records(journaled.store)) == 1
+    journaled.kill9()
+    journaled.start()
+    assert records(journaled.store) == []
+    assert path.read_bytes() == data
+    edit(path, 400, b"then deleted")  # its records go once the unlink is durable
+    assert len(records(journaled.store)) == 1
+    path.unlink()
+    wait_for(lambda: not records(journaled.store))
+    assert deleted_store_files_held(journaled) == [], "the deleted file is still held open"
+
+
+def test_records_made_obsolete_by_an_fsync_go_with_the_next_round(journaled_auto: Daemon) -> None:
+    """A change too large for a record publishes the file whole at fsync; its records are
+    dropped by the publisher's next round, not in the fsync. Killed before that round, the
+    mount shows the fsync'ed file and recovery removes the leftovers."""
+    daemon = journaled_auto
+    data = bytearray(make_base(daemon))
+    path = daemon.mnt / "f.bin"
+    for i in range(3):
+        edit(path, i * 100_000, b"record %d" % i)
+        data[i * 100_000 : i * 100_000 + 8] = b"record %d" % i
+    assert len(records(daemon.store)) == 3
+    large = random.Random(3).randbytes(BASE_SIZE // 2)
+    edit(path, 0, large)  # half the file: published whole
+    data[: len(large)] = large
+    wait_for(lambda: not records(daemon.store))
+    for i in range(2):
+        edit(path, i * 100_000, b"again %d" % i)
+        data[i * 100_000 : i * 100_000 + 7] = b"again %d" % i
+    edit(path, 0, large)
+    data[: len(large)] = large
+    daemon.kill9()
+    daemon.start()
+    assert records(daemon.store) == []
+    assert path.read_bytes() == data
+
+
 def test_rename_and_unlink_of_files_with_records(journaled_auto: Daemon) -> None:
     daemon = journaled_auto
     data = bytearray(make_base(daemon, "a.bin"))
@@ -174,7 +278,7 @@ def test_rename_and_unlink_of_files_with_records(journaled_auto: Daemon) -> None
     os.rename(daemon.mnt / "a.bin", daemon.mnt / "d" / "a.bin")
     os.rename(daemon.mnt / "d", daemon.mnt / "e")
     os.unlink(daemon.mnt / "b.bin")
-    assert other  # its records are dropped with it
+    assert other  # its records are dropped once the unlink is durable: by the next round
 
     def one_base() -> bool:  # a.bin's only (b.bin's slots are zeroed in the background)
         try:
@@ -454,6 +558,27 @@ def test_cagefs_compact_makes_every_backing_file_current(
     assert_same_tree(backing_tree(daemon.store, identity), view, "store after compact vs mount")
     daemon.start()  # nothing left to do
     assert tree(daemon.mnt) == view
+
+
+def test_a_large_file_keeps_its_records_past_64_mib(journaled_auto: Daemon) -> None:
+    """Records may grow to the file's own size (at most 256 MiB) before the file is published
+    whole: a 130 MiB file takes three records of 32 MiB (it took two, then a new version)."""
+    daemon = journaled_auto
+    data = bytearray(random.Random(7).randbytes(MIB) * 130)
+    (daemon.mnt / "big.bin").write_bytes(data)
+    daemon.remount()
+    backing = daemon.store / "big.bin.age"
+    before = backing.stat().st_ino
+    for n in range(3):
+        change = bytes([0xA0 + n]) * (32 * MIB)
+        edit(daemon.mnt / "big.bin", n * 40 * MIB, change)
+        data[n * 40 * MIB : n * 40 * MIB + len(change)] = change
+    assert len(records(daemon.store)) == 3
+    assert backing.stat().st_ino == before, "the file was published whole"
+    daemon.kill9()
+    daemon.start()
+    assert records(daemon.store) == []
+    assert (daemon.mnt / "big.bin").read_bytes() == data, "not the last fsync'ed state"
 
 
 def test_a_truncation_to_a_block_boundary_is_recorded(journaled_auto: Daemon) -> None:

@@ -512,3 +512,11 @@ def read_all(fd: int) -> bytes:
         out.append(block)
         off += len(block)
     return b"".join(out)
+
+
+def records(store: Path) -> list[Path]:
+    """Record files and slots holding a record (docs/JOURNAL.md: a slot whose first 512 bytes
+    are zeros holds none)."""
+    journal = store / META / "journal"
+    found = sorted(journal.iterdir()) if journal.exists() else []
+    return [p for p in found if not p.name.startswith("slot-") or p.read_bytes()[:512].strip(b"\0")]

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 from cagefs.age import read_header_at
+from cagefs.age.errors import HeaderError
 from cagefs.age.stream import NONCE_SIZE
 from cagefs.store.reclaim import LARGE
 
-from .helpers import META, SUFFIX, Daemon, child_pids
+from .helpers import SUFFIX, Daemon, child_pids, records
 
 
 def backing_version(path: Path) -> tuple[bytes, bytes]:
@@ -39,9 +40,9 @@ def test_every_version_is_a_whole_new_file_with_fresh_key_and_nonce(mounted: Dae
             f.write(b"edit %d" % edit)
             f.flush()
             os.fsync(f.fileno())  # a record or a new version, durable before fsync returns
-        journal = mounted.store / META / "journal"
-        for path in [backing, *(journal.iterdir() if journal.exists() else ())]:
-            with contextlib.suppress(FileNotFoundError):  # a record folded meanwhile
+        for path in [backing, *records(mounted.store)]:
+            # A record folded meanwhile: its file removed, or its slot being zeroed.
+            with contextlib.suppress(FileNotFoundError, HeaderError):
                 seen.setdefault((path.name, path.stat().st_ino), backing_version(path))
     assert len(seen) >= 4, f"not every fsync'ed edit was stored anew: {sorted(seen)}"
     keys, nonces = zip(*seen.values(), strict=True)

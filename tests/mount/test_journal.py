@@ -33,20 +33,13 @@ from .helpers import (
     decrypt_backing,
     one_line,
     opened,
+    records,
     tree,
 )
 from .test_invariants import deleted_store_files_held
 
 MIB = 1 << 20
 BASE_SIZE = 3 * MIB
-
-
-def records(store: Path) -> list[Path]:
-    """Record files and slots holding a record (docs/JOURNAL.md: a slot whose first 512 bytes
-    are zeros holds none)."""
-    journal = store / META / "journal"
-    found = sorted(journal.iterdir()) if journal.exists() else []
-    return [p for p in found if not p.name.startswith("slot-") or p.read_bytes()[:512].strip(b"\0")]
 
 
 def slots(store: Path) -> list[Path]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import SUFFIX, Daemon, cagefs, decrypt_backing
-from .test_journal import edit, make_base, records, wait_for
+from .helpers import SUFFIX, Daemon, cagefs, decrypt_backing, records
+from .test_journal import edit, make_base, wait_for
 
 MARKER = b"FSYNCED-BEFORE-THE-LINK-" * 8
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Daemon, DaemonExited, cagefs, decrypt_backing
-from .test_journal import MIB, edit, make_base, record_line, records, slots, wait_for
+from .helpers import Daemon, DaemonExited, cagefs, decrypt_backing, records
+from .test_journal import MIB, edit, make_base, record_line, slots, wait_for
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pyrage
 
 from cagefs.errors import ExitCode
 
-from .helpers import Daemon, cagefs, decrypt_backing
-from .test_journal import MIB, edit, identity_of, records, wait_for
+from .helpers import Daemon, cagefs, decrypt_backing, records
+from .test_journal import MIB, edit, identity_of, wait_for
 
 
 def record_paths(daemon: Daemon) -> dict[str, int]:

@@ -78,8 +78,6 @@ def describe(report: dict) -> str:
     return "\n".join(lines)
 
 
-
-
 def _records(entry: dict) -> str:
     records = entry.get("records", 0)
     return f" ({records} journal record(s))" if records else ""

@@ -412,33 +412,37 @@ def recover_store(store: "Store", writable: bool) -> Recovered:
     return folded
 
 
-def pending_records(root: Path) -> list[str]:
-    """The records in the journal: record files, and slots that hold one (or its torn
-    write); free slots are not records."""
+@contextlib.contextmanager
+def _journal_dir(root: Path) -> Iterator[int | None]:
+    """The store's journal directory, open (None if it was never made)."""
     try:
         dir_fd = os.open(root / JOURNAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return []
+        yield None
+        return
     try:
+        yield dir_fd
+    finally:
+        os.close(dir_fd)
+
+
+def pending_records(root: Path) -> list[str]:
+    """The records in the journal: record files, and slots that hold one (or its torn
+    write); free slots are not records."""
+    with _journal_dir(root) as dir_fd:
+        if dir_fd is None:
+            return []
         return sorted(
             name
             for name in os.listdir(dir_fd)
             if not is_slot(name) or holds_record(dir_fd, name)
         )
-    finally:
-        os.close(dir_fd)
 
 
 def clear_slots(root: Path) -> int:
     """Remove the free slots, once no records are left (`cagefs compact`)."""
-    try:
-        dir_fd = os.open(root / JOURNAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return 0
-    try:
-        return slots.clear(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with _journal_dir(root) as dir_fd:
+        return 0 if dir_fd is None else slots.clear(dir_fd)
 
 
 def recover(
@@ -611,11 +615,9 @@ def check_records(
     `cagefs verify`: (its path relative to the store, its Record or what is wrong with it), in
     name order. Free and torn slots hold no record (recovery drops a torn one). Only reads;
     records folded away meanwhile (by a mount beside) are skipped."""
-    try:
-        dir_fd = os.open(root / JOURNAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
+    with _journal_dir(root) as dir_fd:
+        if dir_fd is None:
+            return
         for name in sorted(os.listdir(dir_fd)):
             where = f"{JOURNAL_DIR}/{name}"
             checked: Record | str
@@ -639,5 +641,3 @@ def check_records(
                     checked = str(damage).removeprefix(f"journal record {where}")
                     checked = checked.removeprefix(":").strip().removeprefix("is ")
             yield where, checked
-    finally:
-        os.close(dir_fd)

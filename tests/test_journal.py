@@ -189,6 +189,14 @@ def test_a_damaged_record_stops_recovery_naming_it(
     assert plaintext(store, keyfile, "k") == bytes(content)
 
 
+def slot_journal(store: Store, blocks: int, count: int) -> Journal:
+    """A journal with `count` free slots ready for records of `blocks` blocks."""
+    assert store.auth is not None
+    journal = Journal(store.root, store.recipients, store.auth)
+    journal.slots.prepare(blocks, count)
+    return journal
+
+
 def slots_of(store: Store) -> dict[str, bytes]:
     journal = store.root / JOURNAL_DIR
     return {p.name: p.read_bytes() for p in sorted(journal.iterdir()) if is_slot(p.name)}
@@ -201,8 +209,7 @@ def test_records_land_in_slots_that_go_age_opens(
     assert store.auth is not None
     content = bytearray(random.Random(blocks).randbytes(17 * CHUNK_SIZE - 3))
     base = put_file(store, "s", bytes(content))
-    journal = Journal(store.root, store.recipients, store.auth)
-    journal.slots.prepare(blocks, 1)
+    journal = slot_journal(store, blocks, 1)
     sizes = {name: len(data) for name, data in slots_of(store).items()}
     indices = [16, *range(blocks - 1)] if blocks else []  # the short last block too
     if blocks:
@@ -228,8 +235,7 @@ def test_a_record_too_big_for_a_slot_is_a_file(store: Store, keyfile: KeyFile) -
     assert store.auth is not None
     content = bytearray(b"b" * 40 * CHUNK_SIZE)
     base = put_file(store, "big", bytes(content))
-    journal = Journal(store.root, store.recipients, store.auth)
-    journal.slots.prepare(16, 2)
+    journal = slot_journal(store, 16, 2)
     content[:] = b"c" * len(content)
     write(journal, content, record_of("big", base, 1, len(content), len(content), list(range(17))))
     (name,) = pending_records(store.root)
@@ -244,8 +250,7 @@ def two_slot_records(store: Store, keyfile: KeyFile) -> tuple[bytes, bytes, byte
     assert store.auth is not None
     before = bytearray(b"0" * 3 * CHUNK_SIZE)
     base = put_file(store, "t", bytes(before))
-    journal = Journal(store.root, store.recipients, store.auth)
-    journal.slots.prepare(1, 2)
+    journal = slot_journal(store, 1, 2)
     first = bytearray(before)
     first[10:15] = b"first"
     write(journal, first, record_of("t", base, 1, len(first), len(first), [0]))
@@ -284,8 +289,7 @@ def test_a_torn_last_slot_record_is_dropped(store: Store, keyfile: KeyFile, cut:
         assert done.torn == [two.name] and not two.exists()
     else:  # no header: no record; the next journal finds it is not zeros, and zeroes it
         assert done.torn == [] and two.exists()
-        journal = Journal(store.root, store.recipients, store.auth)
-        journal.slots.prepare(1, len(slots_of(store)))
+        journal = slot_journal(store, 1, len(slots_of(store)))
         assert not two.read_bytes().strip(b"\0")
         assert journal.slots.free_count() == len(slots_of(store))
         journal.close()
@@ -323,8 +327,7 @@ def test_dropped_records_free_their_slots_as_zeros(store: Store, keyfile: KeyFil
     assert store.auth is not None
     content = bytearray(b"z" * 2 * CHUNK_SIZE)
     base = put_file(store, "d", bytes(content))
-    journal = Journal(store.root, store.recipients, store.auth)
-    journal.slots.prepare(1, 2)
+    journal = slot_journal(store, 1, 2)
     free = journal.slots.free_count()
     write(journal, content, record_of("d", base, 1, len(content), len(content), [0]))
     assert journal.slots.free_count() == free - 1 and len(pending_records(store.root)) == 1
@@ -342,8 +345,7 @@ def test_pending_records_are_slot_records_not_free_slots(store: Store, keyfile: 
     assert store.auth is not None
     content = bytearray(b"p" * 2 * CHUNK_SIZE)
     base = put_file(store, "p", bytes(content))
-    journal = Journal(store.root, store.recipients, store.auth)
-    journal.slots.prepare(1, 2)
+    journal = slot_journal(store, 1, 2)
     assert slots_of(store) and pending_records(store.root) == []
     assert recover_store(store, writable=False).replayed == []  # a read-only mount is fine
     write(journal, content, record_of("p", base, 1, len(content), len(content), [0]))
@@ -360,8 +362,7 @@ def test_slots_of_records_dropped_at_close_hold_none_and_are_zeroed_next_time(
     assert store.auth is not None
     content = bytearray(b"u" * 2 * CHUNK_SIZE)
     base = put_file(store, "u", bytes(content))
-    journal = Journal(store.root, store.recipients, store.auth)
-    journal.slots.prepare(1, 1)
+    journal = slot_journal(store, 1, 1)
     write(journal, content, record_of("u", base, 1, len(content), len(content), [0]))
     (name,) = pending_records(store.root)
     journal.slots.close()  # (stopped first: the drop below is left to close)
@@ -377,8 +378,7 @@ def test_slots_of_records_dropped_at_close_hold_none_and_are_zeroed_next_time(
 
 def test_slots_made_for_other_recipients_are_made_again(store: Store, keyfile: KeyFile) -> None:
     assert store.auth is not None
-    journal = Journal(store.root, store.recipients, store.auth)
-    journal.slots.prepare(1, 2)
+    journal = slot_journal(store, 1, 2)
     journal.close()
     old = slots_of(store)
     assert old

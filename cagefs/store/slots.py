@@ -26,7 +26,7 @@ import os
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from cagefs.age import CHUNK_SIZE
@@ -34,13 +34,13 @@ from cagefs.age.errors import AgeError
 from cagefs.age.header import Stanza, encode_header
 from cagefs.age.recipients import Recipient, new_file_key, wrap_file_key
 from cagefs.age.stream import payload_size, plaintext_size
-from cagefs.store.versions import write_all
 
 log = logging.getLogger(__name__)
 
 SLOT = re.compile(r"slot-([0-9]{6})\.age")
 SECTOR = 512
 _ZERO_SECTOR = bytes(SECTOR)
+_PIECE = 1 << 20  # slots are read and zeroed this much at a time
 _TAIL_MIN = 32  # zeros at a slot's end that count as its last, shorter sector
 CLASSES = (0, 1, 2, 4, 8, 16)  # the blocks a slot's record holds (0: times, a new path)
 HEAD_ROOM = 1024  # a slot's room for the record's magic and JSON line (more: the next class)
@@ -83,30 +83,31 @@ def has_zero_sector(dir_fd: int, name: str) -> bool:
     headers never have one)."""
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        offset = 0
-        while piece := os.pread(fd, 1 << 20, offset):  # (1 MiB: whole sectors)
+        for piece in _pieces(fd):
             view = memoryview(piece)
             for start in range(0, len(piece), SECTOR):
                 sector = view[start : start + SECTOR]
                 if len(sector) >= _TAIL_MIN and sector == _ZERO_SECTOR[: len(sector)]:
                     return True
-            offset += len(piece)
     finally:
         os.close(fd)
     return False
 
 
-def _all_zero(fd: int) -> bool:
+def _pieces(fd: int) -> Iterator[bytes]:
+    """A slot's bytes, 1 MiB (whole sectors) at a time."""
     offset = 0
-    while piece := os.pread(fd, 1 << 20, offset):
-        if piece != bytes(len(piece)):
-            return False
+    while piece := os.pread(fd, _PIECE, offset):
+        yield piece
         offset += len(piece)
-    return True
+
+
+def _all_zero(fd: int) -> bool:
+    return all(piece == bytes(len(piece)) for piece in _pieces(fd))
 
 
 def _write_zeros(fd: int, size: int) -> None:
-    zeros = bytes(min(size, 1 << 20))
+    zeros = bytes(min(size, _PIECE))
     offset = 0
     while offset < size:
         offset += os.pwrite(fd, zeros[: size - offset], offset)
@@ -373,7 +374,7 @@ class SlotPool:
                 )
                 made.append(name)
                 try:
-                    write_all(fd, bytes(size))
+                    _write_zeros(fd, size)
                     os.fsync(fd)
                 finally:
                     os.close(fd)

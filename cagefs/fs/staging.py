@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cagefs.age import CHUNK_SIZE
 from cagefs.fs import heap
 from cagefs.store.layout import tmp_dir
+from cagefs.store.ranges import Ranges
 
 _ZEROS = bytes(CHUNK_SIZE)
 GIVE_BACK_FROM = 64 * 1024 * 1024  # freeing this much staged RAM returns it to the system
@@ -137,8 +138,8 @@ class Overlay:
         self.size = size
         self._read_base_chunk = read_base_chunk
         self._base_limit = size if read_base_chunk else 0
-        # Since the last journal record (store/journal.py): blocks changed, smallest size.
-        self.unrecorded: set[int] = set()
+        # Since the last journal record (store/journal.py): bytes changed, smallest size.
+        self.unrecorded = Ranges()
         self.cut = size
         self._recorded_size = size
 
@@ -178,7 +179,7 @@ class Overlay:
                     block = bytearray(self.block(index))
                     block[within : within + take] = view[:take]
                     self.blocks.put(index, bytes(block))
-                self.unrecorded.add(index)
+                self.unrecorded.add(position, position + take)
                 view = view[take:]
                 position += take
         finally:
@@ -191,10 +192,9 @@ class Overlay:
                 block = bytearray(self.block(index))
                 block[within:] = bytes(CHUNK_SIZE - within)
                 self.blocks.put(index, bytes(block))
-                self.unrecorded.add(index)
                 index += 1
             self.blocks.drop_from(index)
-            self.unrecorded = {i for i in self.unrecorded if i < index}
+            self.unrecorded.clip(size)  # (a record's `cut` zeroes the rest)
             self._base_limit = min(self._base_limit, size)
             self.cut = min(self.cut, size)
         self.size = size
@@ -204,12 +204,8 @@ class Overlay:
         """Nothing changed since the last journal record."""
         return not self.unrecorded and self.cut == self.size == self._recorded_size
 
-    def unrecorded_blocks(self) -> list[int]:
-        """The blocks a journal record of the changes since the last one must hold."""
-        return sorted(i for i in self.unrecorded if i * CHUNK_SIZE < self.size)
-
     def mark_recorded(self) -> None:
-        self.unrecorded = set()
+        self.unrecorded = Ranges()
         self.cut = self._recorded_size = self.size
 
     def chunks(self) -> Iterator[bytes]:

@@ -5,7 +5,8 @@ thread of the journal: real zeros written (not fallocate: unwritten extents woul
 fdatasync commit metadata), fsync'ed, the directory fsync'ed. A record (store/journal.py) is
 written over a FREE slot with pwrite + fdatasync: no create, no rename, no directory fsync. A
 slot holding a record is a standard age file, so its size is exactly the record's encrypted
-length: slots come in a few classes (records of 0, 1, 2, 4, 8, 16 blocks plus a JSON line), and
+length: slots come in a few classes (records of 0, 4 KiB, 16 KiB, 64 KiB, 256 KiB and 1 MiB of
+changed bytes plus a JSON line), and
 the record's plaintext is padded (its `pad` field) to fill the slot.
 
 Torn versus damaged. A slot is written only once it holds zeros made durable, so a crash
@@ -29,7 +30,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from cagefs.age import CHUNK_SIZE
 from cagefs.age.errors import AgeError
 from cagefs.age.header import Stanza, encode_header
 from cagefs.age.recipients import Recipient, new_file_key, wrap_file_key
@@ -42,7 +42,9 @@ SECTOR = 512
 _ZERO_SECTOR = bytes(SECTOR)
 _PIECE = 1 << 20  # slots are read and zeroed this much at a time
 _TAIL_MIN = 32  # zeros at a slot's end that count as its last, shorter sector
-CLASSES = (0, 1, 2, 4, 8, 16)  # the blocks a slot's record holds (0: times, a new path)
+# The changed bytes a slot's record holds (0: times, a new path); a 4 KiB page write + fsync
+# takes the second.
+CLASSES = (0, 4096, 16384, 65536, 262144, 1048576)
 HEAD_ROOM = 1024  # a slot's room for the record's magic and JSON line (more: the next class)
 POOL_LIMIT = 64 * 1024 * 1024  # bytes of slot files per store, free or holding records
 FREE_MARGIN = 2 * POOL_LIMIT  # no slot is made that leaves the disk less free than this
@@ -53,9 +55,9 @@ _BATCH = 8  # slots made between two directory fsyncs
 Tagger = Callable[[bytes, Sequence[Stanza]], list[Stanza]]
 
 
-def capacity(blocks: int) -> int:
+def capacity(data: int) -> int:
     """The plaintext bytes of a record in a slot of this class."""
-    return blocks * CHUNK_SIZE + HEAD_ROOM
+    return data + HEAD_ROOM
 
 
 def slot_name(number: int) -> str:
@@ -233,9 +235,9 @@ class SlotPool:
                 self._state.to_zero.append(name)
             self._lock.notify()
 
-    def prepare(self, blocks: int, count: int) -> None:
-        """Keep `count` free slots for records of up to `blocks` blocks, and wait for them."""
-        k = next(k for k in CLASSES if k >= blocks)
+    def prepare(self, data: int, count: int) -> None:
+        """Keep `count` free slots for records of up to `data` changed bytes, and wait."""
+        k = next(k for k in CLASSES if k >= data)
         with self._lock:
             self._state.want[k] = max(self._state.want.get(k, 0), count)
         self.settle()

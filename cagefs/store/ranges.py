@@ -33,6 +33,11 @@ class Ranges:
         if self._ends and self._ends[-1] > size:
             self._ends[-1] = size
 
+    def covers(self, start: int, end: int) -> bool:
+        """Whether every byte of [start, end) is in the set."""
+        at = bisect.bisect_right(self._starts, start) - 1
+        return at >= 0 and self._ends[at] >= end
+
     def total(self) -> int:
         return sum(self._ends) - sum(self._starts)
 

@@ -2,7 +2,7 @@
 
 `.cagefs/journal/slot-NNNNNN.age` files are made ahead of need, off the fsync path, by a
 thread of the journal: real zeros written (not fallocate: unwritten extents would make
-fdatasync commit metadata), fsync'ed, the directory fsync'ed. A record (store/journal.py) is
+fdatasync commit metadata), then one syncfs for the batch. A record (store/journal.py) is
 written over a FREE slot with pwrite + fdatasync: no create, no rename, no directory fsync. A
 slot holding a record is a standard age file, so its size is exactly the record's encrypted
 length: slots come in a few classes (records of 0, 4 KiB, 16 KiB, 64 KiB, 256 KiB and 1 MiB of
@@ -50,7 +50,8 @@ HEAD_ROOM = 1024  # a slot's room for the record's magic and JSON line (more: th
 POOL_LIMIT = 64 * 1024 * 1024  # bytes of slot files per store, free or holding records
 FREE_MARGIN = 2 * POOL_LIMIT  # no slot is made that leaves the disk less free than this
 READY_HEADERS = 8
-_BATCH = 8  # slots made between two directory fsyncs
+_BATCH = 8  # slots made at least in one batch (one syncfs)
+_GROW_BYTES = 512 * 1024  # or as many as fit in this
 _ZERO_BATCH = 64  # slots zeroed between two syncfs
 
 # The proof stanzas of a new header, from its file key and its other stanzas (Journal._tag).
@@ -389,7 +390,8 @@ class SlotPool:
         self._disk_full = False
         with self._lock:
             room = (self._limit - sum(self._state.sizes.values())) // size
-            count = min(_BATCH, room, self._state.want[k] - len(self._state.free.get(size, [])))
+            batch = max(_BATCH, _GROW_BYTES // size)
+            count = min(batch, room, self._state.want[k] - len(self._state.free.get(size, [])))
             if count <= 0:
                 return
             first = self._state.next_number
@@ -405,10 +407,9 @@ class SlotPool:
                 made.append(name)
                 try:
                     _write_zeros(fd, size)
-                    os.fsync(fd)
                 finally:
                     os.close(fd)
-            os.fsync(self._dir_fd)
+            syncfs(self._dir_fd)  # (one flush for the batch: an fsync each took ~1 ms a slot)
         except BaseException:
             for name in made:
                 with contextlib.suppress(FileNotFoundError):

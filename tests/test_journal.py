@@ -468,3 +468,26 @@ def test_a_v1_record_of_whole_blocks_is_still_read(store: Store, keyfile: KeyFil
     journal.close()
     done = recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
     assert done.replayed == ["old"] and plaintext(store, keyfile, "old") == bytes(content)
+
+
+def test_a_record_of_an_unknown_format_version_is_refused_naming_it(
+    store: Store, keyfile: KeyFile
+) -> None:
+    assert store.auth is not None
+    content = b"v" * 2 * CHUNK_SIZE
+    base = put_file(store, "new", content)
+    journal = Journal(store.root, store.recipients, store.auth, slots_limit=0)
+    fields = vars(record_of("new", base, 1, len(content), len(content), [])) | {
+        "base": b64encode(base)
+    }
+    name = record_name(base, 1)
+    with open(store.root / JOURNAL_DIR / name, "wb") as f:
+        writer = start_file(f.write, store.recipients, journal._tag)
+        writer.write(b"cagefs-journal v3\n" + json.dumps(fields).encode() + b"\n")
+        writer.close()
+    journal.close()
+    with pytest.raises(JournalDamage) as raised:
+        recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
+    message = str(raised.value)
+    assert name in message and "format v3" in message and "\n" not in message, message
+    assert plaintext(store, keyfile, "new") == content

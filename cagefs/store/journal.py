@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
 MAGIC = b"cagefs-journal v2\n"
 MAGIC_V1 = b"cagefs-journal v1\n"  # whole 64 KiB blocks (`blocks`): read, never written
+_FAMILY = b"cagefs-journal "
 _NAME = re.compile(r"([0-9a-f]{32})-([0-9]{10})\.age")
 _HEADER_LIMIT = 16 * 1024 * 1024  # a record's JSON line: at most ~1M ranges
 RANGE_COST = 24  # a range's bytes in a record's JSON line, about: counted as change
@@ -326,6 +327,10 @@ def read_record(
 def _parse(reader: PayloadReader) -> tuple[Record, list[bytes]]:
     head = reader.read(0, min(reader.size, len(MAGIC) + _HEADER_LIMIT))
     if not head.startswith((MAGIC, MAGIC_V1)):
+        first = head[: head.find(b"\n")] if b"\n" in head[:64] else b""
+        if first.startswith(_FAMILY):  # e.g. v3: written by a newer cagefs
+            version = first[len(_FAMILY) :].decode(errors="replace")
+            raise ValueError(f"record format {version} is not one this cagefs reads (v1, v2)")
         raise ValueError("not a cagefs journal record")
     end = head.find(b"\n", len(MAGIC))
     if end < 0:

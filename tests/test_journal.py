@@ -11,22 +11,26 @@ import pyrage
 import pytest
 from conftest import KeyFile
 
-from cagefs.age import CHUNK_SIZE
+from cagefs.age import CHUNK_SIZE, start_file
+from cagefs.age.encoding import b64encode
 from cagefs.age.file import read_header_at
 from cagefs.age.x25519 import X25519Identity
 from cagefs.errors import CageError
 from cagefs.store import Store, init_store
 from cagefs.store.journal import (
     MAGIC,
+    MAGIC_V1,
     Journal,
     JournalDamage,
     Record,
     pending_records,
+    record_name,
     recover,
     recover_store,
     version_tag,
 )
 from cagefs.store.layout import JOURNAL_DIR
+from cagefs.store.ranges import Ranges
 from cagefs.store.rewrap import publish, write_version
 from cagefs.store.sealer import SealerPool
 from cagefs.store.slots import POOL_LIMIT, is_slot
@@ -77,17 +81,19 @@ def go_age_decrypt(path: Path, keyfile: KeyFile) -> bytes:
 
 
 def record_of(path: str, base: bytes, seq: int, size: int, cut: int, blocks: list[int]) -> Record:
-    return Record(path, base, seq, size, cut, 0o644, 0, 0, 1, 2_000_000_000, blocks)
+    """A record of whole 64 KiB blocks (as ranges; the last one cut at `size`)."""
+    ranges = [(i * CHUNK_SIZE, min(CHUNK_SIZE, size - i * CHUNK_SIZE)) for i in blocks]
+    return ranged(path, base, seq, size, cut, ranges)
+
+
+def ranged(
+    path: str, base: bytes, seq: int, size: int, cut: int, ranges: list[tuple[int, int]]
+) -> Record:
+    return Record(path, base, seq, size, cut, 0o644, 0, 0, 1, 2_000_000_000, ranges)
 
 
 def write(journal: Journal, content: bytearray, record: Record) -> None:
-    journal.write(
-        record,
-        [
-            bytes(content[i * CHUNK_SIZE : i * CHUNK_SIZE + record.block_length(i)])
-            for i in record.blocks
-        ],
-    )
+    journal.write(record, [bytes(content[o : o + n]) for o, n in record.ranges])
 
 
 def plaintext(store: Store, keyfile: KeyFile, name: str) -> bytes:
@@ -161,7 +167,7 @@ def test_a_damaged_record_stops_recovery_naming_it(
     limit = POOL_LIMIT if where == "slot" else 0
     journal = Journal(store.root, store.recipients, store.auth, limit)
     if where == "slot":
-        journal.slots.prepare(1, 2)
+        journal.slots.prepare(CHUNK_SIZE, 2)
     for seq in (1, 2):
         write(journal, content, record_of("k", base, seq, len(content), len(content), [seq - 1]))
     journal.close()
@@ -190,10 +196,10 @@ def test_a_damaged_record_stops_recovery_naming_it(
 
 
 def slot_journal(store: Store, blocks: int, count: int) -> Journal:
-    """A journal with `count` free slots ready for records of `blocks` blocks."""
+    """A journal with `count` free slots ready for records of `blocks` 64 KiB blocks."""
     assert store.auth is not None
     journal = Journal(store.root, store.recipients, store.auth)
-    journal.slots.prepare(blocks, count)
+    journal.slots.prepare(blocks * CHUNK_SIZE, count)
     return journal
 
 
@@ -221,8 +227,9 @@ def test_records_land_in_slots_that_go_age_opens(
     assert slot.stat().st_size == sizes[name], "the slot's size changed: not written in place"
     plain = go_age_decrypt(slot, keyfile)
     line = header_of(slot, keyfile)
-    assert line["blocks"] == sorted(indices) and line["pad"] > 0
-    data = b"".join(bytes(content[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE]) for i in line["blocks"])
+    assert line["ranges"] == [list(r) for r in record_of("s", base, 1, len(content), 0, sorted(
+        indices)).ranges] and line["pad"] > 0
+    data = b"".join(bytes(content[o : o + n]) for o, n in line["ranges"])
     assert plain.endswith(data + bytes(line["pad"]))
     assert b"LAST" not in slot.read_bytes()
     journal.close()
@@ -332,7 +339,8 @@ def test_dropped_records_free_their_slots_as_zeros(store: Store, keyfile: KeyFil
     write(journal, content, record_of("d", base, 1, len(content), len(content), [0]))
     assert journal.slots.free_count() == free - 1 and len(pending_records(store.root)) == 1
     replay = journal.replay(base, len(content), store.identities)
-    assert replay.blocks == {0: bytes(content[:CHUNK_SIZE])}
+    assert replay.changed() == [0]
+    assert replay.block(0, lambda _: b"") == bytes(content[:CHUNK_SIZE])
     journal.drop(base)
     journal.slots.settle()
     assert journal.slots.free_count() == len(slots_of(store)) and pending_records(store.root) == []
@@ -371,7 +379,7 @@ def test_slots_of_records_dropped_at_close_hold_none_and_are_zeroed_next_time(
     slot = store.root / JOURNAL_DIR / name
     assert pending_records(store.root) == [] and slot.read_bytes()[512:].strip(b"\0")
     again = Journal(store.root, store.recipients, store.auth)
-    again.slots.prepare(1, len(slots_of(store)))
+    again.slots.prepare(CHUNK_SIZE, len(slots_of(store)))
     assert not slot.read_bytes().strip(b"\0") and again.slots.free_count() == len(slots_of(store))
     again.close()
 
@@ -387,8 +395,99 @@ def test_slots_made_for_other_recipients_are_made_again(store: Store, keyfile: K
     base = put_file(store, "r", bytes(content))
     again = Journal(store.root, recipients, store.auth)
     assert not set(slots_of(store)) & set(old), "slots of the old header length kept"
-    again.slots.prepare(1, 2)
+    again.slots.prepare(CHUNK_SIZE, 2)
     write(again, content, record_of("r", base, 1, len(content), len(content), [0]))
     (name,) = pending_records(store.root)
     assert is_slot(name) and header_of(store.root / JOURNAL_DIR / name, keyfile)["pad"] > 0
     again.close()
+
+
+def test_ranges_coalesce_touching_and_overlapping_writes() -> None:
+    ranges = Ranges()
+    for start, end in [(10, 20), (30, 40), (20, 25), (5, 11), (50, 60), (39, 52), (100, 101)]:
+        ranges.add(start, end)
+    assert ranges.spans() == [(5, 20), (30, 30), (100, 1)] and ranges.total() == 51
+    ranges.clip(45)
+    assert ranges.spans() == [(5, 20), (30, 15)]
+    ranges.clip(30)
+    assert ranges.spans() == [(5, 20)]
+
+
+def test_range_records_replay_overlaps_and_cuts_like_the_model(
+    store: Store, keyfile: KeyFile
+) -> None:
+    """Random overlapping ranges across records, truncations inside blocks and growth, in
+    slots and record files: recovery gives exactly the model's bytes."""
+    assert store.auth is not None
+    rng = random.Random(14)
+    model = bytearray(rng.randbytes(5 * CHUNK_SIZE + 77))
+    base = put_file(store, "m", bytes(model))
+    journal = slot_journal(store, 1, 4)
+    for seq in range(1, 13):
+        cut = len(model)
+        if seq % 4 == 0:
+            cut = rng.randrange(CHUNK_SIZE // 2, len(model))
+            del model[cut:]
+        written = Ranges()
+        for _ in range(rng.randint(1, 4)):
+            offset = rng.randrange(0, 6 * CHUNK_SIZE)
+            data = rng.randbytes(rng.randint(1, 9000))
+            model.extend(bytes(max(0, offset + len(data) - len(model))))
+            model[offset : offset + len(data)] = data
+            written.add(offset, offset + len(data))
+        written.clip(len(model))
+        write(journal, model, ranged("m", base, seq, len(model), cut, written.spans()))
+    journal.close()
+    assert any(is_slot(name) for name in pending_records(store.root))
+    done = recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
+    assert done.replayed == ["m"]
+    got = plaintext(store, keyfile, "m")
+    assert len(got) == len(model)
+    first = next((i for i, (a, b) in enumerate(zip(got, model, strict=True)) if a != b), None)
+    assert first is None, f"differs from the model at byte {first}"
+
+
+def test_a_v1_record_of_whole_blocks_is_still_read(store: Store, keyfile: KeyFile) -> None:
+    """A record left by the previous version (`cagefs-journal v1`, `blocks`) is replayed."""
+    assert store.auth is not None
+    content = bytearray(random.Random(1).randbytes(3 * CHUNK_SIZE + 10))
+    base = put_file(store, "old", bytes(content))
+    journal = Journal(store.root, store.recipients, store.auth, slots_limit=0)
+    content[CHUNK_SIZE + 3 : CHUNK_SIZE + 8] = b"HELLO"
+    content[-2:] = b"!!"
+    fields = vars(record_of("old", base, 1, len(content), len(content), [])) | {
+        "base": b64encode(base), "blocks": [1, 3]
+    }
+    del fields["ranges"], fields["pad"]
+    plain = MAGIC_V1 + json.dumps(fields).encode() + b"\n"
+    plain += bytes(content[CHUNK_SIZE : 2 * CHUNK_SIZE]) + bytes(content[3 * CHUNK_SIZE :])
+    with open(store.root / JOURNAL_DIR / record_name(base, 1), "wb") as f:
+        writer = start_file(f.write, store.recipients, journal._tag)
+        writer.write(plain)
+        writer.close()
+    journal.close()
+    done = recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
+    assert done.replayed == ["old"] and plaintext(store, keyfile, "old") == bytes(content)
+
+
+def test_a_record_of_an_unknown_format_version_is_refused_naming_it(
+    store: Store, keyfile: KeyFile
+) -> None:
+    assert store.auth is not None
+    content = b"v" * 2 * CHUNK_SIZE
+    base = put_file(store, "new", content)
+    journal = Journal(store.root, store.recipients, store.auth, slots_limit=0)
+    fields = vars(record_of("new", base, 1, len(content), len(content), [])) | {
+        "base": b64encode(base)
+    }
+    name = record_name(base, 1)
+    with open(store.root / JOURNAL_DIR / name, "wb") as f:
+        writer = start_file(f.write, store.recipients, journal._tag)
+        writer.write(b"cagefs-journal v3\n" + json.dumps(fields).encode() + b"\n")
+        writer.close()
+    journal.close()
+    with pytest.raises(JournalDamage) as raised:
+        recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
+    message = str(raised.value)
+    assert name in message and "format v3" in message and "\n" not in message, message
+    assert plaintext(store, keyfile, "new") == content

@@ -116,6 +116,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "memory); past N the oldest are folded at once (default 256)",
     )
     parser.add_argument(
+        "--journal-slots-mib",
+        type=CONVERTERS["journal_slots_mib"],
+        metavar="MIB",
+        help="disk the change journal's preallocated slot files may take (default 64); "
+        "when they are all in use, the file holding most of them is folded to free them",
+    )
+    parser.add_argument(
         "--encrypt-only",
         action="store_true",
         help="no identity: create and write files (to config.toml's recipients), never read "
@@ -182,6 +189,7 @@ CONVERTERS: dict[str, Callable[[str], object]] = {
     "idle": parse_duration,
     "compact_idle": parse_duration,
     "max_journaled": parse_count,
+    "journal_slots_mib": parse_count,
 }
 
 
@@ -240,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
             idle=args.idle,
             compact_idle=_either(args.compact_idle, 5.0),
             max_journaled=_either(args.max_journaled, filesystem.MAX_JOURNALED),
+            journal_slots_mib=_either(args.journal_slots_mib, 64),
             status_socket=status_socket(mountpoint),
             encrypt_only=args.encrypt_only,
         )

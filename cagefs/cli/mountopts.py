@@ -41,6 +41,7 @@ VALUE_OPTIONS = {
     "idle": "idle",
     "compact_idle": "compact_idle",
     "max_journaled_files": "max_journaled",
+    "journal_slots_mib": "journal_slots_mib",
     "fsname": "fsname",
 }
 FLAG_OPTIONS = {

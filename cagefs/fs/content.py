@@ -266,8 +266,8 @@ class FileContent:
         )
         overlay.truncate(replay.base_limit)
         overlay.truncate(replay.size)
-        for index, block in replay.blocks.items():
-            overlay.blocks.put(index, block + bytes(CHUNK_SIZE - len(block)))
+        for index in replay.changed():
+            overlay.blocks.put(index, replay.block(index, base.reader.read_chunk))
         overlay.mark_recorded()
         self.overlay, self.size = overlay, replay.size
 
@@ -275,7 +275,7 @@ class FileContent:
         """Seal staged changes (but not a stream: `check_stream` reserved its room). A change
         the journal will take at the last release or fsync is only checked for room."""
         if self.overlay is not None and self._wants_record():
-            check_room(self.env.root, 0, len(self.overlay.unrecorded_blocks()) * CHUNK_SIZE)
+            check_room(self.env.root, 0, self.overlay.unrecorded.total())
         elif self.overlay or self._early:
             await self.seal()
 
@@ -330,9 +330,9 @@ class FileContent:
             return True  # nothing new since the last record (attributes: a record of them)
         if os.fstat(self.current.fd).st_nlink != 1:
             return False  # several names share the backing file: the full publish path
-        change = len(overlay.unrecorded_blocks()) * CHUNK_SIZE
         size = max(self.size, self.current.reader.size)
-        return wants_record(size, change, self.recorded_bytes, fsync)
+        ranges = overlay.unrecorded
+        return wants_record(size, ranges.total(), len(ranges), self.recorded_bytes, fsync)
 
     async def _write_record(self, overlay: Overlay) -> None:
         """Write the changes since the last record as the next one (off the loop: it is
@@ -344,16 +344,16 @@ class FileContent:
         journal = self.env.journal
         assert journal is not None and self.base is not None and self.node is not None
         assert self.node.path is not None and self.current is not None
-        indices = overlay.unrecorded_blocks()
-        record = self._record(self.node.path, overlay.cut, indices)
-        blocks = (overlay.block(i)[: record.block_length(i)] for i in indices)
+        ranges = overlay.unrecorded.spans()
+        record = self._record(self.node.path, overlay.cut, ranges)
+        data = (overlay.read(offset, length) for offset, length in ranges)
         base_fd = self.current.fd if self.attrs_unsynced else None
         self.attrs_unsynced = False  # (a change while this waits sets it again)
 
         def write() -> int:
             if base_fd is not None:
                 os.fsync(base_fd)
-            return journal.write(record, blocks)
+            return journal.write(record, data)
 
         try:
             self.recorded_bytes += await trio.to_thread.run_sync(write)
@@ -365,7 +365,7 @@ class FileContent:
         self.recorded_size = self.size
         self.env.journaled.add(self)
 
-    def _record(self, path: str, cut: int, indices: list[int]) -> Record:
+    def _record(self, path: str, cut: int, ranges: list[tuple[int, int]]) -> Record:
         assert self.base is not None
         a = self.attrs
         return Record(
@@ -379,7 +379,7 @@ class FileContent:
             a.st_gid,
             a.st_atime_ns,
             a.st_mtime_ns,
-            indices,
+            ranges,
         )
 
     async def record_move(self, new_path: str) -> None:

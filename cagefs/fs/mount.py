@@ -31,6 +31,7 @@ from cagefs.store.auth import FileAuth
 from cagefs.store.filekeys import FileKeys
 from cagefs.store.journal import Journal
 from cagefs.store.sealer import SealerPool
+from cagefs.store.slots import POOL_LIMIT
 
 if TYPE_CHECKING:
     from cagefs.store import Store
@@ -58,6 +59,7 @@ class MountOptions:
     encrypt_only: bool = False  # no identity: create and write files, never read them
     compact_idle: float = 5.0  # fold a file's journal records once it is unchanged this long
     max_journaled: int = MAX_JOURNALED  # files with records past this: the oldest folded at once
+    journal_slots_mib: int = POOL_LIMIT // (1024 * 1024)  # the journal's slot files, at most
 
 
 def serve(
@@ -135,7 +137,9 @@ def _journal(store: "Store", options: MountOptions) -> Journal | None:
     """Journal records need a mount that writes and can read back what it wrote."""
     if options.read_only or options.encrypt_only or store.auth is None:
         return None
-    return Journal(store.root, store.recipients, store.auth)
+    return Journal(
+        store.root, store.recipients, store.auth, options.journal_slots_mib * 1024 * 1024
+    )
 
 
 def _fuse_options(options: MountOptions) -> set[str]:

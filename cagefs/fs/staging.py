@@ -17,8 +17,12 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cagefs.age import CHUNK_SIZE
 from cagefs.fs import heap
 from cagefs.store.layout import tmp_dir
+from cagefs.store.ranges import Ranges
 
 _ZEROS = bytes(CHUNK_SIZE)
+# Blocks written in part over a base block not read yet, kept in RAM (at most 16 MiB): a
+# 4 KiB write + fsync needs neither the base's 64 KiB decrypted nor the block completed.
+PARTIAL_LIMIT = 256
 GIVE_BACK_FROM = 64 * 1024 * 1024  # freeing this much staged RAM returns it to the system
 
 
@@ -137,16 +141,38 @@ class Overlay:
         self.size = size
         self._read_base_chunk = read_base_chunk
         self._base_limit = size if read_base_chunk else 0
-        # Since the last journal record (store/journal.py): blocks changed, smallest size.
-        self.unrecorded: set[int] = set()
+        # Blocks written only in part whose base is not read yet: the bytes written, which
+        # ones; completed from the base when the rest of the block is needed (`block`).
+        self._partial: dict[int, tuple[bytearray, Ranges]] = {}
+        # Since the last journal record (store/journal.py): bytes changed, smallest size.
+        self.unrecorded = Ranges()
         self.cut = size
         self._recorded_size = size
 
     def block(self, index: int) -> bytes:
-        """The full 64 KiB of block `index`, zero-padded."""
+        """The full 64 KiB of block `index`, zero-padded (one written in part is completed
+        from the base now, and kept)."""
         stored = self.blocks.get(index)
         if stored is not None:
             return stored
+        if index in self._partial:
+            block = self._completed(index)
+            self.blocks.put(index, block)
+            del self._partial[index]
+            return block
+        return self._base_block(index)
+
+    def _completed(self, index: int) -> bytes:
+        data, written = self._partial[index]
+        block = bytearray(self._base_block(index))
+        for start, length in written.spans():
+            block[start : start + length] = data[start : start + length]
+        return bytes(block)
+
+    def _reads_base(self, index: int) -> bool:
+        return self._read_base_chunk is not None and index * CHUNK_SIZE < self._base_limit
+
+    def _base_block(self, index: int) -> bytes:
         start = index * CHUNK_SIZE
         if self._read_base_chunk is None or start >= self._base_limit:
             return _ZEROS
@@ -160,7 +186,12 @@ class Overlay:
         parts = []
         for index in range(offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1):
             start = index * CHUNK_SIZE
-            parts.append(self.block(index)[max(offset - start, 0) : end - start])
+            low, high = max(offset - start, 0), min(end - start, CHUNK_SIZE)
+            partial = self._partial.get(index)
+            if partial is not None and partial[1].covers(low, high):  # only bytes written
+                parts.append(bytes(partial[0][low:high]))
+            else:
+                parts.append(self.block(index)[low:high])
         return b"".join(parts)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
@@ -174,15 +205,33 @@ class Overlay:
                 take = min(CHUNK_SIZE - within, len(view))
                 if take == CHUNK_SIZE:
                     self.blocks.put(index, bytes(view[:take]))
+                    self._partial.pop(index, None)
                 else:
-                    block = bytearray(self.block(index))
-                    block[within : within + take] = view[:take]
-                    self.blocks.put(index, bytes(block))
-                self.unrecorded.add(index)
+                    stored = self.blocks.get(index)
+                    if stored is None and (index in self._partial or self._reads_base(index)):
+                        self._write_partial(index, within, view[:take])
+                    else:
+                        block = bytearray(stored if stored is not None else _ZEROS)
+                        block[within : within + take] = view[:take]
+                        self.blocks.put(index, bytes(block))
+                self.unrecorded.add(position, position + take)
                 view = view[take:]
                 position += take
         finally:
             self.size = max(self.size, position)
+
+    def _write_partial(self, index: int, within: int, piece: memoryview) -> None:
+        entry = self._partial.get(index)
+        if entry is None:
+            if len(self._partial) >= PARTIAL_LIMIT:
+                self.block(next(iter(self._partial)))  # the oldest completed: RAM bounded
+            entry = self._partial[index] = (bytearray(CHUNK_SIZE), Ranges())
+        data, written = entry
+        data[within : within + len(piece)] = piece
+        written.add(within, within + len(piece))
+        if written.covers(0, CHUNK_SIZE):
+            self.blocks.put(index, bytes(data))
+            del self._partial[index]
 
     def truncate(self, size: int) -> None:
         if size < self.size:
@@ -191,10 +240,11 @@ class Overlay:
                 block = bytearray(self.block(index))
                 block[within:] = bytes(CHUNK_SIZE - within)
                 self.blocks.put(index, bytes(block))
-                self.unrecorded.add(index)
                 index += 1
             self.blocks.drop_from(index)
-            self.unrecorded = {i for i in self.unrecorded if i < index}
+            for gone in [i for i in self._partial if i >= index]:
+                del self._partial[gone]
+            self.unrecorded.clip(size)  # (a record's `cut` zeroes the rest)
             self._base_limit = min(self._base_limit, size)
             self.cut = min(self.cut, size)
         self.size = size
@@ -204,18 +254,15 @@ class Overlay:
         """Nothing changed since the last journal record."""
         return not self.unrecorded and self.cut == self.size == self._recorded_size
 
-    def unrecorded_blocks(self) -> list[int]:
-        """The blocks a journal record of the changes since the last one must hold."""
-        return sorted(i for i in self.unrecorded if i * CHUNK_SIZE < self.size)
-
     def mark_recorded(self) -> None:
-        self.unrecorded = set()
+        self.unrecorded = Ranges()
         self.cut = self._recorded_size = self.size
 
     def chunks(self) -> Iterator[bytes]:
         """The whole content in order, one block at a time, for publishing."""
         for index in range(-(-self.size // CHUNK_SIZE)):
-            yield self.block(index)[: self.size - index * CHUNK_SIZE]
+            block = self._completed(index) if index in self._partial else self.block(index)
+            yield block[: self.size - index * CHUNK_SIZE]
 
     def move_to(self, blocks: BlockStore) -> None:
         """Carry the changed blocks over to another store (RAM -> scratch as a file grows)."""
@@ -229,4 +276,5 @@ class Overlay:
         self.blocks = blocks
 
     def close(self) -> None:
+        self._partial.clear()
         self.blocks.close()

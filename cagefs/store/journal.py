@@ -5,9 +5,12 @@ the file: a standard age file `.cagefs/journal/BASE-SEQ.age`, encrypted to the s
 recipients under a fresh file key (I1, I2) and carrying a proof of origin of kind `journal`
 (store/auth.py). Its plaintext (docs/JOURNAL.md) is
 
-    cagefs-journal v1\\n
-    {"path": ..., "base": ..., "seq": ..., "size": ..., "cut": ..., ...}\\n   (one JSON line)
-    the changed 64 KiB blocks, in the order of "blocks", each cut at "size"
+    cagefs-journal v2\\n
+    {"path": ..., "base": ..., "seq": ..., "size": ..., "cut": ..., "ranges": ...}\\n
+    the changed bytes, range after range (`ranges`: [offset, length] pairs, increasing)
+
+(one JSON line). A record of the previous format, v1 (whole 64 KiB blocks, `blocks`), is still
+read: its blocks are ranges.
 
 `base` is the proof TAG of the exact published version the record applies to (unique per
 version: every version has a fresh file key), and BASE in the name is its first 16 bytes in
@@ -58,10 +61,13 @@ from cagefs.store.versions import write_all
 if TYPE_CHECKING:
     from cagefs.store import Store
 
-MAGIC = b"cagefs-journal v1\n"
+MAGIC = b"cagefs-journal v2\n"
+MAGIC_V1 = b"cagefs-journal v1\n"  # whole 64 KiB blocks (`blocks`): read, never written
+_FAMILY = b"cagefs-journal "
 _NAME = re.compile(r"([0-9a-f]{32})-([0-9]{10})\.age")
-_HEADER_LIMIT = 16 * 1024 * 1024  # a record's JSON line: indices of at most ~1M blocks
-_ZEROS = bytes(CHUNK_SIZE)
+_HEADER_LIMIT = 16 * 1024 * 1024  # a record's JSON line: at most ~1M ranges
+RANGE_COST = 24  # a range's bytes in a record's JSON line, about: counted as change
+MAX_RANGES = 200_000  # a record's JSON line stays under 5 MiB, well within _HEADER_LIMIT
 # Which changes get a record rather than a new version (fs/content.py asks `wants_record`).
 RECORD_MIN_FILE = 1024 * 1024  # smaller files: a record only for an fsync (see wants_record)
 RECORD_MAX_SHARE = 4  # a change up to 1/4 of the file
@@ -93,8 +99,8 @@ class Record:
     gid: int
     atime_ns: int
     mtime_ns: int
-    blocks: list[int] = field(default_factory=list)  # changed block indices, increasing
-    pad: int = 0  # zero bytes after the blocks, filling a slot (store/slots.py); 0: omitted
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # (offset, length), increasing
+    pad: int = 0  # zero bytes after the ranges, filling a slot (store/slots.py); 0: omitted
 
     def encode(self, trailing: int = 0) -> bytes:
         fields = vars(self) | {"base": b64encode(self.base)}  # (asdict: a deep copy)
@@ -104,7 +110,7 @@ class Record:
         return MAGIC + line.encode() + b"\n"
 
     def data_length(self) -> int:
-        return sum(self.block_length(i) for i in self.blocks)
+        return sum(length for _, length in self.ranges)
 
     def padded_to(self, length: int) -> bytes | None:
         """Set `pad` so that the record's plaintext is `length` bytes; its head, or None if
@@ -121,9 +127,6 @@ class Record:
         self.pad = 0
         return None
 
-    def block_length(self, index: int) -> int:
-        return min(CHUNK_SIZE, self.size - index * CHUNK_SIZE)
-
 
 def version_tag(header: Header) -> bytes | None:
     """The proof TAG that names a version (None for an untagged file: it gets no records)."""
@@ -139,15 +142,20 @@ def record_name(base: bytes, seq: int) -> str:
     return f"{base_id(base)}-{seq:010d}{SUFFIX}"
 
 
-def wants_record(size: int, change: int, recorded: int, fsync: bool = False) -> bool:
-    """Whether `change` bytes of a file of `size` (with `recorded` bytes of records already)
-    are worth a record rather than a whole new version; `fsync`: one waits for it.
+def wants_record(
+    size: int, written: int, ranges: int, recorded: int, fsync: bool = False
+) -> bool:
+    """Whether `written` bytes in `ranges` ranges of a file of `size` (with `recorded` bytes
+    of records already) are worth a record rather than a whole new version; `fsync`: one
+    waits for it. (Many scattered ranges are published whole: a record's JSON line holds at
+    most MAX_RANGES, well within what a reader takes.)
 
     A file under RECORD_MIN_FILE gets one only for an fsync: the record is made durable in
     place of a version's temp, fsync, rename and directory fsync (a SQLite `-journal` or a
     young `-wal` is fsync'ed at every commit), while a close is cheaper published with its
     group than recorded at once."""
-    if recorded + change > records_limit(size):
+    change = written + RANGE_COST * ranges
+    if ranges > MAX_RANGES or recorded + change > records_limit(size):
         return False
     if size < RECORD_MIN_FILE:
         return fsync
@@ -179,8 +187,9 @@ class Journal:
         self.slots.close()
         os.close(self._dir_fd)
 
-    def write(self, record: Record, blocks: Iterable[bytes]) -> int:
-        """Make `record` durable with the contents of its blocks; returns the bytes it took.
+    def write(self, record: Record, data: Iterable[bytes]) -> int:
+        """Make `record` durable with the bytes of its ranges (`data`: one piece per range);
+        returns the bytes it took.
 
         On failure (ENOSPC) no record is left and the error is raised: nothing is lost, the
         caller still holds the changes.
@@ -193,14 +202,14 @@ class Journal:
             room = payload_room(size, len(header))
             head = record.padded_to(room) if room is not None else None
             if head is not None:
-                self._write_slot(name, header, file_key, head, record, blocks)
+                self._write_slot(name, header, file_key, head, record, data)
                 return size
             self.slots.give_back(name)  # (a JSON line at a digit's edge: rare)
-        return self._write_file(record, blocks)
+        return self._write_file(record, data)
 
     def _write_slot(
         self, name: str, header: bytes, file_key: bytes, head: bytes, record: Record,
-        blocks: Iterable[bytes],
+        data: Iterable[bytes],
     ) -> None:
         """The record over a free slot: one write, one fdatasync (the slot's zeros are
         durable: a crash leaves zeros and new bytes, which recovery tells for torn)."""
@@ -208,7 +217,7 @@ class Journal:
             out = bytearray(header)
             writer = PayloadWriter(out.extend, file_key)
             writer.write(head)
-            self._write_blocks(writer, record, blocks)
+            self._write_ranges(writer, record, data)
             writer.write(bytes(record.pad))
             writer.close()
             fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
@@ -224,15 +233,15 @@ class Journal:
             raise
         self.slots.holds(name, record.base)
 
-    def _write_file(self, record: Record, blocks: Iterable[bytes]) -> int:
+    def _write_file(self, record: Record, data: Iterable[bytes]) -> int:
         """The record as a new file: temp, fsync, rename, directory fsync."""
         record.pad = 0
         temp = str(tmp_dir(self.root) / f"{TEMP_PREFIX}j-{os.urandom(12).hex()}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            writer = start_file(lambda data: write_all(fd, data), self._recipients, self._tag)
+            writer = start_file(lambda out: write_all(fd, out), self._recipients, self._tag)
             writer.write(record.encode())
-            self._write_blocks(writer, record, blocks)
+            self._write_ranges(writer, record, data)
             writer.close()
             os.fsync(fd)
             size = os.fstat(fd).st_size
@@ -247,11 +256,11 @@ class Journal:
         return size
 
     @staticmethod
-    def _write_blocks(writer: PayloadWriter, record: Record, blocks: Iterable[bytes]) -> None:
-        for index, block in zip(record.blocks, blocks, strict=True):
-            if len(block) != record.block_length(index):
-                raise AssertionError(f"block {index} has {len(block)} bytes")
-            writer.write(block)
+    def _write_ranges(writer: PayloadWriter, record: Record, data: Iterable[bytes]) -> None:
+        for (offset, length), piece in zip(record.ranges, data, strict=True):
+            if len(piece) != length:
+                raise AssertionError(f"range at {offset} has {len(piece)} bytes, not {length}")
+            writer.write(piece)
 
     def drop(self, base: bytes) -> None:
         """Remove every record of `base` (obsolete: a newer version is durable, or the file is
@@ -279,8 +288,8 @@ class Journal:
             for name in self.slots.records_of(base)
         ]
         replay = Replay(size, size)
-        for record, blocks in sorted(found, key=lambda pair: pair[0].seq):
-            replay.apply(record, blocks)
+        for record, data in sorted(found, key=lambda pair: pair[0].seq):
+            replay.apply(record, data)
         return replay
 
     def _tag(self, file_key: bytes, stanzas: Sequence[Stanza]) -> list[Stanza]:
@@ -289,8 +298,8 @@ class Journal:
 
 def read_record(
     dir_fd: int, name: str, identities: Sequence[Identity], key: AuthKey
-) -> tuple[Record, dict[int, bytes]]:
-    """A record and its blocks, or JournalDamage naming it."""
+) -> tuple[Record, list[bytes]]:
+    """A record and the bytes of its ranges, or JournalDamage naming it."""
     where = f"{JOURNAL_DIR}/{name}"
     try:
         fd = open_backing(dir_fd, name)
@@ -305,75 +314,125 @@ def read_record(
 
         try:
             reader = open_file(fd, identities, check).reader
-            record, blocks = _parse(reader)
+            record, data = _parse(reader)
         except (AgeError, ValueError, KeyError, TypeError) as exc:
             raise JournalDamage(f"journal record {where} is damaged: {exc}") from None
     finally:
         os.close(fd)
     if not is_slot(name) and record_name(record.base, record.seq) != name:
         raise JournalDamage(f"journal record {where} ({record.path}) is not named for its content")
-    return record, blocks
+    return record, data
 
 
-def _parse(reader: PayloadReader) -> tuple[Record, dict[int, bytes]]:
+def _parse(reader: PayloadReader) -> tuple[Record, list[bytes]]:
     head = reader.read(0, min(reader.size, len(MAGIC) + _HEADER_LIMIT))
-    if not head.startswith(MAGIC):
+    if not head.startswith((MAGIC, MAGIC_V1)):
+        first = head[: head.find(b"\n")] if b"\n" in head[:64] else b""
+        if first.startswith(_FAMILY):  # e.g. v3: written by a newer cagefs
+            version = first[len(_FAMILY) :].decode(errors="replace")
+            raise ValueError(f"record format {version} is not one this cagefs reads (v1, v2)")
         raise ValueError("not a cagefs journal record")
     end = head.find(b"\n", len(MAGIC))
     if end < 0:
         raise ValueError("record header too long or cut short")
     fields = json.loads(head[len(MAGIC) : end])
     fields["base"] = b64decode(fields["base"])
+    if head.startswith(MAGIC_V1):
+        fields["ranges"] = _v1_ranges(fields.pop("blocks"), fields["size"])
     record = Record(**fields)
     for name in ("seq", "size", "cut", "mode", "uid", "gid", "atime_ns", "mtime_ns"):
         if not isinstance(getattr(record, name), int) or getattr(record, name) < 0:
             raise ValueError(f"bad {name}")
-    indices = record.blocks
     if not isinstance(record.path, str) or not record.path or record.seq < 1:
         raise ValueError("bad path or sequence number")
-    if any(not isinstance(i, int) for i in indices) or indices != sorted(set(indices)):
-        raise ValueError("bad block list")
-    if indices and (indices[0] < 0 or indices[-1] * CHUNK_SIZE >= record.size):
-        raise ValueError("block past the end of the file")
+    _check_ranges(record)
     if not isinstance(record.pad, int) or record.pad < 0:
         raise ValueError("bad pad")
     offset = end + 1
     if reader.size != offset + record.data_length() + record.pad:
         raise ValueError("record is not as long as its header says")
-    blocks = {}
-    for index in indices:
-        length = record.block_length(index)
-        blocks[index] = reader.read(offset, length)
+    data = []
+    for _, length in record.ranges:
+        data.append(reader.read(offset, length))
         offset += length
     if reader.read(offset, record.pad).strip(b"\0"):  # (read: its chunks authenticated too)
         raise ValueError("padding is not zeros")
-    return record, blocks
+    return record, data
+
+
+def _v1_ranges(blocks: object, size: object) -> list[tuple[int, int]]:
+    """A v1 record's block indices as ranges: block i is [i * 64 KiB, min(next, size))."""
+    if not isinstance(blocks, list) or not isinstance(size, int):
+        raise ValueError("bad block list")
+    if any(not isinstance(i, int) or i < 0 or i * CHUNK_SIZE >= size for i in blocks):
+        raise ValueError("bad block list")
+    return [(i * CHUNK_SIZE, min(CHUNK_SIZE, size - i * CHUNK_SIZE)) for i in blocks]
+
+
+def _check_ranges(record: Record) -> None:
+    """Ranges are [offset, length] pairs of ints, increasing, disjoint, within the size."""
+    if not isinstance(record.ranges, list):
+        raise ValueError("bad range list")
+    ranges, end = [], 0
+    for pair in record.ranges:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError("bad range list")
+        offset, length = pair
+        if not isinstance(offset, int) or not isinstance(length, int) or length <= 0:
+            raise ValueError("bad range list")
+        if offset < end:
+            raise ValueError("ranges out of order or overlapping")
+        end = offset + length
+        if end > record.size:
+            raise ValueError("range past the end of the file")
+        ranges.append((offset, length))
+    record.ranges = ranges
 
 
 @dataclass
 class Replay:
-    """A file's changes as its records describe them, over its base version."""
+    """A file's changes as its records describe them, over its base version: the bytes each
+    record put, by 64 KiB block, in the order they were put."""
 
     size: int
     base_limit: int  # base content past this was truncated away
-    blocks: dict[int, bytes] = field(default_factory=dict)
+    patches: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)  # (within, bytes)
 
-    def apply(self, record: Record, blocks: dict[int, bytes]) -> None:
-        for index in [i for i in self.blocks if i * CHUNK_SIZE >= record.cut]:
-            del self.blocks[index]
-        self.base_limit = min(self.base_limit, record.cut)
-        self.blocks.update(blocks)
+    def apply(self, record: Record, data: Sequence[bytes]) -> None:
+        self._cut(record.cut)
+        for (offset, _), piece in zip(record.ranges, data, strict=True):
+            view = memoryview(piece)
+            while view:
+                index, within = divmod(offset, CHUNK_SIZE)
+                take = min(CHUNK_SIZE - within, len(view))
+                self.patches.setdefault(index, []).append((within, bytes(view[:take])))
+                view, offset = view[take:], offset + take
         self.size = record.size
+
+    def _cut(self, cut: int) -> None:
+        """Every byte at or past `cut` reads as zeros from now on."""
+        self.base_limit = min(self.base_limit, cut)
+        index, within = divmod(cut, CHUNK_SIZE)
+        for gone in [i for i in self.patches if i > index or (i == index and not within)]:
+            del self.patches[gone]
+        if within and index in self.patches:
+            kept = [(w, piece[: within - w]) for w, piece in self.patches[index] if w < within]
+            self.patches[index] = kept
+
+    def changed(self) -> list[int]:
+        """The blocks some record put bytes in."""
+        return sorted(self.patches)
 
     def block(self, index: int, read_base_chunk: Callable[[int], bytes]) -> bytes:
         """Block `index` of the result, zero-padded to a full block."""
-        block = self.blocks.get(index)
-        if block is None:
-            start = index * CHUNK_SIZE
-            block = b""
-            if start < self.base_limit:
-                block = read_base_chunk(index)[: self.base_limit - start]
-        return block + _ZEROS[len(block) :]
+        start = index * CHUNK_SIZE
+        block = bytearray(CHUNK_SIZE)
+        if start < self.base_limit:
+            base = read_base_chunk(index)[: self.base_limit - start]
+            block[: len(base)] = base
+        for within, piece in self.patches.get(index, ()):
+            block[within : within + len(piece)] = piece
+        return bytes(block)
 
     def chunks(self, read_base_chunk: Callable[[int], bytes]) -> Iterator[bytes]:
         for index in range(-(-self.size // CHUNK_SIZE)):
@@ -496,7 +555,7 @@ FREE = "free"  # a slot that holds no record
 
 def read_slot(
     dir_fd: int, name: str, identities: Sequence[Identity], key: AuthKey
-) -> tuple[Record, dict[int, bytes]] | str:
+) -> tuple[Record, list[bytes]] | str:
     """What a slot holds (store/slots.py): FREE (its first sector is zeros), its record, or
     TORN (it fails to authenticate and has a sector of zeros); JournalDamage if it fails
     without one."""
@@ -561,8 +620,8 @@ def _recover_file(
     try:
         reader = open_file(fd, identities, FileAuth(key).check).reader
         replay = Replay(reader.size, reader.size)
-        for record, blocks in records:
-            replay.apply(record, blocks)
+        for record, data in records:
+            replay.apply(record, data)
         last = records[-1][0]
         version = write_version(
             dirs.root, recipients, key, sealers, replay.chunks(reader.read_chunk), replay.size

@@ -5,7 +5,8 @@ thread of the journal: real zeros written (not fallocate: unwritten extents woul
 fdatasync commit metadata), fsync'ed, the directory fsync'ed. A record (store/journal.py) is
 written over a FREE slot with pwrite + fdatasync: no create, no rename, no directory fsync. A
 slot holding a record is a standard age file, so its size is exactly the record's encrypted
-length: slots come in a few classes (records of 0, 1, 2, 4, 8, 16 blocks plus a JSON line), and
+length: slots come in a few classes (records of 0, 4 KiB, 16 KiB, 64 KiB, 256 KiB and 1 MiB of
+changed bytes plus a JSON line), and
 the record's plaintext is padded (its `pad` field) to fill the slot.
 
 Torn versus damaged. A slot is written only once it holds zeros made durable, so a crash
@@ -29,11 +30,11 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from cagefs.age import CHUNK_SIZE
 from cagefs.age.errors import AgeError
 from cagefs.age.header import Stanza, encode_header
 from cagefs.age.recipients import Recipient, new_file_key, wrap_file_key
 from cagefs.age.stream import payload_size, plaintext_size
+from cagefs.store.versions import start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +43,24 @@ SECTOR = 512
 _ZERO_SECTOR = bytes(SECTOR)
 _PIECE = 1 << 20  # slots are read and zeroed this much at a time
 _TAIL_MIN = 32  # zeros at a slot's end that count as its last, shorter sector
-CLASSES = (0, 1, 2, 4, 8, 16)  # the blocks a slot's record holds (0: times, a new path)
+# The changed bytes a slot's record holds (0: times, a new path); a 4 KiB page write + fsync
+# takes the second.
+CLASSES = (0, 4096, 16384, 65536, 262144, 1048576)
 HEAD_ROOM = 1024  # a slot's room for the record's magic and JSON line (more: the next class)
 POOL_LIMIT = 64 * 1024 * 1024  # bytes of slot files per store, free or holding records
 FREE_MARGIN = 2 * POOL_LIMIT  # no slot is made that leaves the disk less free than this
 READY_HEADERS = 8
-_BATCH = 8  # slots made between two directory fsyncs
+_BATCH = 8  # slots made at least in one batch (one syncfs)
+_GROW_BYTES = 512 * 1024  # or as many as fit in this
+_ZERO_BATCH = 64  # slots zeroed between two syncfs
 
 # The proof stanzas of a new header, from its file key and its other stanzas (Journal._tag).
 Tagger = Callable[[bytes, Sequence[Stanza]], list[Stanza]]
 
 
-def capacity(blocks: int) -> int:
+def capacity(data: int) -> int:
     """The plaintext bytes of a record in a slot of this class."""
-    return blocks * CHUNK_SIZE + HEAD_ROOM
+    return data + HEAD_ROOM
 
 
 def slot_name(number: int) -> str:
@@ -113,6 +118,28 @@ def _write_zeros(fd: int, size: int) -> None:
         offset += os.pwrite(fd, zeros[: size - offset], offset)
 
 
+def _written_then_synced(
+    dir_fd: int, names: list[str], write: Callable[[int, str], None]
+) -> None:
+    """`write` each slot, then fsync each: the first fsync's commit carries the batch's
+    metadata and data, so the others are cheap. (Not syncfs: it also flushed every other
+    dirty file of the store's filesystem, a scratch file rewritten at each write among them,
+    which tripled the bytes an append + fsync wrote.)"""
+    for name in names:
+        fd = os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            write(fd, name)
+            start_writeback(fd)  # (its blocks allocated now: in the first fsync's commit)
+        finally:
+            os.close(fd)
+    for name in names:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def clear(dir_fd: int) -> int:
     """Remove every slot (`cagefs compact`: no records are left, then no slots either)."""
     removed = 0
@@ -158,6 +185,10 @@ class SlotPool:
         self._closed = False
         self._busy = False
         self._disk_full = False
+        # A record found no free slot and none can be made (the pool is at its limit): the
+        # mount folds the file holding most slots, to free them
+        # (fs/publisher.py), instead of writing record files (create, rename, dir fsync) on.
+        self.starved = False
         for name in sorted(os.listdir(dir_fd)):
             match = SLOT.fullmatch(name)
             if match is None:
@@ -193,6 +224,10 @@ class SlotPool:
             if fits[0] not in self._state.doubled:  # once per batch made, however many miss
                 self._state.doubled.add(fits[0])
                 want[fits[0]] = min(2 * want[fits[0]], self._limit // self.sizes[fits[0]])
+            size = self.sizes[fits[0]]
+            room = self._limit - sum(self._state.sizes.values())
+            if room < size and not self._state.unchecked.get(size):
+                self.starved = True
             self._lock.notify()
             return None
 
@@ -221,6 +256,14 @@ class SlotPool:
             self._state.to_zero.append(name)
             self._lock.notify()
 
+    def held(self) -> dict[bytes, int]:
+        """How many slots each version's records hold."""
+        with self._lock:
+            counts: dict[bytes, int] = {}
+            for base in self._state.used.values():
+                counts[base] = counts.get(base, 0) + 1
+            return counts
+
     def records_of(self, base: bytes) -> list[str]:
         with self._lock:
             return [name for name, held in self._state.used.items() if held == base]
@@ -233,9 +276,9 @@ class SlotPool:
                 self._state.to_zero.append(name)
             self._lock.notify()
 
-    def prepare(self, blocks: int, count: int) -> None:
-        """Keep `count` free slots for records of up to `blocks` blocks, and wait for them."""
-        k = next(k for k in CLASSES if k >= blocks)
+    def prepare(self, data: int, count: int) -> None:
+        """Keep `count` free slots for records of up to `data` changed bytes, and wait."""
+        k = next(k for k in CLASSES if k >= data)
         with self._lock:
             self._state.want[k] = max(self._state.want.get(k, 0), count)
         self.settle()
@@ -329,22 +372,29 @@ class SlotPool:
 
     def _make_free(self, checks: list[str], zeroes: list[str]) -> None:
         """Slots found at start (zeros, or not?) and slots of obsolete records: zeros, made
-        durable, then free, one by one."""
+        durable, then free, a batch at a time (a fold frees thousands of slots at once)."""
         obsolete = set(zeroes)
-        for done, name in enumerate(checks + zeroes):
+
+        def zeroed(fd: int, name: str) -> None:
+            if name in obsolete or not _all_zero(fd):
+                _write_zeros(fd, self._state.sizes[name])
+
+        names = checks + zeroes
+        for start in range(0, len(names), _ZERO_BATCH):
+            batch = names[start : start + _ZERO_BATCH]
             if self._closed:  # unmounting: close() makes the obsolete ones hold no record
                 with self._lock:
-                    self._state.to_zero += [n for n in (checks + zeroes)[done:] if n in obsolete]
+                    self._state.to_zero += [n for n in names[start:] if n in obsolete]
                 return
-            fd = os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir_fd)
             try:
-                if name in obsolete or not _all_zero(fd):
-                    _write_zeros(fd, self._state.sizes[name])
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
+                _written_then_synced(self._dir_fd, batch, zeroed)
+            except BaseException:
+                with self._lock:
+                    self._state.to_zero += [n for n in names[start:] if n in obsolete]
+                raise
             with self._lock:
-                self._state.free.setdefault(self._state.sizes[name], []).append(name)
+                for name in batch:
+                    self._state.free.setdefault(self._state.sizes[name], []).append(name)
 
     def _grow(self, k: int) -> None:
         size = self.sizes[k]
@@ -359,25 +409,22 @@ class SlotPool:
         self._disk_full = False
         with self._lock:
             room = (self._limit - sum(self._state.sizes.values())) // size
-            count = min(_BATCH, room, self._state.want[k] - len(self._state.free.get(size, [])))
+            batch = max(_BATCH, _GROW_BYTES // size)
+            count = min(batch, room, self._state.want[k] - len(self._state.free.get(size, [])))
             if count <= 0:
                 return
             first = self._state.next_number
             self._state.next_number += count
-        made = []
+        made = [slot_name(number) for number in range(first, first + count)]
         try:
-            for number in range(first, first + count):
-                name = slot_name(number)
-                fd = os.open(
-                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                    dir_fd=self._dir_fd,
+            for name in made:
+                os.close(
+                    os.open(
+                        name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                        dir_fd=self._dir_fd,
+                    )
                 )
-                made.append(name)
-                try:
-                    _write_zeros(fd, size)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            _written_then_synced(self._dir_fd, made, lambda fd, _: _write_zeros(fd, size))
             os.fsync(self._dir_fd)
         except BaseException:
             for name in made:

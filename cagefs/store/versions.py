@@ -42,6 +42,13 @@ def syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def start_writeback(fd: int) -> None:
+    """Start writing a file's dirty pages out, without waiting (sync_file_range)."""
+    if _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:

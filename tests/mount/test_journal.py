@@ -49,7 +49,7 @@ def slots(store: Path) -> list[Path]:
 def record_line(record: Path, identity: Path) -> dict[str, Any]:
     """A record's JSON line, as Go `age -d` decrypts it."""
     plain = decrypt_backing(record, identity)
-    assert plain.startswith(b"cagefs-journal v1\n"), plain[:40]
+    assert plain.startswith(b"cagefs-journal v2\n"), plain[:40]
     line: dict[str, Any] = json.loads(plain[18 : plain.index(b"\n", 18)])
     return line
 
@@ -107,7 +107,7 @@ def test_a_small_fsync_writes_one_record_and_leaves_the_file(journaled: Daemon) 
     assert marker not in raw, "plaintext in a journal record"
     assert len(raw) < 300 * 1024, f"a record of {len(raw)} bytes for a 150-byte change"
     plain = pyrage.decrypt(raw, [identity_of(journaled)])
-    assert plain.startswith(b"cagefs-journal v1\n") and marker in plain
+    assert plain.startswith(b"cagefs-journal v2\n") and marker in plain
     assert (journaled.mnt / "f.bin").read_bytes() == data
     # appended too, with its own record; then unmount folds both into the file
     with open(journaled.mnt / "f.bin", "ab") as f:

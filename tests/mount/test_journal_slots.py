@@ -8,12 +8,13 @@ big for any slot is a record file as before; `cagefs compact` leaves neither rec
 """
 
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .helpers import Daemon, DaemonExited, cagefs, decrypt_backing, records
+from .helpers import Daemon, DaemonExited, cagefs, decrypt_backing, opened, records
 from .test_journal import MIB, edit, make_base, record_line, slots, wait_for
 
 
@@ -49,7 +50,7 @@ def test_a_record_lands_in_a_slot_that_go_age_opens(journaled: Daemon) -> None:
     assert slot.stat().st_size in free_sizes, "not written in place over a slot of its class"
     plain = decrypt_backing(slot, daemon.identity)
     line = record_line(slot, daemon.identity)
-    assert line["path"] == "f.bin" and line["blocks"] == [1_500_000 // (64 * 1024)]
+    assert line["path"] == "f.bin" and line["ranges"] == [[1_500_000, len(b"slot edit 000")]]
     assert plain.endswith(bytes(line["pad"])) and line["pad"] > 0
     assert b"slot edit" in plain and b"slot edit" not in slot.read_bytes()
     assert (daemon.mnt / "f.bin").read_bytes() == data
@@ -77,8 +78,8 @@ def test_a_torn_slot_is_dropped_and_the_file_is_its_previous_fsynced_state(
     daemon = journaled
     previous, _, slot = torn_setup(daemon)
     with open(slot, "r+b") as f:  # as a crash leaves it: some sectors new, some still zeros
-        f.seek(8192)
-        f.write(bytes(4096))
+        f.seek(2048)  # (a 4 KiB change's slot is about 5.5 KiB)
+        f.write(bytes(1024))
     daemon.start()
     assert "dropped journal slot " + slot.name in daemon.log_text()
     assert (daemon.mnt / "f.bin").read_bytes() == previous
@@ -89,7 +90,7 @@ def test_a_slot_with_changed_bytes_and_no_zeros_refuses_the_mount(journaled: Dae
     daemon = journaled
     previous, _, slot = torn_setup(daemon)
     damaged = bytearray(slot.read_bytes())
-    damaged[9000] ^= 0x08
+    damaged[len(damaged) // 2] ^= 0x08
     slot.write_bytes(damaged)
     backing = (daemon.store / "f.bin.age").read_bytes()
     with pytest.raises(DaemonExited) as refused:
@@ -107,15 +108,15 @@ def test_a_change_too_big_for_a_slot_is_a_record_file(journaled: Daemon) -> None
     data = bytearray(make_base(daemon, size=24 * MIB))
     edit_until_in_slot(daemon, data, 0)  # slots exist, of the small class
     with open(daemon.mnt / "f.bin", "r+b") as f:
-        for block in range(20):  # 20 blocks: more than the largest slot holds
+        for block in range(20):  # 20 ranges of 64 KiB: more than the largest slot holds
+            change = (b"big change %d " % block) * 5000
+            change = change[:65536]
             f.seek(block * 1_000_000)
-            f.write(b"big change %d" % block)
-            data[block * 1_000_000 : block * 1_000_000 + len(b"big change %d" % block)] = (
-                b"big change %d" % block
-            )
+            f.write(change)
+            data[block * 1_000_000 : block * 1_000_000 + len(change)] = change
         f.flush()
         os.fsync(f.fileno())
-    (big,) = [r for r in records(daemon.store) if len(record_line(r, daemon.identity)["blocks"])
+    (big,) = [r for r in records(daemon.store) if len(record_line(r, daemon.identity)["ranges"])
               == 20]
     assert not big.name.startswith("slot-"), "a 20-block record in a slot"
     daemon.kill9()
@@ -147,3 +148,33 @@ def test_read_only_mounts_wait_for_slot_records_not_for_free_slots(
     reader.start()
     assert (reader.mnt / "f.bin").read_bytes() == data
     reader.stop_clean()
+
+
+def test_when_every_slot_is_in_use_the_file_is_folded_to_free_them(
+    daemons: Callable[..., Daemon],
+) -> None:
+    """A pool of 1 MiB holds ~190 records of a 4 KiB write: past that, the file holding them
+    is folded in the background and its slots reused, rather than every later record being a
+    file of its own (create, rename, directory fsync: half the fsyncs per second)."""
+    daemon = daemons("auto", options=["--compact-idle", "600s", "--journal-slots-mib", "1"])
+    daemon.start()
+    data = bytearray(make_base(daemon))
+    backing = daemon.store / "f.bin.age"
+    base = backing.stat().st_ino
+    rng = random.Random(2)
+    with opened(daemon.mnt / "f.bin", os.O_WRONLY) as fd:
+        for _ in range(600):
+            offset = rng.randrange(0, len(data) - 4096)
+            page = rng.randbytes(4096)
+            os.pwrite(fd, page, offset)
+            os.fsync(fd)
+            data[offset : offset + 4096] = page
+    files = [r for r in records(daemon.store) if not r.name.startswith("slot-")]
+    folded = backing.stat().st_ino != base
+    assert folded, "never folded: the pool ran out"
+    assert len(files) < 150, f"{len(files)} records written as files once the slots ran out"
+    assert (daemon.mnt / "f.bin").read_bytes() == data
+    daemon.kill9()
+    daemon.start()
+    assert records(daemon.store) == []
+    assert (daemon.mnt / "f.bin").read_bytes() == data

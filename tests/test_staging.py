@@ -1,0 +1,97 @@
+"""fs/staging.py's Overlay over a real age file: a small write into a block not staged yet
+reads nothing of the base until the rest of that block is needed, and every read, truncation
+and publish still gives exactly the model's bytes."""
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import KeyFile
+
+from cagefs.age import CHUNK_SIZE, encrypt, open_file
+from cagefs.fs import staging
+from cagefs.fs.staging import MemoryBlocks, Overlay, ScratchBlocks
+
+BASE = 8 * CHUNK_SIZE + 1234
+
+
+class Base:
+    """A real age file's chunks, with the reads counted."""
+
+    def __init__(self, tmp_path: Path, keyfile: KeyFile, data: bytes) -> None:
+        path = tmp_path / "base.age"
+        path.write_bytes(encrypt(data, [keyfile.identity.recipient()]))
+        self.fd = os.open(path, os.O_RDONLY)
+        self.reader = open_file(self.fd, [keyfile.identity]).reader
+        self.reads = 0
+
+    def read_chunk(self, index: int) -> bytes:
+        self.reads += 1
+        return self.reader.read_chunk(index)
+
+
+@pytest.fixture
+def base(tmp_path: Path, keyfile: KeyFile) -> Iterator[tuple[Base, bytes]]:
+    data = random.Random(5).randbytes(BASE)
+    opened = Base(tmp_path, keyfile, data)
+    yield opened, data
+    os.close(opened.fd)
+
+
+def test_a_small_write_and_its_record_read_no_base_block(base: tuple[Base, bytes]) -> None:
+    opened, data = base
+    overlay = Overlay(MemoryBlocks(), BASE, opened.read_chunk)
+    model = bytearray(data)
+    for index in (1, 3, 6):
+        offset = index * CHUNK_SIZE + 4096
+        overlay.write(offset, b"x" * 4096)
+        model[offset : offset + 4096] = b"x" * 4096
+        assert overlay.read(offset, 4096) == b"x" * 4096  # the record's bytes
+    across = 2 * CHUNK_SIZE - 100  # a write across a block boundary
+    overlay.write(across, b"y" * 200)
+    model[across : across + 200] = b"y" * 200
+    assert overlay.read(across, 200) == b"y" * 200
+    assert opened.reads == 0, f"{opened.reads} base blocks decrypted for small writes"
+    assert overlay.read(CHUNK_SIZE, 8192) == model[CHUNK_SIZE : CHUNK_SIZE + 8192]
+    assert opened.reads == 1  # the block's unwritten bytes: now it is completed, once
+    assert overlay.read(CHUNK_SIZE, CHUNK_SIZE) == model[CHUNK_SIZE : 2 * CHUNK_SIZE]
+    assert opened.reads == 1
+    assert b"".join(overlay.chunks()) == model
+
+
+@pytest.mark.parametrize("scratch", [False, True])
+def test_partial_blocks_follow_the_model_through_writes_truncations_and_reads(
+    base: tuple[Base, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scratch: bool
+) -> None:
+    monkeypatch.setattr(staging, "PARTIAL_LIMIT", 3)  # the oldest completed often
+    opened, data = base
+    (tmp_path / ".cagefs" / "tmp").mkdir(parents=True)
+    blocks = ScratchBlocks(tmp_path) if scratch else MemoryBlocks()
+    overlay = Overlay(blocks, BASE, opened.read_chunk)
+    model = bytearray(data)
+    rng = random.Random(int(scratch))
+    for step in range(600):
+        kind = rng.random()
+        if kind < 0.6:
+            offset = rng.randrange(0, 10 * CHUNK_SIZE)
+            piece = rng.randbytes(rng.choice([1, 100, 4096, 30000, CHUNK_SIZE]))
+            overlay.write(offset, piece)
+            model.extend(bytes(max(0, offset + len(piece) - len(model))))
+            model[offset : offset + len(piece)] = piece
+        elif kind < 0.68:
+            size = rng.randrange(0, 10 * CHUNK_SIZE)
+            overlay.truncate(size)
+            del model[size:]
+            model.extend(bytes(size - len(model)))
+        else:
+            offset = rng.randrange(0, 10 * CHUNK_SIZE)
+            length = rng.randrange(1, 3 * CHUNK_SIZE)
+            got = overlay.read(offset, length)
+            assert got == model[offset : offset + length], f"step {step}: read at {offset}"
+        assert overlay.size == len(model), f"step {step}: size"
+    got = b"".join(overlay.chunks())
+    first = next((i for i, (a, b) in enumerate(zip(got, model, strict=False)) if a != b), None)
+    assert len(got) == len(model) and first is None, f"content differs at byte {first}"
+    overlay.close()

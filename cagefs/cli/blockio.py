@@ -22,7 +22,7 @@ import stat
 import threading
 from collections.abc import Iterator
 
-from cagefs.age.stream import Buffer, Sink
+from cagefs.age.stream import Buffer, Pread, Sink
 
 BLOCK_SIZE = 1 << 20
 BLOCKS_AHEAD = 3  # one being encrypted, one read ahead, one being filled
@@ -87,6 +87,27 @@ def _fill(fd: int, buffer: bytearray) -> int:
             break
         fill += got
     return fill
+
+
+def pread_reusing(fd: int) -> Pread:
+    """`os.pread` on `fd` into one buffer that every call reuses, for `PayloadReader.readinto`
+    (which needs a read's bytes only until the next): a fresh 2 MiB `bytes` per batch cost
+    `cagefs decrypt FILE` a page fault per 4 KiB read (120 000 per GiB, 0.4-1 CPU-s)."""
+    buffer = memoryview(bytearray())
+
+    def pread(size: int, offset: int) -> Buffer:
+        nonlocal buffer
+        if len(buffer) < size:
+            buffer = memoryview(bytearray(size))
+        done = 0
+        while done < size:
+            got = os.preadv(fd, [buffer[done:size]], offset + done)
+            if not got:  # end of file: the reader reports the short read
+                break
+            done += got
+        return buffer[:done]
+
+    return pread
 
 
 @contextlib.contextmanager

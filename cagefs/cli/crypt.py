@@ -29,7 +29,7 @@ from cagefs.age.file import BlockStream, decrypt_blocks, decrypt_stream, open_fi
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import ScryptRecipient
 from cagefs.age.stream import Sink
-from cagefs.cli.blockio import WriteBehind, read_blocks, written_behind
+from cagefs.cli.blockio import WriteBehind, pread_reusing, read_blocks, written_behind
 from cagefs.cli.keyargs import load_identities, load_recipients, passphrase_identity
 from cagefs.errors import CageError
 from cagefs.secrets import get_passphrase, prompt_passphrase
@@ -104,10 +104,11 @@ def _is_binary_file(fd: int) -> bool:
 def _decrypt_file(fd: int, sink: WriteBehind, identities: Sequence[Identity]) -> None:
     """A regular binary file is read with the seekable reader: its size is checked up front."""
     reader = open_file(fd, identities).reader
+    pread = pread_reusing(fd)
     offset = 0
     while True:
         buffer = sink.lend(BLOCK)
-        n = reader.readinto(offset, buffer)
+        n = reader.readinto(offset, buffer, pread)
         sink(buffer[:n])
         if not n:
             break

@@ -15,6 +15,7 @@ import time
 import trio
 
 from cagefs.age import AgeError
+from cagefs.fs import heap
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
 from cagefs.fs.errors import about, shown
@@ -51,6 +52,7 @@ class Publisher:
             try:
                 await self.drop_records()
                 await self.publish_all()
+                heap.give_back_when_kept()  # what a burst of writes or reads freed
             except Exception:  # never let one round stop the mount (I10); the next one retries
                 log.exception("internal error while publishing")
 

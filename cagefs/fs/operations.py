@@ -29,7 +29,7 @@ from cagefs.fs.pagestore import PageStore
 from cagefs.fs.publisher import Publisher
 from cagefs.store import reclaim
 from cagefs.store.layout import NAME_MAX, is_meta, plain_file_name
-from cagefs.store.paths import chmod_at, fsync_dirs, open_file, open_listing, touch_dir
+from cagefs.store.paths import chmod_at, open_file, open_listing, touch_dir
 
 log = logging.getLogger("cagefs")
 _WRITE_MODES = os.O_WRONLY | os.O_RDWR
@@ -419,7 +419,7 @@ class Operations(pyfuse3.Operations):
         await self.publisher.publish_all()
         if node.path is not None:
             with self.table.dir_at(node) as dir_fd:
-                fsync_dirs([open_listing(dir_fd)])
+                self.publisher.sync_dir(dir_fd)
 
     # --- files ----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import META, Daemon, syncs_of
+from .helpers import META, Daemon, syncs_of, traced
 
 
 @pytest.fixture
@@ -98,3 +98,19 @@ def test_fsyncdir_after_the_publish_syncs_nothing_after_a_change_syncs(daemon: D
             fsync_directory(mnt / "d")
             fsync_directory(mnt / "d")  # the second one has nothing to do
         assert dir_syncs(calls, store / "d") == [("fsync", str(store / "d"))], (what, calls)
+
+
+def test_an_unlink_walks_the_store_once(daemon: Daemon) -> None:
+    """`rm -rf` of a tree is one unlink per file: the request opens the file's directory once
+    (a walk from the store root, one `openat` per level) and does not open the file itself to
+    see whether it is large (its lookup's stat says so)."""
+    deep = daemon.mnt / "a/b/c"
+    deep.mkdir(parents=True)
+    with open(deep / "f", "wb") as f:
+        f.write(b"small")
+        os.fsync(f.fileno())  # published: on disk under its name
+    os.stat(deep / "f")  # looked up: the unlink is the only request below
+    with traced(daemon.pid, "openat") as calls:
+        os.unlink(deep / "f")
+    opened = [args.split('"')[1] for tid, _, args in calls if tid == daemon.pid]
+    assert opened == [".", "a", "b", "c"], f"the unlink opened {opened}"

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 _OPENS = frozenset({"open", "create", "opendir"})
 _RELEASES = frozenset({"release", "releasedir"})
+# Requests that may change a directory of the store (setattr: a directory's own attributes).
+_NAMESPACE = frozenset(
+    {"create", "mknod", "mkdir", "symlink", "link", "unlink", "rmdir", "rename", "setattr"}
+)
 
 
 @dataclass
@@ -15,13 +19,20 @@ class Activity:
     requests: int = 0
     in_flight: int = 0
     open_handles: int = 0
+    # Bumped when a request that may change a directory begins and when it ends, and by each
+    # publish's rename: a directory fsync'ed at one value is durable while it stays.
+    namespace_changes: int = 0
 
-    def begin(self) -> None:
+    def begin(self, handler: str) -> None:
+        if handler in _NAMESPACE:
+            self.namespace_changes += 1
         self.requests += 1
         self.in_flight += 1
         self.last_request = time.monotonic()
 
     def end(self, handler: str, succeeded: bool) -> None:
+        if handler in _NAMESPACE:
+            self.namespace_changes += 1
         self.in_flight -= 1
         self.last_request = time.monotonic()
         if handler in _OPENS and succeeded:

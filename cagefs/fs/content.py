@@ -541,7 +541,7 @@ class FileContent:
         return self.overlay
 
     def _new_version(self) -> NewVersion:
-        return NewVersion(self.env.root, self.env.recipients, self.env.auth, self.env.keys)
+        return self.env.new_version()
 
     def _seal_stream(self) -> None:
         stream = self.stream

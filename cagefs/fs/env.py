@@ -13,6 +13,7 @@ from cagefs.store.auth import FileAuth
 from cagefs.store.filekeys import FileKeys
 from cagefs.store.journal import Journal
 from cagefs.store.sealer import SealerPool
+from cagefs.store.versions import NewVersion, ReadyVersions
 
 if TYPE_CHECKING:
     from cagefs.fs.content import FileContent
@@ -34,6 +35,12 @@ class Env:
     publish_queue: "set[FileContent]" = field(default_factory=set)
     journal: Journal | None = None  # None: no records (read-only, encrypt-only)
     journaled: "set[FileContent]" = field(default_factory=set)  # contents with records
+    ready: ReadyVersions | None = None  # new versions made ahead (read-only mounts: none)
+
+    def new_version(self) -> NewVersion:
+        if self.ready is not None:
+            return self.ready.take()
+        return NewVersion(self.root, self.recipients, self.auth, self.keys)
 
     def queue_publish(self, content: "FileContent") -> None:
         self.publish_queue.add(content)

@@ -32,7 +32,7 @@ def fuse_errors(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         if log.isEnabledFor(logging.DEBUG):  # --debug: every request, never its data
             log.debug("%s(%s)", name, ", ".join(_shown_argument(a, shows_bytes) for a in args[1:]))
-        ACTIVITY.begin()
+        ACTIVITY.begin(name)
         succeeded = False
         try:
             result = await handler(*args, **kwargs)

@@ -32,6 +32,7 @@ from cagefs.store.filekeys import FileKeys
 from cagefs.store.journal import Journal
 from cagefs.store.sealer import SealerPool
 from cagefs.store.slots import POOL_LIMIT
+from cagefs.store.versions import NewVersion, ReadyVersions
 
 if TYPE_CHECKING:
     from cagefs.store import Store
@@ -97,6 +98,10 @@ def serve(
         keys=keys,
         journal=_journal(store, options),
     )
+    if not options.read_only:
+        env.ready = ReadyVersions(
+            env.root, functools.partial(NewVersion, env.root, env.recipients, env.auth, env.keys)
+        )
     table = InodeTable(store.root)
     publisher = Publisher(env, table, options.publish_interval)
     operations = Operations(env, publisher, table)
@@ -127,6 +132,8 @@ def serve(
         operations.pages.close()  # no store may reach a closed session
         pyfuse3.close(unmount=True)
         env.sealers.close()
+        if env.ready is not None:
+            env.ready.close()
         reclaim.wait()
         if env.journal is not None:
             env.journal.close()

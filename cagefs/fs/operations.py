@@ -29,7 +29,7 @@ from cagefs.fs.pagestore import PageStore
 from cagefs.fs.publisher import Publisher
 from cagefs.store import reclaim
 from cagefs.store.layout import NAME_MAX, is_meta, plain_file_name
-from cagefs.store.paths import chmod_at, fsync_dirs, open_file, open_listing, touch_dir
+from cagefs.store.paths import chmod_at, open_file, open_listing, touch_dir
 
 log = logging.getLogger("cagefs")
 _WRITE_MODES = os.O_WRONLY | os.O_RDWR
@@ -419,7 +419,7 @@ class Operations(pyfuse3.Operations):
         await self.publisher.publish_all()
         if node.path is not None:
             with self.table.dir_at(node) as dir_fd:
-                fsync_dirs([open_listing(dir_fd)])
+                self.publisher.sync_dir(dir_fd)
 
     # --- files ----------------------------------------------------------------------------
 
@@ -620,28 +620,42 @@ class Operations(pyfuse3.Operations):
         parent = self.table.get(parent_inode)
         text = os.fsdecode(name)
         with self.table.dir_at(parent) as dir_fd:
-            node, _ = self._lookup(parent, text, dir_fd)
+            node, st = self._lookup(parent, text, dir_fd)
+            if not self._names_to_find(node):  # nothing to wait for: one walk, one lookup
+                await self._unlink(parent, text, node, st, dir_fd)
+                return
         await self._find_other_names(node)
         with self.table.dir_at(parent) as dir_fd:
             node, st = self._lookup(parent, text, dir_fd)
-            assert parent.path is not None
-            if node.kind is Kind.DIR:
-                raise pyfuse3.FUSEError(errno.EISDIR)
-            entry = backing_name(text, node.kind)
-            async with _freed_off_the_loop() as held:
+            await self._unlink(parent, text, node, st, dir_fd)
+
+    async def _unlink(
+        self, parent: Node, text: str, node: Node, st: os.stat_result | None, dir_fd: int
+    ) -> None:
+        """Remove the entry `text` of `parent` (in `dir_fd`), found as `node` with backing
+        stat `st` (None: not published yet)."""
+        assert parent.path is not None
+        if node.kind is Kind.DIR:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        entry = backing_name(text, node.kind)
+        async with _freed_off_the_loop() as held:
+            if st is None or st.st_blocks * 512 >= reclaim.LARGE:  # (the lookup's stat)
                 held.take(entry, dir_fd)
-                if node in self.table.unpublished:
-                    _remove_shadowed(dir_fd, entry)
-                else:
-                    os.unlink(entry, dir_fd=dir_fd)
-                self.table.unname(node, join(parent.path, text), st)
-                _changed(node)
-                await self._drop_records(node, dir_fd)
+            if node in self.table.unpublished:
+                _remove_shadowed(dir_fd, entry)
+            else:
+                os.unlink(entry, dir_fd=dir_fd)
+            self.table.unname(node, join(parent.path, text), st)
+            _changed(node)
+            await self._drop_records(node, dir_fd)
+
+    def _names_to_find(self, node: Node) -> bool:
+        return node.content is not None and self.table.missing_names(node)
 
     async def _find_other_names(self, node: Node) -> None:
         """Before an open file loses the last name this mount knows: its other names in the
         store, which its handles' changes must still reach."""
-        if node.content is not None and self.table.missing_names(node):
+        if self._names_to_find(node):
             await self.table.find_names(node)
 
     @fuse_errors

@@ -16,6 +16,7 @@ import trio
 
 from cagefs.age import AgeError
 from cagefs.fs import heap
+from cagefs.fs.activity import ACTIVITY
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
 from cagefs.fs.errors import about, shown
@@ -45,6 +46,10 @@ class Publisher:
         # Records to drop at the next round: of files removed since (with the directory to
         # fsync first), or made obsolete by a version an fsync published (durable already).
         self._removed: list[tuple[bytes, int | None]] = []
+        # Store directories (st_dev, st_ino) fsync'ed when the mount's namespace changes
+        # stood at `_durable_at`: while they stand there, an fsync of one has nothing to do.
+        self._durable: set[tuple[int, int]] = set()
+        self._durable_at = -1
 
     async def run(self) -> None:
         while True:
@@ -89,7 +94,7 @@ class Publisher:
             synced = True
             if dests:
                 try:
-                    await trio.to_thread.run_sync(fsync_dirs, dests)
+                    await self._fsync_dirs(dests)
                 except OSError as exc:
                     log.error("publishing: could not sync a directory: %s", exc.strerror)
                     synced = False
@@ -104,14 +109,24 @@ class Publisher:
             return
         async with self._lock:
             await self._find_names(content)
-            await trio.to_thread.run_sync(os.fsync, version.fd)
+            # The version carries the file's attributes (stamped at its seal and at every
+            # change since): this fsync makes them durable too.
+            carries_attributes = content.current is not None and content.current.fd == version.fd
+            unsynced = content.attrs_unsynced
+            if carries_attributes:
+                content.attrs_unsynced = False  # (a change while this waits sets it again)
+            try:
+                await trio.to_thread.run_sync(os.fsync, version.fd)
+            except BaseException:
+                content.attrs_unsynced = content.attrs_unsynced or unsynced
+                raise
             try:
                 dests = self._claim(content, version)
             except OSError as exc:  # the caller's fsync fails; the version stays pending
                 self._not_published(content, version, exc, last=False)
                 raise OSError(errno.EIO, f"{shown(node.path)}: not published") from None
             try:
-                await trio.to_thread.run_sync(fsync_dirs, dests)
+                await self._fsync_dirs(dests)
             except BaseException:
                 self._obsolete.clear()  # left for the next mount's recovery to remove
                 raise
@@ -120,6 +135,26 @@ class Publisher:
             # Not in this request: a file folded past its bound has thousands of records.
             self._removed += [(base, None) for base in self._obsolete]
             self._obsolete.clear()
+
+    async def _fsync_dirs(self, directories: list[int]) -> None:
+        seen = ACTIVITY.namespace_changes
+        self._note_durable(await trio.to_thread.run_sync(fsync_dirs, directories), seen)
+
+    def _note_durable(self, directories: set[tuple[int, int]], seen: int) -> None:
+        if seen > self._durable_at:
+            self._durable, self._durable_at = set(), seen
+        if seen == self._durable_at:
+            self._durable |= directories
+
+    def sync_dir(self, dir_fd: int) -> None:
+        """fsyncdir(2): the directory at `dir_fd` is durable when this returns. A directory
+        fsync'ed since the mount last changed any name (a SQLite `-journal`'s directory, just
+        synced by the journal's own publish) needs no second fsync."""
+        seen = ACTIVITY.namespace_changes
+        st = os.fstat(dir_fd)
+        if seen == self._durable_at and (st.st_dev, st.st_ino) in self._durable:
+            return
+        self._note_durable(fsync_dirs([open_listing(dir_fd)]), seen)
 
     async def compact(self, content: FileContent) -> None:
         """Fold a file's journal records into a new version, published now (I3); the records
@@ -246,6 +281,7 @@ class Publisher:
         else:
             directories = [self._claim_name(content, version, node)]
             self._table.set_backing(node, None)
+        ACTIVITY.namespace_changes += 1
         self._reported.discard(version.path)
         obsolete = content.published()
         if obsolete is not None:

@@ -8,6 +8,7 @@ an old entry can only ever be the right answer. The header's MAC and the proof o
 still checked with the key at every open (`age.file.open_file`). Bounded (I7).
 """
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from hashlib import sha256
@@ -25,16 +26,18 @@ class FileKeys:
         self._identities = tuple(identities)
         self._limit = limit
         self._keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()  # new versions made ahead remember theirs on a thread
 
     def __len__(self) -> int:
         return len(self._keys)
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
         digest = _digest(stanzas)
-        file_key = self._keys.get(digest)
-        if file_key is not None:
-            self._keys.move_to_end(digest)
-            return file_key
+        with self._lock:
+            file_key = self._keys.get(digest)
+            if file_key is not None:
+                self._keys.move_to_end(digest)
+                return file_key
         for identity in self._identities:
             file_key = identity.unwrap(stanzas)
             if file_key is not None:
@@ -50,10 +53,11 @@ class FileKeys:
         return self._identities[0].recipient()
 
     def _put(self, digest: bytes, file_key: bytes) -> None:
-        self._keys[digest] = file_key
-        self._keys.move_to_end(digest)
-        while len(self._keys) > self._limit:
-            self._keys.popitem(last=False)
+        with self._lock:
+            self._keys[digest] = file_key
+            self._keys.move_to_end(digest)
+            while len(self._keys) > self._limit:
+                self._keys.popitem(last=False)
 
 
 def _digest(stanzas: Sequence[Stanza]) -> bytes:

@@ -127,9 +127,10 @@ def fsync_dir(path: Path) -> None:
     fsync_dirs([os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)])
 
 
-def fsync_dirs(dir_fds: Sequence[int]) -> None:
-    """Make renames into these directories durable: fsync each directory once, close all."""
-    seen = set()
+def fsync_dirs(dir_fds: Sequence[int]) -> set[tuple[int, int]]:
+    """Make renames into these directories durable: fsync each directory once, close all.
+    Returns the directories' (st_dev, st_ino)."""
+    seen: set[tuple[int, int]] = set()
     try:
         for fd in dir_fds:
             st = os.fstat(fd)
@@ -139,3 +140,4 @@ def fsync_dirs(dir_fds: Sequence[int]) -> None:
     finally:
         for fd in dir_fds:
             os.close(fd)
+    return seen

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import select
 import shutil
 import signal
@@ -520,3 +521,54 @@ def records(store: Path) -> list[Path]:
     journal = store / META / "journal"
     found = sorted(journal.iterdir()) if journal.exists() else []
     return [p for p in found if not p.name.startswith("slot-") or p.read_bytes()[:512].strip(b"\0")]
+
+
+
+TRACED_CALL = re.compile(r"^(\d+) +(\w+)\((.*)$", re.MULTILINE)
+
+
+@contextlib.contextmanager
+def traced(pid: int, syscalls: str) -> Iterator[list[tuple[int, str, str]]]:
+    """The calls among `syscalls` (strace's -e trace= list) that the process `pid` makes in
+    the block, from every thread, as (thread id, call, its arguments with descriptors shown
+    as their paths), seen by `strace -f -y`; filled at the end of the block."""
+    calls: list[tuple[int, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="cagefs-strace-") as scratch:
+        out = Path(scratch) / "trace"
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-qq", "-y", "-e", f"trace={syscalls}", "-p", str(pid),
+             "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not _all_traced(pid):
+                assert tracer.poll() is None, "strace exited"
+                assert time.monotonic() < deadline, "strace did not attach"
+                time.sleep(0.01)
+            yield calls
+        finally:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(STOP_TIMEOUT)
+        text = out.read_text()
+    calls += [(int(tid), call, args) for tid, call, args in TRACED_CALL.findall(text)]
+
+
+@contextlib.contextmanager
+def syncs_of(pid: int) -> Iterator[list[tuple[str, str]]]:
+    """The fsync, fdatasync and syncfs calls the process `pid` makes in the block, as (call,
+    path of the descriptor); filled at the end of the block."""
+    syncs: list[tuple[str, str]] = []
+    with traced(pid, "fsync,fdatasync,syncfs") as calls:
+        yield syncs
+    syncs += [(call, args[args.index("<") + 1 : args.index(">")]) for _, call, args in calls]
+
+
+def _all_traced(pid: int) -> bool:
+    """Every thread of `pid` has a tracer."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            status = (task / "status").read_text()
+            if "\nTracerPid:\t0\n" in status:
+                return False
+    return True

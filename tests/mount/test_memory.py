@@ -118,7 +118,9 @@ def test_a_smaller_burst_is_given_back_by_the_next_round(daemons: Callable[..., 
     time.sleep(2)  # the warm-up's round has run
     baseline = _own_rss(daemon.pid)
     run("dd", "if=/dev/zero", f"of={daemon.mnt}/staged", "bs=1M", f"count={burst}", "status=none")
-    bound = heap.KEEP_LIMIT + (8 << 20)
+    # glibc may keep up to KEEP_LIMIT; the rest is room for the daemon's own threads (versions and
+    # slots made ahead). Without the give-back it stays 56-64 MiB up.
+    bound = heap.KEEP_LIMIT + (16 << 20)
     deadline = time.monotonic() + 10
     while _own_rss(daemon.pid) - baseline >= bound and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -72,6 +72,7 @@ def test_sdist_has_the_units_scripts_docs_tests_and_licence(dist: Path) -> None:
         "systemd/cagefs@.service",
         "scripts/install.sh",
         "scripts/patches/pyfuse3-borrowed-write-buffers.patch",
+        "scripts/patches/pyfuse3-inline-session-loop.patch",
         "docs/ARCHITECTURE.md",
         "tests/test_vectors.py",
         "tests/age-vectors/SOURCE.txt",

@@ -1,10 +1,13 @@
-"""The pyfuse3 that scripts/install.sh builds (scripts/patches/pyfuse3-borrowed-write-buffers
-.patch): a filesystem that sets `borrow_write_buffers` is lent each write's data as a read-only
-view, released once its write() returns; one that does not gets bytes, as from stock pyfuse3.
+"""The pyfuse3 that scripts/install.sh builds (scripts/patches/):
+- pyfuse3-borrowed-write-buffers.patch: a filesystem that sets `borrow_write_buffers` is lent
+  each write's data as a read-only view, released once its write() returns; one that does not
+  gets bytes, as from stock pyfuse3. A one-file pyfuse3 filesystem runs in its own process,
+  keeps what it is written, and reports at unmount what each write() was given.
+- pyfuse3-inline-session-loop.patch: handlers that never suspend run in the receiving task;
+  one that suspends still lets other requests be served meanwhile (checked with two reads
+  that each wait for the other), and any pyfuse3 passes that."""
 
-A one-file pyfuse3 filesystem runs in its own process, keeps what it is written, and reports
-at unmount what each write() was given."""
-
+import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyfuse3
@@ -88,25 +92,78 @@ SERVER = textwrap.dedent(
 )
 
 
-def serve_and_write(tmp_path: Path, borrow: bool, data: bytes) -> dict:
-    """Mount the one-file filesystem, write `data` into it with dd, unmount; its report."""
-    mnt, report, script = tmp_path / "mnt", tmp_path / "report.json", tmp_path / "keeper.py"
+WAITING_READS = textwrap.dedent(
+    """
+    import errno, stat, sys
+    import pyfuse3, trio
+
+    class Waiting(pyfuse3.Operations):
+        \"\"\"Two files: a read of "first" waits until "second" is read, and a read of "second"
+        waits until "first" is being read. Only a loop that serves a request while another
+        one's handler is suspended gets both done.\"\"\"
+
+        def __init__(self):
+            super().__init__()
+            self.first_started = trio.Event()
+            self.second_read = trio.Event()
+
+        def attrs(self, ino):
+            entry = pyfuse3.EntryAttributes()
+            entry.st_ino = ino
+            entry.st_mode = stat.S_IFDIR | 0o755 if ino == 1 else stat.S_IFREG | 0o444
+            entry.st_size = 0 if ino == 1 else 6
+            return entry
+
+        async def getattr(self, inode, ctx=None):
+            return self.attrs(inode)
+
+        async def lookup(self, parent, name, ctx):
+            names = {b"first": 2, b"second": 3}
+            if name not in names:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self.attrs(names[name])
+
+        async def open(self, inode, flags, ctx):
+            return pyfuse3.FileInfo(fh=inode, direct_io=True)
+
+        async def read(self, fh, off, size):
+            if off:
+                return b""
+            if fh == 2:
+                self.first_started.set()
+                await self.second_read.wait()
+                return b"first\\n"
+            await self.first_started.wait()
+            self.second_read.set()
+            return b"secnd\\n"
+
+    pyfuse3.init(Waiting(), sys.argv[1], set(pyfuse3.default_options))
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close()
+    """
+)
+
+
+@contextlib.contextmanager
+def served(
+    tmp_path: Path, server_source: str, *args: str
+) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """Run `server_source` as a pyfuse3 filesystem on tmp_path/mnt (argv: the mountpoint,
+    then `args`) until the block ends; then unmount it and check that it exited cleanly.
+    Yields the mountpoint and the server's process."""
+    mnt, script = tmp_path / "mnt", tmp_path / "server.py"
     mnt.mkdir()
-    script.write_text(SERVER)
-    mode = "borrow" if borrow else "copy"
-    server = subprocess.Popen([sys.executable, str(script), str(mnt), str(report), mode])
+    script.write_text(server_source)
+    server = subprocess.Popen([sys.executable, str(script), str(mnt), *args])
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):
             assert server.poll() is None, "the test filesystem exited"
             assert time.monotonic() < deadline, "the test filesystem did not mount"
             time.sleep(0.05)
-        subprocess.run(
-            ["dd", f"of={mnt}/f", "bs=1M", "conv=notrunc", "iflag=fullblock", "status=none"],
-            input=data,
-            check=True,
-            timeout=60,
-        )
+        yield mnt, server
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
         try:
@@ -116,6 +173,18 @@ def serve_and_write(tmp_path: Path, borrow: bool, data: bytes) -> dict:
             server.wait()
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
     assert server.returncode == 0
+
+
+def serve_and_write(tmp_path: Path, borrow: bool, data: bytes) -> dict:
+    """Mount the one-file filesystem, write `data` into it with dd, unmount; its report."""
+    report = tmp_path / "report.json"
+    with served(tmp_path, SERVER, str(report), "borrow" if borrow else "copy") as (mnt, _):
+        subprocess.run(
+            ["dd", f"of={mnt}/f", "bs=1M", "conv=notrunc", "iflag=fullblock", "status=none"],
+            input=data,
+            check=True,
+            timeout=60,
+        )
     return json.loads(report.read_text())
 
 
@@ -137,3 +206,28 @@ def test_write_is_lent_a_read_only_view_only_when_asked(tmp_path: Path, borrow: 
         assert report["earlier_released"] and all(report["earlier_released"])
     else:
         assert report["kinds"] == ["bytes"]
+
+
+def test_the_installed_pyfuse3_has_the_inline_session_loop() -> None:
+    assert getattr(pyfuse3, "INLINE_SESSION_LOOP", False), (
+        "scripts/install.sh did not build the pyfuse3 with the inline session loop: every"
+        " request costs a pass through trio's scheduler more"
+    )
+
+
+def test_a_suspended_handler_does_not_hold_up_other_requests(tmp_path: Path) -> None:
+    with served(tmp_path, WAITING_READS) as (mnt, server):
+        readers = [
+            subprocess.Popen(["cat", str(mnt / name)], stdout=subprocess.PIPE)
+            for name in ("first", "second")
+        ]
+        try:
+            outputs = [reader.communicate(timeout=30)[0] for reader in readers]
+        except subprocess.TimeoutExpired:
+            outputs = []
+            server.kill()  # the readers wait for answers in the kernel, unkillable till then
+        finally:
+            for reader in readers:
+                reader.kill()
+                reader.wait()
+        assert outputs == [b"first\n", b"secnd\n"], "one read held up the other"

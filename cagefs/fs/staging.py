@@ -20,9 +20,9 @@ from cagefs.store.layout import tmp_dir
 from cagefs.store.ranges import Ranges
 
 _ZEROS = bytes(CHUNK_SIZE)
-# Blocks written in part over a base block not read yet, kept in RAM (at most 16 MiB): a
+# Blocks written in part over a base block not read yet, kept in RAM (at most 4 MiB): a
 # 4 KiB write + fsync needs neither the base's 64 KiB decrypted nor the block completed.
-PARTIAL_LIMIT = 256
+PARTIAL_LIMIT = 64
 GIVE_BACK_FROM = 64 * 1024 * 1024  # freeing this much staged RAM returns it to the system
 
 

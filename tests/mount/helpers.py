@@ -524,6 +524,21 @@ def records(store: Path) -> list[Path]:
 
 
 
+def refused_for_damage(daemon: Daemon, record: Path) -> None:
+    """Starting `daemon` fails with exit 8 and a last log line (the log has the earlier mounts
+    too) that names `record` as damaged, with no traceback."""
+    try:
+        daemon.start()
+    except DaemonExited as refused:
+        line = refused.log.strip().splitlines()[-1]
+        assert refused.rc == 8, f"exit {refused.rc}: {line}"
+        assert line.startswith("cagefs mount: "), line
+        assert record.name in line and "damaged" in line, line
+        assert "Traceback" not in refused.log
+    else:
+        raise AssertionError(f"the mount started over the damaged {record.name}")
+
+
 TRACED_CALL = re.compile(r"^(\d+) +(\w+)\((.*)$", re.MULTILINE)
 
 

@@ -122,6 +122,12 @@ def _keeping_times(
     return before, os.lstat(".", dir_fd=dir_fd)
 
 
+def free_bytes(where: Path | int) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding `where`."""
+    st = os.statvfs(where)
+    return st.f_bavail * st.f_frsize
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename into the directory at `path` durable."""
     fsync_dirs([os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)])

@@ -34,6 +34,7 @@ from cagefs.age.errors import AgeError
 from cagefs.age.header import Stanza, encode_header
 from cagefs.age.recipients import Recipient, new_file_key, wrap_file_key
 from cagefs.age.stream import payload_size, plaintext_size
+from cagefs.store.paths import free_bytes
 from cagefs.store.versions import start_writeback
 
 log = logging.getLogger(__name__)
@@ -398,8 +399,7 @@ class SlotPool:
 
     def _grow(self, k: int) -> None:
         size = self.sizes[k]
-        disk = os.statvfs(self._dir_fd)
-        if disk.f_bavail * disk.f_frsize < FREE_MARGIN + _BATCH * size:
+        if free_bytes(self._dir_fd) < FREE_MARGIN + _BATCH * size:
             if not self._disk_full:
                 log.info("journal slots: the disk is nearly full: no more slots for now")
             self._disk_full = True

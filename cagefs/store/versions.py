@@ -25,6 +25,7 @@ from cagefs.errors import CageError
 from cagefs.store.auth import FileAuth
 from cagefs.store.filekeys import FileKeys
 from cagefs.store.layout import META_DIR, SUFFIX, TEMP_PREFIX, tmp_dir
+from cagefs.store.paths import free_bytes
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -52,9 +53,10 @@ def syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def start_writeback(fd: int) -> None:
-    """Start writing a file's dirty pages out, without waiting (sync_file_range)."""
-    if _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Start writing a file's dirty pages out (from `offset`, `length` bytes; 0: to the end),
+    without waiting (sync_file_range)."""
+    if _libc.sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -86,9 +88,8 @@ class _EarlyWriteback:
         self._written += len(data)
         if self._written - self._started >= _WRITEBACK_STEP:
             # Advisory: a filesystem that cannot (EINVAL, ESPIPE) just flushes at publish.
-            _libc.sync_file_range(
-                self._fd, self._started, self._written - self._started, _SYNC_FILE_RANGE_WRITE
-            )
+            with contextlib.suppress(OSError):
+                start_writeback(self._fd, self._started, self._written - self._started)
             self._started = self._written
 
 
@@ -244,10 +245,6 @@ class ReadyVersions:
         while self._ready:
             self._ready.popleft().discard()
 
-    def _room(self) -> int:
-        st = os.statvfs(self._root)
-        return st.f_bavail * st.f_frsize
-
     def _work(self) -> None:
         while True:
             with self._lock:
@@ -256,7 +253,7 @@ class ReadyVersions:
                 if self._closed:
                     return
             try:
-                if self._room() < _FREE_MARGIN:  # what they hold is for the files, now
+                if free_bytes(self._root) < _FREE_MARGIN:  # what they hold is for the files, now
                     raise OSError(errno.ENOSPC, "the disk is nearly full")
                 version = self._make(unnamed=True)
             except OSError as exc:  # a full disk, no O_TMPFILE: `take` makes them meanwhile
@@ -284,8 +281,7 @@ def check_room(root: Path, size: int, new_size: int) -> None:
     (`truncate -s 1P`, a write far past the end) is stored as that many encrypted zeros."""
     if _HEADER_ROOM + payload_size(new_size) > largest_file(root):
         raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
-    st = os.statvfs(root)
-    if payload_size(new_size) - payload_size(size) > st.f_bavail * st.f_frsize:
+    if payload_size(new_size) - payload_size(size) > free_bytes(root):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 

@@ -328,6 +328,9 @@ class FileContent:
         assert overlay is not None
         if overlay.recorded and self.records:
             return True  # nothing new since the last record (attributes: a record of them)
+        slots = self.env.journal.slots
+        if slots.starved and self.base in slots.held():
+            return False  # no slot is free, and a fold of this file frees those it holds
         if os.fstat(self.current.fd).st_nlink != 1:
             return False  # several names share the backing file: the full publish path
         size = max(self.size, self.current.reader.size)

@@ -133,8 +133,23 @@ class Publisher:
             finally:
                 self._let_go_of_replaced()
             # Not in this request: a file folded past its bound has thousands of records.
-            self._removed += [(base, None) for base in self._obsolete]
-            self._obsolete.clear()
+            folded, self._obsolete = self._obsolete, []
+            self._removed += [(base, None) for base in folded]
+        await self._free_slots_of(folded)
+
+    async def _free_slots_of(self, folded: list[bytes]) -> None:
+        """While no slot is free, a fold of a file holding slots frees them before the fsync
+        returns: the writer's next record finds one, rather than being a file of its own
+        (create, rename, directory fsync) for as long as a background round takes."""
+        journal = self._env.journal
+        if journal is None or not journal.slots.starved:
+            return
+        held = journal.slots.held()
+        if not any(base in held for base in folded):
+            return
+        journal.slots.starved = False  # (a record that finds no slot sets it again)
+        await self.drop_records()
+        await trio.to_thread.run_sync(journal.slots.settle)
 
     async def _fsync_dirs(self, directories: list[int]) -> None:
         seen = ACTIVITY.namespace_changes
@@ -207,14 +222,12 @@ class Publisher:
         candidates = [c for c in self._env.journaled if c.base in held]
         if not candidates:
             return
-        journal.slots.starved = False  # (a record that finds no slot sets it again)
         content = max(candidates, key=lambda c: held[c.base] if c.base else 0)
         try:
-            await self.compact(content)
+            await self.compact(content)  # (its publish frees the slots: _free_slots_of)
         except (OSError, AgeError) as exc:  # kept as records; the next record asks again
+            journal.slots.starved = False
             log.error("%s: could not fold journal records: %s", self._name(content), exc)
-            return
-        await self.drop_records()  # its slots zeroed now, not at the next round
 
     def _name(self, content: FileContent) -> str:
         node = self._owner(content)

@@ -156,9 +156,10 @@ def test_read_only_mounts_wait_for_slot_records_not_for_free_slots(
 def test_when_every_slot_is_in_use_the_file_is_folded_to_free_them(
     daemons: Callable[..., Daemon],
 ) -> None:
-    """A pool of 1 MiB holds ~190 records of a 4 KiB write: past that, the file holding them
-    is folded in the background and its slots reused, rather than every later record being a
-    file of its own (create, rename, directory fsync: half the fsyncs per second)."""
+    """A pool of 1 MiB holds ~190 records of a 4 KiB write: the fsync after the one that found
+    no slot folds the file, and its slots are free again when that fsync returns, rather than
+    every later record being a file of its own (create, rename, directory fsync: half the
+    fsyncs per second) until a background round gets to it, however slow the machine."""
     daemon = daemons("auto", options=["--compact-idle", "600s", "--journal-slots-mib", "1"])
     daemon.start()
     data = bytearray(make_base(daemon))
@@ -175,7 +176,7 @@ def test_when_every_slot_is_in_use_the_file_is_folded_to_free_them(
     files = [r for r in records(daemon.store) if not r.name.startswith("slot-")]
     folded = backing.stat().st_ino != base
     assert folded, "never folded: the pool ran out"
-    assert len(files) < 150, f"{len(files)} records written as files once the slots ran out"
+    assert len(files) <= 1, f"{len(files)} records written as files once the slots ran out"
     assert (daemon.mnt / "f.bin").read_bytes() == data
     daemon.kill9()
     daemon.start()

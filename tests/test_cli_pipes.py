@@ -369,8 +369,8 @@ def peak_rss_through_encrypt_and_decrypt(keyfile, mib: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("verb", ["encrypt", "decrypt"])
 def test_a_write_error_is_one_line(verb: str, keyfile, tmp_path: Path) -> None:
-    """Output is written behind on a thread: its errors still reach the user, as one line.
-    (A copy of /dev/full, so that a regression cannot replace the real one.)"""
+    """A write error on the output (a device: written in turn, `WriteInTurn`) reaches the user
+    as one line. (A copy of /dev/full, so that a regression cannot replace the real one.)"""
     full = tmp_path / "full"
     os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
     plain = data_of(3 * MIB)

@@ -186,6 +186,21 @@ def test_a_file_or_device_is_written_in_turn(kind: str, tmp_path: Path) -> None:
         assert path.read_bytes() == b"header" + b"x" * 100_000 + b"tail"
 
 
+def test_a_pipe_written_behind_reports_its_write_error() -> None:
+    """An output that may wait for its reader is written behind on a thread; a write error
+    there (here EPIPE: Python ignores SIGPIPE) is raised to the caller, at the latest at the end."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        with pytest.raises(BrokenPipeError), written_behind(write_end) as sink:
+            assert threads_named("cagefs-write-behind") != []
+            lent = sink.lend(MIB)
+            lent[:] = bytes(MIB)
+            sink(lent)
+    finally:
+        os.close(write_end)
+
+
 def test_fifos_as_input_and_output(keyfile, tmp_path: Path) -> None:
     """Named pipes given as IN and -o OUT are read and written, never replaced by a file."""
     plain = data_of(MIB + 3)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from test_cli_crypt import CAGEFS, data_of, fails, ok
 
-from cagefs.cli.blockio import read_blocks, written_behind
+from cagefs.cli.blockio import output_to, read_blocks
 
 MIB = 1 << 20
 
@@ -171,7 +171,7 @@ def test_a_file_or_device_is_written_in_turn(kind: str, tmp_path: Path) -> None:
         os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a copy of /dev/null
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        with written_behind(fd) as sink:
+        with output_to(fd) as sink:
             assert threads_named("cagefs-write-behind") == []
             for piece in (b"header", b"x" * 100_000):
                 lent = sink.lend(len(piece))
@@ -192,7 +192,7 @@ def test_a_pipe_written_behind_reports_its_write_error() -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        with pytest.raises(BrokenPipeError), written_behind(write_end) as sink:
+        with pytest.raises(BrokenPipeError), output_to(write_end) as sink:
             assert threads_named("cagefs-write-behind") != []
             lent = sink.lend(MIB)
             lent[:] = bytes(MIB)

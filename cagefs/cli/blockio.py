@@ -47,8 +47,9 @@ def enlarge_pipe(fd: int) -> bool:
 
 
 def read_blocks(fd: int, block_size: int = BLOCK_SIZE) -> Iterator[memoryview]:
-    """`fd` read to its end, in blocks of `block_size` bytes (the last one shorter), read ahead
-    on a thread. A block stays valid until the next is asked for: then its buffer is refilled.
+    """`fd` read to its end, in blocks of `block_size` bytes (the last one shorter): a pipe when
+    the next block is asked for (`_read_in_turn`), anything else ahead on a thread. A block
+    stays valid until the next is asked for: then its buffer is refilled.
     Read errors are raised here, in order, after the blocks read before them."""
     if enlarge_pipe(fd):
         yield from _read_in_turn(fd, block_size)
@@ -131,7 +132,7 @@ def pread_reusing(fd: int) -> Pread:
 
 
 @contextlib.contextmanager
-def written_behind(fd: int) -> Iterator[LendingSink]:
+def output_to(fd: int) -> Iterator[LendingSink]:
     """A sink on `fd` that has written everything when the block ends without error: a
     `WriteBehind` if `fd` may wait for a reader (a pipe or a socket), else a `WriteInTurn`."""
     mode = os.fstat(fd).st_mode

@@ -30,7 +30,7 @@ from cagefs.age.file import BlockStream, decrypt_blocks, decrypt_stream, open_fi
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import ScryptRecipient
 from cagefs.age.stream import LendingSink, Sink
-from cagefs.cli.blockio import pread_reusing, read_blocks, written_behind
+from cagefs.cli.blockio import output_to, pread_reusing, read_blocks
 from cagefs.cli.keyargs import load_identities, load_recipients, passphrase_identity
 from cagefs.errors import CageError
 from cagefs.secrets import get_passphrase, prompt_passphrase
@@ -152,7 +152,7 @@ def _output(path: str | None) -> Iterator[LendingSink]:
         sys.stdout.flush()  # nothing buffered may come after what goes straight to the fd
         previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         try:
-            with written_behind(sys.stdout.fileno()) as sink:
+            with output_to(sys.stdout.fileno()) as sink:
                 yield sink
         finally:
             signal.signal(signal.SIGPIPE, previous)
@@ -168,7 +168,7 @@ def _output(path: str | None) -> Iterator[LendingSink]:
         return
     fd = os.open(path, os.O_WRONLY)  # renaming over /dev/null or a FIFO would replace it
     try:
-        with written_behind(fd) as sink:
+        with output_to(fd) as sink:
             yield sink
     finally:
         os.close(fd)
@@ -193,7 +193,7 @@ def _complete_file(path: str) -> Iterator[LendingSink]:
         fd, temp = _named_temp(path)
     try:
         try:
-            with written_behind(fd) as sink:
+            with output_to(fd) as sink:
                 yield sink
             os.fchmod(fd, 0o666 & ~_umask())
             if temp is None:

@@ -139,7 +139,9 @@ def test_a_sealer_is_reused_job_after_job(root: Path, keyfile: KeyFile, pool: Se
         version.discard()
 
 
-def test_an_idle_sealer_gives_its_memory_back(root: Path, keyfile: KeyFile, pool: SealerPool) -> None:
+def test_an_idle_sealer_gives_its_memory_back(
+    root: Path, keyfile: KeyFile, pool: SealerPool
+) -> None:
     """A job writes through the whole ring and the sealer's output buffers: 25 MiB that stayed
     resident while the sealer idled (under fio, beside a full chunk cache). `trim_idle` gives
     them back (the ring at once, the buffers when the sealer reads TRIM), and the sealer still

@@ -20,9 +20,9 @@ daemon dies, the sealer reads end-of-file on its socket and exits without finish
 payload, so the temp is left incomplete and unpublished: the next mount removes it (I3).
 
 Messages, daemon to sealer: JOB (payload key, next chunk, bytes written; the temp file's fd
-rides along), DATA (slot, length), END, and between jobs TRIM. Sealer to daemon: READY (once, when started), ACK
-(slot), DONE (plaintext size), FAIL (errno, text). After a FAIL the sealer exits; after DONE
-it waits for the next JOB.
+rides along), DATA (slot, length), END, and between jobs TRIM. Sealer to daemon: READY (once,
+when started), ACK (slot), DONE (plaintext size), FAIL (errno, text). After a FAIL the sealer
+exits; after DONE it waits for the next JOB.
 
 An idle sealer's memory is given back (`SealerPool.trim_idle`, each publisher round): a ring
 and the sealer's output buffers, once written through, stay resident (16 + 9 MiB) though no

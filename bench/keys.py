@@ -2,13 +2,24 @@
 
 Every run goes in rounds, every command once per round (so that a slow phase of a shared
 machine hits them alike), and the median of `--repeat` rounds counts. Before each command the
-page cache is dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`), so everything reads cold.
+page cache is dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`), so everything reads cold,
+except `rekey (warm)`.
   verify:         `cagefs verify STORE -i KEY` (every chunk of every file decrypted)
   rekey:          `cagefs rekey STORE -i KEY` (every file decrypted and encrypted again)
+  rekey (warm):   the same with the backing files read into the page cache first: what
+                  rekey's CPU path does when the disk only has to take the writes
   recipients add: `cagefs recipients add STORE R2 -i KEY` (headers only, payloads copied); the
                   round then puts the store back with `recipients remove --no-rekey` (timed too)
   age -d:         the Go CLI decrypting every backing file to /dev/null
   age -e:         the Go CLI encrypting the same plaintext to files, then `sync`
+  disk read:      `cat` of every backing file to /dev/null: the disk's cold read alone
+  disk read+write: that `cat` and, at the same time, `dd oflag=direct conv=fsync` of as many
+                  bytes to a new file: the disk reading the old and writing as much new at
+                  once, as rekey and recipients add do, without crypto or copies (a serial
+                  `dd` copy of each file with its fsync ran slower than rekey: no ceiling)
+CPU-s/GiB is the CPU time (user + system) of each command and all its processes (rekey's
+sealers too): on two cores a command whose CPU time is spread over two processes could run
+at most at 2 GiB / CPU-s.
 The store holds `--files` files of equal size, written with the engine (tagged as a mount
 writes them). MB is 10^6 bytes. The table goes to `<results-dir>/keys-latest.txt`, the
 numbers with the command line to `<results-dir>/keys-<date>.json`.
@@ -28,6 +39,7 @@ from bench.harness import (
     MIB,
     Work,
     cagefs_cli,
+    cpu_seconds,
     drop_caches,
     standalone_parser,
     timed,
@@ -36,14 +48,29 @@ from bench.harness import (
 from bench.report import save_standalone
 
 TARGET_MBS = 500.0  # issue "Keys for years": verify and rekey at least this fast
-COMMANDS = ("verify", "rekey", "recipients add", "remove --no-rekey", "age -d", "age -e")
+COMMANDS = (
+    "verify",
+    "rekey",
+    "rekey (warm)",
+    "recipients add",
+    "remove --no-rekey",
+    "age -d",
+    "age -e",
+    "disk read",
+    "disk read+write",
+)
+CEILINGS = {"verify": "disk read", "rekey": "disk read+write", "recipients add": "disk read+write"}
 SH = "/bin/sh"
 
 
-def cold(cmd: list[str]) -> float:
-    """Seconds `cmd` takes with every cache dropped first."""
+def measured(cmd: list[str], warm: str = "") -> tuple[float, float]:
+    """Seconds `cmd` takes with every cache dropped first (then the shell command `warm`, if
+    any, is run untimed), and the CPU seconds it used."""
     drop_caches()
-    return timed(cmd)
+    if warm:
+        timed([SH, "-c", warm])
+    cpu = cpu_seconds([])
+    return timed(cmd), cpu_seconds([]) - cpu
 
 
 def make_store(work: Work, files: int, file_mib: int) -> tuple[Path, str, Path]:
@@ -73,40 +100,58 @@ def make_store(work: Work, files: int, file_mib: int) -> tuple[Path, str, Path]:
     return store_root, other, plain
 
 
-def round_of(work: Work, store: Path, other: str, plain: Path) -> dict[str, float]:
+def round_of(
+    work: Work, store: Path, other: str, plain: Path, size: int
+) -> dict[str, tuple[float, float]]:
+    """(seconds, CPU seconds) of each command, in the order of COMMANDS."""
     backing = " ".join(shlex.quote(str(p)) for p in sorted(store.glob("*.age")))
-    key, out = work.identity, work.scratch("age-out")
+    key, out = work.identity, shlex.quote(str(work.scratch("age-out")))
     encrypt = (
         f"for f in {shlex.quote(str(plain))}/*; do age -e -r {work.recipient} "
-        f"-o {shlex.quote(str(out))}/$(basename $f).age $f; done; sync"
+        f"-o {out}/$(basename $f).age $f; done; sync"
     )
     decrypt = f"for f in {backing}; do age -d -i {shlex.quote(str(key))} $f >/dev/null; done"
+    read = f"cat {backing} >/dev/null"
+    write = (
+        f"dd if=/dev/zero of={out}/written bs=4M count={size // (4 * MIB)} oflag=direct "
+        "conv=fsync status=none"
+    )
     return {
-        "verify": cold(cagefs_cli("verify", store, "-i", key)),
-        "rekey": cold(cagefs_cli("rekey", store, "-i", key)),
-        "recipients add": cold(cagefs_cli("recipients", "add", store, other, "-i", key)),
-        "remove --no-rekey": cold(
+        "verify": measured(cagefs_cli("verify", store, "-i", key)),
+        "rekey": measured(cagefs_cli("rekey", store, "-i", key)),
+        "rekey (warm)": measured(cagefs_cli("rekey", store, "-i", key), warm=read),
+        "recipients add": measured(cagefs_cli("recipients", "add", store, other, "-i", key)),
+        "remove --no-rekey": measured(
             cagefs_cli("recipients", "remove", store, other, "--no-rekey", "-i", key)
         ),
-        "age -d": cold([SH, "-c", decrypt]),
-        "age -e": cold([SH, "-c", encrypt]),
+        "age -d": measured([SH, "-c", decrypt]),
+        "age -e": measured([SH, "-c", encrypt]),
+        "disk read": measured([SH, "-c", read]),
+        "disk read+write": measured([SH, "-c", f"rm -f {out}/*; {read} & {write}; wait"]),
     }
 
 
-def report(rates: dict[str, list[float]], size: int, command: str) -> str:
+def report(
+    rates: dict[str, list[float]], cpu: dict[str, list[float]], size: int, command: str
+) -> str:
     lines = [
         f"$ {command}",
-        f"cagefs key verbs on {size / MIB:.0f} MiB, cold cache, MB/s",
-        f"{'command':<20} {'median':>8}   runs",
+        f"cagefs key verbs on {size / MIB:.0f} MiB, cold cache (but rekey (warm)), MB/s",
+        f"{'command':<20} {'median':>8} {'CPU-s/GiB':>10}   runs",
     ]
     for name in COMMANDS:
         runs = rates[name]
         runs_text = " ".join(f"{r:.0f}" for r in runs)
-        lines.append(f"{name:<20} {statistics.median(runs):>8.0f}   {runs_text}")
+        per_gib = statistics.median(cpu[name]) * (1 << 30) / size
+        lines.append(f"{name:<20} {statistics.median(runs):>8.0f} {per_gib:>10.2f}   {runs_text}")
     for name in ("verify", "rekey"):
         got = statistics.median(rates[name])
         verdict = "met" if got >= TARGET_MBS else "NOT met"
         lines.append(f"target {name} >= {TARGET_MBS:.0f} MB/s: {verdict} ({got:.0f})")
+    lines.append("against the disk in the same run (the median of each round's ratio):")
+    for name, ceiling in CEILINGS.items():
+        ratio = statistics.median(r / c for r, c in zip(rates[name], rates[ceiling], strict=True))
+        lines.append(f"  {name} / {ceiling}: {ratio:.2f}x")
     return "\n".join(lines) + "\n"
 
 
@@ -125,12 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     file_mib = max(1, args.size_mib // args.files)
     size = file_mib * args.files * MIB
     rates: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    cpu: dict[str, list[float]] = {name: [] for name in COMMANDS}
     with work_dir(args.dir) as work:
         store, other, plain = make_store(work, args.files, file_mib)
         for _ in range(args.repeat):
-            for name, seconds in round_of(work, store, other, plain).items():
+            for name, (seconds, cpu_used) in round_of(work, store, other, plain, size).items():
                 rates[name].append(size / MB / seconds)
-    text = report(rates, size, command)
+                cpu[name].append(cpu_used)
+    text = report(rates, cpu, size, command)
     print(text, end="")
     facts = {
         "command": command,
@@ -138,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "rates": rates,
+        "cpu_seconds": cpu,
     }
     save_standalone(args.results_dir, "keys", text, facts)
     return 0

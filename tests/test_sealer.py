@@ -11,14 +11,22 @@ from pathlib import Path
 import pyrage
 import pytest
 from conftest import KeyFile
-from mount.helpers import still_running
+from mount.helpers import resident_in, still_running, wait_until
 
 from cagefs.age import CHUNK_SIZE, parse_recipient
 from cagefs.fs.streaming import INLINE_UNTIL, StreamWriter, write_out
 from cagefs.store import sealer as sealer_module
 from cagefs.store.auth import AuthKey, FileAuth
 from cagefs.store.layout import create_meta_dirs
-from cagefs.store.sealer import RING_SLOTS, SLOT_SIZE, Sealer, SealerError, SealerPool, SealJob
+from cagefs.store.sealer import (
+    RING_SIZE,
+    RING_SLOTS,
+    SLOT_SIZE,
+    Sealer,
+    SealerError,
+    SealerPool,
+    SealJob,
+)
 from cagefs.store.versions import NewVersion
 
 AUTH = FileAuth(AuthKey.generate())
@@ -129,6 +137,37 @@ def test_a_sealer_is_reused_job_after_job(root: Path, keyfile: KeyFile, pool: Se
         pool.give_back(sealer)
         assert decrypt_with_age(version.path, keyfile) == data
         version.discard()
+
+
+def test_an_idle_sealer_gives_its_memory_back(
+    root: Path, keyfile: KeyFile, pool: SealerPool
+) -> None:
+    """A job writes through the whole ring and the sealer's output buffers: 25 MiB that stayed
+    resident while the sealer idled (under fio, beside a full chunk cache). `trim_idle` gives
+    them back (the ring at once, the buffers when the sealer reads TRIM), and the sealer still
+    seals its next job; a sealer that has not worked since is left alone."""
+    sealer = pool.take()
+    assert sealer is not None
+    held = ("/memfd:cagefs-ring", "/dev/zero")  # its ring, and its buffers (mmap(-1))
+    for n in range(2):
+        assert n == 0 or pool.take() is sealer
+        data = os.urandom(2 * RING_SIZE + n)
+        version = new_version(root, keyfile, data[:10])
+        job = SealJob(sealer, version.fd, version.hand_over())
+        job.write(data[10:])
+        assert job.finish() == len(data)
+        pool.give_back(sealer)
+        assert decrypt_with_age(version.path, keyfile) == data
+        version.discard()
+        resident = resident_in(sealer.process.pid, held)
+        assert resident >= RING_SIZE, f"only {resident >> 20} MiB resident after a job"
+        pool.trim_idle()
+        wait_until(
+            lambda: resident_in(sealer.process.pid, held) < MIB,
+            f"{resident_in(sealer.process.pid, held) >> 20} MiB kept by an idle sealer",
+        )
+    assert not sealer.used
+    pool.trim_idle()  # nothing to give back: no message either
 
 
 def test_a_killed_sealer_is_an_error_not_a_hang(root: Path, keyfile: KeyFile) -> None:

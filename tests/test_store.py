@@ -72,6 +72,7 @@ def test_config_defaults_fill_missing_keys(tmp_path: Path) -> None:
     (root / CONFIG_FILE).write_text('format_version = 1\nrecipients = ["age1x"]\n')
     assert StoreConfig.load(root) == StoreConfig(recipients=["age1x"])
     assert StoreConfig().memory_threshold == 64 << 20
+    assert StoreConfig().chunk_cache_mib == 32  # issue 16: with fio's peak, ≤ 150 MiB
 
 
 @pytest.mark.parametrize(

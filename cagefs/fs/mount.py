@@ -50,7 +50,7 @@ class MountOptions:
     read_only: bool = False
     allow_other: bool = False
     memory_threshold: int = 64 * 1024 * 1024
-    cache_mib: int = 64
+    cache_mib: int = 32
     publish_interval: float = 1.0
     accept_untagged: bool = False  # serve files without a proof of origin (read-only mounts)
     fsname: str = "cagefs"  # the source `mount`, `df` and `findmnt` show: the store's path

@@ -58,6 +58,7 @@ class Publisher:
                 await self.drop_records()
                 await self.publish_all()
                 heap.give_back_when_kept()  # what a burst of writes or reads freed
+                await trio.to_thread.run_sync(self._env.sealers.trim_idle)
             except Exception:  # never let one round stop the mount (I10); the next one retries
                 log.exception("internal error while publishing")
 

@@ -14,7 +14,19 @@ import traceback
 
 from cagefs.age import PayloadState, PayloadWriter
 from cagefs.store.direct import DirectAppender, new_buffers
-from cagefs.store.sealer import ACK, DATA, DONE, END, FAIL, JOB, MESSAGE_MAX, READY, SLOT_SIZE
+from cagefs.store.sealer import (
+    ACK,
+    DATA,
+    DONE,
+    END,
+    FAIL,
+    JOB,
+    MESSAGE_MAX,
+    READY,
+    SLOT_SIZE,
+    TRIM,
+    give_back_pages,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -40,6 +52,10 @@ def _run_job(sock: socket.socket, ring: memoryview, buffers: list[memoryview]) -
     message, fds, _, _ = socket.recv_fds(sock, MESSAGE_MAX, 1)
     if not message:
         return False
+    if message == TRIM:  # idle: the ring's pages are gone already, now the buffers'
+        for buffer in buffers:
+            give_back_pages(buffer.obj)  # type: ignore[arg-type]
+        return True
     _, payload_key, next_chunk, written = JOB.unpack(message)
     fd = fds[0]
     sink = DirectAppender(fd, os.lseek(fd, 0, os.SEEK_CUR), buffers)

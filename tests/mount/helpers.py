@@ -270,6 +270,28 @@ def child_pids(pid: int) -> set[int]:
     return pids
 
 
+def resident_in(pid: int, names: tuple[str, ...]) -> int:
+    """Bytes resident in `pid`'s mappings whose name starts with one of `names` (a sealer's
+    ring is `/memfd:cagefs-ring`, an anonymous shared buffer `/dev/zero`); 0 once it exited."""
+    total, counted = 0, False
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            fields = line.split()
+            if "-" in fields[0] and ":" not in fields[0]:  # a mapping's first line
+                counted = len(fields) > 5 and fields[5].startswith(names)
+            elif counted and fields[0] == "Rss:":
+                total += int(fields[1]) << 10
+    return total
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Until `condition()` holds; the timeout only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still not so after {timeout:.0f} s: {what}"
+        time.sleep(0.05)
+
+
 def still_running(pids: set[int], timeout: float) -> set[int]:
     """Those of `pids` that have not exited within `timeout` (zombies count as exited)."""
     deadline = time.monotonic() + timeout

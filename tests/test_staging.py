@@ -62,6 +62,33 @@ def test_a_small_write_and_its_record_read_no_base_block(base: tuple[Base, bytes
 
 
 @pytest.mark.parametrize("scratch", [False, True])
+def test_small_writes_into_more_blocks_than_ram_keeps_read_no_base_block(
+    base: tuple[Base, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scratch: bool
+) -> None:
+    """fio's 4 KiB random writes + fsync all over a large file: past PARTIAL_LIMIT blocks
+    written in part, the oldest are stored as written, not completed from the base."""
+    monkeypatch.setattr(staging, "PARTIAL_LIMIT", 2)
+    opened, data = base
+    (tmp_path / ".cagefs" / "tmp").mkdir(parents=True)
+    blocks = ScratchBlocks(tmp_path) if scratch else MemoryBlocks()
+    overlay = Overlay(blocks, BASE, opened.read_chunk)
+    model = bytearray(data)
+    for round_ in range(3):  # the second and third write into blocks stored in part
+        for index in range(8):
+            offset = index * CHUNK_SIZE + (round_ * 3 + index) % 15 * 4096
+            piece = bytes([round_ + 1]) * 4096
+            overlay.write(offset, piece)
+            model[offset : offset + 4096] = piece
+            assert overlay.read(offset, 4096) == piece  # the record's bytes
+    assert opened.reads == 0, f"{opened.reads} base blocks decrypted for small writes"
+    got = b"".join(overlay.chunks())
+    first = next((i for i, (a, b) in enumerate(zip(got, model, strict=False)) if a != b), None)
+    assert len(got) == len(model) and first is None, f"content differs at byte {first}"
+    assert opened.reads == -(-BASE // CHUNK_SIZE)  # each block's base once, at publishing
+    overlay.close()
+
+
+@pytest.mark.parametrize("scratch", [False, True])
 def test_partial_blocks_follow_the_model_through_writes_truncations_and_reads(
     base: tuple[Base, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scratch: bool
 ) -> None:

@@ -22,6 +22,8 @@ from cagefs.store.ranges import Ranges
 _ZEROS = bytes(CHUNK_SIZE)
 # Blocks written in part over a base block not read yet, kept in RAM (at most 4 MiB): a
 # 4 KiB write + fsync needs neither the base's 64 KiB decrypted nor the block completed.
+# Past this many, the oldest is stored as it is (its bytes written, zeros elsewhere) with the
+# other blocks, its base still not read: random writes all over a large file read no base.
 PARTIAL_LIMIT = 64
 GIVE_BACK_FROM = 64 * 1024 * 1024  # freeing this much staged RAM returns it to the system
 
@@ -144,6 +146,8 @@ class Overlay:
         # Blocks written only in part whose base is not read yet: the bytes written, which
         # ones; completed from the base when the rest of the block is needed (`block`).
         self._partial: dict[int, tuple[bytearray, Ranges]] = {}
+        # Blocks written in part stored in `blocks` so (past PARTIAL_LIMIT): the bytes written.
+        self._stored_partial: dict[int, Ranges] = {}
         # Since the last journal record (store/journal.py): bytes changed, smallest size.
         self.unrecorded = Ranges()
         self.cut = size
@@ -152,18 +156,24 @@ class Overlay:
     def block(self, index: int) -> bytes:
         """The full 64 KiB of block `index`, zero-padded (one written in part is completed
         from the base now, and kept)."""
-        stored = self.blocks.get(index)
-        if stored is not None:
-            return stored
-        if index in self._partial:
+        if index in self._partial or index in self._stored_partial:
             block = self._completed(index)
             self.blocks.put(index, block)
-            del self._partial[index]
+            self._partial.pop(index, None)
+            self._stored_partial.pop(index, None)
             return block
-        return self._base_block(index)
+        stored = self.blocks.get(index)
+        return stored if stored is not None else self._base_block(index)
 
     def _completed(self, index: int) -> bytes:
-        data, written = self._partial[index]
+        """A block written in part, completed from the base (not kept)."""
+        if index in self._partial:
+            data, written = self._partial[index]
+        else:
+            written = self._stored_partial[index]
+            stored = self.blocks.get(index)
+            assert stored is not None
+            data = bytearray(stored)
         block = bytearray(self._base_block(index))
         for start, length in written.spans():
             block[start : start + length] = data[start : start + length]
@@ -188,8 +198,11 @@ class Overlay:
             start = index * CHUNK_SIZE
             low, high = max(offset - start, 0), min(end - start, CHUNK_SIZE)
             partial = self._partial.get(index)
+            stored = self._stored_partial.get(index)
             if partial is not None and partial[1].covers(low, high):  # only bytes written
                 parts.append(bytes(partial[0][low:high]))
+            elif stored is not None and stored.covers(low, high):
+                parts.append(self._stored(index)[low:high])
             else:
                 parts.append(self.block(index)[low:high])
         return b"".join(parts)
@@ -206,6 +219,9 @@ class Overlay:
                 if take == CHUNK_SIZE:
                     self.blocks.put(index, bytes(view[:take]))
                     self._partial.pop(index, None)
+                    self._stored_partial.pop(index, None)
+                elif index in self._stored_partial:
+                    self._write_stored_partial(index, within, view[:take])
                 else:
                     stored = self.blocks.get(index)
                     if stored is None and (index in self._partial or self._reads_base(index)):
@@ -224,7 +240,7 @@ class Overlay:
         entry = self._partial.get(index)
         if entry is None:
             if len(self._partial) >= PARTIAL_LIMIT:
-                self.block(next(iter(self._partial)))  # the oldest completed: RAM bounded
+                self._store_partial(next(iter(self._partial)))  # the oldest: RAM bounded
             entry = self._partial[index] = (bytearray(CHUNK_SIZE), Ranges())
         data, written = entry
         data[within : within + len(piece)] = piece
@@ -232,6 +248,27 @@ class Overlay:
         if written.covers(0, CHUNK_SIZE):
             self.blocks.put(index, bytes(data))
             del self._partial[index]
+
+    def _store_partial(self, index: int) -> None:
+        """A block written in part moves from RAM to `blocks`, as written (base not read)."""
+        data, written = self._partial[index]
+        self.blocks.put(index, bytes(data))
+        self._stored_partial[index] = written
+        del self._partial[index]
+
+    def _write_stored_partial(self, index: int, within: int, piece: memoryview) -> None:
+        written = self._stored_partial[index]
+        data = bytearray(self._stored(index))
+        data[within : within + len(piece)] = piece
+        self.blocks.put(index, bytes(data))
+        written.add(within, within + len(piece))
+        if written.covers(0, CHUNK_SIZE):
+            del self._stored_partial[index]
+
+    def _stored(self, index: int) -> bytes:
+        stored = self.blocks.get(index)
+        assert stored is not None, f"block {index} written in part is not stored"
+        return stored
 
     def truncate(self, size: int) -> None:
         if size < self.size:
@@ -244,6 +281,8 @@ class Overlay:
             self.blocks.drop_from(index)
             for gone in [i for i in self._partial if i >= index]:
                 del self._partial[gone]
+            for gone in [i for i in self._stored_partial if i >= index]:
+                del self._stored_partial[gone]
             self.unrecorded.clip(size)  # (a record's `cut` zeroes the rest)
             self._base_limit = min(self._base_limit, size)
             self.cut = min(self.cut, size)
@@ -261,7 +300,8 @@ class Overlay:
     def chunks(self) -> Iterator[bytes]:
         """The whole content in order, one block at a time, for publishing."""
         for index in range(-(-self.size // CHUNK_SIZE)):
-            block = self._completed(index) if index in self._partial else self.block(index)
+            partial = index in self._partial or index in self._stored_partial
+            block = self._completed(index) if partial else self.block(index)
             yield block[: self.size - index * CHUNK_SIZE]
 
     def move_to(self, blocks: BlockStore) -> None:
@@ -277,4 +317,5 @@ class Overlay:
 
     def close(self) -> None:
         self._partial.clear()
+        self._stored_partial.clear()
         self.blocks.close()

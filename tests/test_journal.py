@@ -349,6 +349,38 @@ def test_dropped_records_free_their_slots_as_zeros(store: Store, keyfile: KeyFil
     assert slots_of(store), "free slots are kept for the next mount"
 
 
+def written_bytes() -> int:
+    """Bytes this process has handed to write(2) and pwrite(2) so far, every thread's."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["wchar"])
+
+
+def test_slots_are_made_and_freed_without_writing_their_zeros(
+    store: Store, keyfile: KeyFile
+) -> None:
+    """On a filesystem with FALLOC_FL_ZERO_RANGE (the test's ext4 or xfs), slots are
+    allocated as unwritten extents: an fsync'ed change then costs its record's write, not
+    also a slot's worth of zeros written and fsync'ed."""
+    assert store.auth is not None
+    content = bytearray(b"w" * 2 * CHUNK_SIZE)
+    base = put_file(store, "w", bytes(content))
+    before = written_bytes()
+    journal = slot_journal(store, 1, 16)
+    made = slots_of(store)
+    assert len(made) >= 16 and all(not data.strip(b"\0") for data in made.values())
+    wrote = written_bytes() - before
+    assert wrote < min(map(len, made.values())), f"{wrote} bytes written to make {len(made)} slots"
+    write(journal, content, record_of("w", base, 1, len(content), len(content), [0]))
+    (name,) = pending_records(store.root)
+    before = written_bytes()
+    journal.drop(base)
+    journal.slots.settle()
+    wrote = written_bytes() - before
+    assert wrote < len(made[name]), f"{wrote} bytes written to zero a slot of {len(made[name])}"
+    assert not (store.root / JOURNAL_DIR / name).read_bytes().strip(b"\0")
+    journal.close()
+
+
 def test_pending_records_are_slot_records_not_free_slots(store: Store, keyfile: KeyFile) -> None:
     assert store.auth is not None
     content = bytearray(b"p" * 2 * CHUNK_SIZE)

@@ -381,6 +381,22 @@ def test_slots_are_made_and_freed_without_writing_their_zeros(
     journal.close()
 
 
+def test_the_pool_grows_to_its_limit_and_no_further(store: Store, keyfile: KeyFile) -> None:
+    """Its running total of slot bytes (not a sum at each wake-up) stops it at the limit,
+    across a remount that finds the slots made before."""
+    assert store.auth is not None
+    probe = Journal(store.root, store.recipients, store.auth, slots_limit=0)
+    size = probe.slots.sizes[4096]
+    probe.close()
+    for mount in range(2):
+        journal = Journal(store.root, store.recipients, store.auth, slots_limit=3 * size + 100)
+        journal.slots.prepare(4096, 10)
+        assert len(slots_of(store)) == 3, f"mount {mount}: {len(slots_of(store))} slots"
+        assert [journal.slots.take(4096) is not None for _ in range(4)] == [True] * 3 + [False]
+        assert journal.slots.starved
+        journal.close()
+
+
 def test_pending_records_are_slot_records_not_free_slots(store: Store, keyfile: KeyFile) -> None:
     assert store.auth is not None
     content = bytearray(b"p" * 2 * CHUNK_SIZE)

@@ -190,6 +190,9 @@ class _Slots:
     want: dict[int, int] = field(default_factory=dict)  # free slots to keep, by class
     doubled: set[int] = field(default_factory=set)  # classes whose want grew since a batch
     sizes: dict[str, int] = field(default_factory=dict)  # every slot's size
+    # Their sum (slots are only added while mounted): the thread asks at every wake-up, and a
+    # sum over thousands of slots held the GIL against the requests.
+    made: int = 0
     next_number: int = 1
 
 
@@ -224,6 +227,7 @@ class SlotPool:
             size = os.stat(name, dir_fd=dir_fd).st_size
             if size in self.sizes.values():
                 self._state.sizes[name] = size
+                self._state.made += size
                 self._state.unchecked.setdefault(size, []).append(name)
             else:  # made for other recipients (a key change since): made again when needed
                 os.unlink(name, dir_fd=dir_fd)
@@ -252,7 +256,7 @@ class SlotPool:
                 self._state.doubled.add(fits[0])
                 want[fits[0]] = min(2 * want[fits[0]], self._limit // self.sizes[fits[0]])
             size = self.sizes[fits[0]]
-            room = self._limit - sum(self._state.sizes.values())
+            room = self._limit - self._state.made
             if room < size and not self._state.unchecked.get(size):
                 self.starved = True
             self._lock.notify()
@@ -350,7 +354,7 @@ class SlotPool:
         """A class with fewer free slots than wanted that can have more: slots found at
         start, or new ones within the limit."""
         state = self._state
-        room = self._limit - sum(state.sizes.values())
+        room = self._limit - state.made
         for k, want in state.want.items():
             size = self.sizes[k]
             if len(state.free.get(size, [])) < want and (state.unchecked.get(size) or size <= room):
@@ -437,7 +441,7 @@ class SlotPool:
             return
         self._disk_full = False
         with self._lock:
-            room = (self._limit - sum(self._state.sizes.values())) // size
+            room = (self._limit - self._state.made) // size
             batch = max(_BATCH, _GROW_BYTES // size)
             count = min(batch, room, self._state.want[k] - len(self._state.free.get(size, [])))
             if count <= 0:
@@ -467,6 +471,7 @@ class SlotPool:
         with self._lock:
             for name in made:
                 self._state.sizes[name] = size
+            self._state.made += size * len(made)
             self._state.free.setdefault(size, []).extend(made)
             self._state.doubled.discard(k)
 

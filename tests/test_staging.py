@@ -61,6 +61,47 @@ def test_a_small_write_and_its_record_read_no_base_block(base: tuple[Base, bytes
     assert b"".join(overlay.chunks()) == model
 
 
+def first_difference(got: bytes, want: bytes | bytearray) -> int:
+    return next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), -1)
+
+
+class CountedBlocks(MemoryBlocks):
+    """RAM blocks, with the blocks stored counted (each costs a 64 KiB encryption in a
+    scratch file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts = 0
+
+    def put(self, index: int, block: bytes) -> None:
+        self.puts += 1
+        super().put(index, block)
+
+
+def test_lines_appended_past_the_base_store_a_block_only_once_it_is_full(
+    base: tuple[Base, bytes],
+) -> None:
+    """A log that appends a line and fsyncs: every line's record is read back from RAM, and
+    a block past the base's end is stored once, when full, not at every line."""
+    opened, data = base
+    blocks = CountedBlocks()
+    overlay = Overlay(blocks, BASE, opened.read_chunk)
+    model = bytearray(data)
+    line = b"%08d 2026-12-01T00:00:00Z something happened and was logged\n"
+    for i in range(3000):
+        offset = len(model)
+        overlay.write(offset, line % i)
+        model += line % i
+        assert overlay.read(offset, len(line % i)) == line % i  # the record's bytes
+    past = -(-len(data) // CHUNK_SIZE)  # blocks past the base's last one
+    full = len(model) // CHUNK_SIZE - past
+    assert blocks.puts == full, f"{blocks.puts} blocks stored for {full} filled by appends"
+    assert opened.reads == 0, f"{opened.reads} base blocks decrypted for appends"
+    got = b"".join(overlay.chunks())
+    assert got == model, f"content differs at byte {first_difference(got, model)}"
+    overlay.close()
+
+
 @pytest.mark.parametrize("scratch", [False, True])
 def test_small_writes_into_more_blocks_than_ram_keeps_read_no_base_block(
     base: tuple[Base, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scratch: bool

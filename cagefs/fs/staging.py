@@ -20,8 +20,9 @@ from cagefs.store.layout import tmp_dir
 from cagefs.store.ranges import Ranges
 
 _ZEROS = bytes(CHUNK_SIZE)
-# Blocks written in part over a base block not read yet, kept in RAM (at most 4 MiB): a
-# 4 KiB write + fsync needs neither the base's 64 KiB decrypted nor the block completed.
+# Blocks written in part and not stored yet, kept in RAM (at most 4 MiB): a 4 KiB write +
+# fsync needs neither the base's 64 KiB decrypted nor the block completed, and a line
+# appended past the base's end neither a block of zeros encrypted into scratch at each fsync.
 # Past this many, the oldest is stored as it is (its bytes written, zeros elsewhere) with the
 # other blocks, its base still not read: random writes all over a large file read no base.
 PARTIAL_LIMIT = 64
@@ -144,7 +145,7 @@ class Overlay:
         self._read_base_chunk = read_base_chunk
         self._base_limit = size if read_base_chunk else 0
         # Blocks written only in part whose base is not read yet: the bytes written, which
-        # ones; completed from the base when the rest of the block is needed (`block`).
+        # ones; completed from the base (zeros past it) when the rest is needed (`block`).
         self._partial: dict[int, tuple[bytearray, Ranges]] = {}
         # Blocks written in part stored in `blocks` so (past PARTIAL_LIMIT): the bytes written.
         self._stored_partial: dict[int, Ranges] = {}
@@ -178,9 +179,6 @@ class Overlay:
         for start, length in written.spans():
             block[start : start + length] = data[start : start + length]
         return bytes(block)
-
-    def _reads_base(self, index: int) -> bool:
-        return self._read_base_chunk is not None and index * CHUNK_SIZE < self._base_limit
 
     def _base_block(self, index: int) -> bytes:
         start = index * CHUNK_SIZE
@@ -224,7 +222,7 @@ class Overlay:
                     self._write_stored_partial(index, within, view[:take])
                 else:
                     stored = self.blocks.get(index)
-                    if stored is None and (index in self._partial or self._reads_base(index)):
+                    if stored is None:  # (past the base too: an append + fsync stores none)
                         self._write_partial(index, within, view[:take])
                     else:
                         block = bytearray(stored if stored is not None else _ZEROS)

@@ -72,9 +72,11 @@ class CountedBlocks(MemoryBlocks):
     def __init__(self) -> None:
         super().__init__()
         self.puts = 0
+        self.bytes_put = 0
 
     def put(self, index: int, block: bytes) -> None:
         self.puts += 1
+        self.bytes_put += len(block)
         super().put(index, block)
 
 
@@ -97,6 +99,28 @@ def test_lines_appended_past_the_base_store_a_block_only_once_it_is_full(
     full = len(model) // CHUNK_SIZE - past
     assert blocks.puts == full, f"{blocks.puts} blocks stored for {full} filled by appends"
     assert opened.reads == 0, f"{opened.reads} base blocks decrypted for appends"
+    got = b"".join(overlay.chunks())
+    assert got == model, f"content differs at byte {first_difference(got, model)}"
+    overlay.close()
+
+
+def test_blocks_written_in_part_are_stored_as_the_bytes_written(
+    base: tuple[Base, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past PARTIAL_LIMIT, a block with one 4 KiB write is stored as those 4 KiB (encrypted
+    into scratch: 4 KiB, not 64), and a second write into it as both."""
+    monkeypatch.setattr(staging, "PARTIAL_LIMIT", 1)
+    opened, data = base
+    blocks = CountedBlocks()
+    overlay = Overlay(blocks, BASE, opened.read_chunk)
+    model = bytearray(data)
+    for offset in (4096, CHUNK_SIZE + 8192, 4096 + 3 * 4096, 2 * CHUNK_SIZE):
+        overlay.write(offset, b"p" * 4096)
+        model[offset : offset + 4096] = b"p" * 4096
+    # Block 0 stored (4 KiB), written again (8 KiB); block 1 stored (4 KiB).
+    assert (blocks.puts, blocks.bytes_put) == (3, 4 * 4096), (blocks.puts, blocks.bytes_put)
+    assert overlay.read(4096, 4 * 4096) == model[4096 : 5 * 4096]
+    assert opened.reads == 1  # the unwritten bytes between the two writes: base block 0
     got = b"".join(overlay.chunks())
     assert got == model, f"content differs at byte {first_difference(got, model)}"
     overlay.close()

@@ -30,6 +30,8 @@ GIVE_BACK_FROM = 64 * 1024 * 1024  # freeing this much staged RAM returns it to 
 
 
 class BlockStore(Protocol):
+    """Blocks by index, each up to 64 KiB: `get` gives back the bytes `put` stored."""
+
     def get(self, index: int) -> bytes | None: ...
     def put(self, index: int, block: bytes) -> None: ...
     def drop_from(self, index: int) -> None: ...
@@ -64,7 +66,8 @@ class MemoryBlocks:
 
 
 class ScratchBlocks:
-    """Changed blocks in an unlinked scratch file, each sealed with an ephemeral key.
+    """Changed blocks in an unlinked scratch file, each sealed with an ephemeral key (a
+    shorter block, the packed bytes of one written in part, seals only its own length).
 
     Every put uses a fresh random nonce and binds the block index as associated data, so a
     block can neither be read without this process's key nor moved to another slot.
@@ -76,7 +79,7 @@ class ScratchBlocks:
     def __init__(self, root: Path) -> None:
         self._fd = os.open(tmp_dir(root), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
         self._aead = ChaCha20Poly1305(ChaCha20Poly1305.generate_key())
-        self._present: set[int] = set()
+        self._present: dict[int, int] = {}  # index -> length of the block stored there
         self._broken: OSError | None = None
 
     def _check(self) -> None:
@@ -85,9 +88,10 @@ class ScratchBlocks:
 
     def get(self, index: int) -> bytes | None:
         self._check()
-        if index not in self._present:
+        length = self._present.get(index)
+        if length is None:
             return None
-        slot = os.pread(self._fd, self._SLOT, index * self._SLOT)
+        slot = os.pread(self._fd, self._NONCE + length + 16, index * self._SLOT)
         nonce, sealed = slot[: self._NONCE], slot[self._NONCE :]
         return self._aead.decrypt(nonce, sealed, index.to_bytes(8, "big"))
 
@@ -111,10 +115,10 @@ class ScratchBlocks:
             if index in self._present:
                 self._broken = exc
             raise
-        self._present.add(index)
+        self._present[index] = len(block)
 
     def drop_from(self, index: int) -> None:
-        self._present = {i for i in self._present if i < index}
+        self._present = {i: n for i, n in self._present.items() if i < index}
         os.ftruncate(self._fd, index * self._SLOT)
 
     def items(self) -> Iterator[tuple[int, bytes]]:
@@ -125,6 +129,11 @@ class ScratchBlocks:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _packed(data: bytearray, written: Ranges) -> bytes:
+    """The bytes of `data` that `written` covers, one span after the other."""
+    return b"".join(data[start : start + length] for start, length in written.spans())
 
 
 class Overlay:
@@ -147,7 +156,8 @@ class Overlay:
         # Blocks written only in part whose base is not read yet: the bytes written, which
         # ones; completed from the base (zeros past it) when the rest is needed (`block`).
         self._partial: dict[int, tuple[bytearray, Ranges]] = {}
-        # Blocks written in part stored in `blocks` so (past PARTIAL_LIMIT): the bytes written.
+        # Blocks written in part stored in `blocks` (past PARTIAL_LIMIT) as the bytes written,
+        # packed: a 4 KiB write stores 4 KiB, not a 64 KiB block of zeros around it.
         self._stored_partial: dict[int, Ranges] = {}
         # Since the last journal record (store/journal.py): bytes changed, smallest size.
         self.unrecorded = Ranges()
@@ -172,9 +182,7 @@ class Overlay:
             data, written = self._partial[index]
         else:
             written = self._stored_partial[index]
-            stored = self.blocks.get(index)
-            assert stored is not None
-            data = bytearray(stored)
+            data = self._stored(index)
         block = bytearray(self._base_block(index))
         for start, length in written.spans():
             block[start : start + length] = data[start : start + length]
@@ -250,23 +258,34 @@ class Overlay:
     def _store_partial(self, index: int) -> None:
         """A block written in part moves from RAM to `blocks`, as written (base not read)."""
         data, written = self._partial[index]
-        self.blocks.put(index, bytes(data))
+        self.blocks.put(index, _packed(data, written))
         self._stored_partial[index] = written
         del self._partial[index]
 
     def _write_stored_partial(self, index: int, within: int, piece: memoryview) -> None:
         written = self._stored_partial[index]
-        data = bytearray(self._stored(index))
+        data = self._stored(index)
         data[within : within + len(piece)] = piece
-        self.blocks.put(index, bytes(data))
-        written.add(within, within + len(piece))
-        if written.covers(0, CHUNK_SIZE):
+        added = Ranges()
+        for start, length in written.spans():
+            added.add(start, start + length)
+        added.add(within, within + len(piece))
+        if added.covers(0, CHUNK_SIZE):
+            self.blocks.put(index, bytes(data))
             del self._stored_partial[index]
+        else:
+            self.blocks.put(index, _packed(data, added))
+            self._stored_partial[index] = added
 
-    def _stored(self, index: int) -> bytes:
-        stored = self.blocks.get(index)
-        assert stored is not None, f"block {index} written in part is not stored"
-        return stored
+    def _stored(self, index: int) -> bytearray:
+        """A block written in part and stored: its bytes in place, zeros elsewhere."""
+        packed = self.blocks.get(index)
+        assert packed is not None, f"block {index} written in part is not stored"
+        data, at = bytearray(CHUNK_SIZE), 0
+        for start, length in self._stored_partial[index].spans():
+            data[start : start + length] = packed[at : at + length]
+            at += length
+        return data
 
     def truncate(self, size: int) -> None:
         if size < self.size:

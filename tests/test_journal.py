@@ -335,9 +335,10 @@ def test_dropped_records_free_their_slots_as_zeros(store: Store, keyfile: KeyFil
     content = bytearray(b"z" * 2 * CHUNK_SIZE)
     base = put_file(store, "d", bytes(content))
     journal = slot_journal(store, 1, 2)
-    free = journal.slots.free_count()
     write(journal, content, record_of("d", base, 1, len(content), len(content), [0]))
-    assert journal.slots.free_count() == free - 1 and len(pending_records(store.root)) == 1
+    journal.slots.settle()  # (the thread may make more meanwhile: counted once it is done)
+    assert journal.slots.free_count() == len(slots_of(store)) - 1
+    assert len(pending_records(store.root)) == 1
     replay = journal.replay(base, len(content), store.identities)
     assert replay.changed() == [0]
     assert replay.block(0, lambda _: b"") == bytes(content[:CHUNK_SIZE])

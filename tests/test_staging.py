@@ -61,6 +61,98 @@ def test_a_small_write_and_its_record_read_no_base_block(base: tuple[Base, bytes
     assert b"".join(overlay.chunks()) == model
 
 
+def first_difference(got: bytes, want: bytes | bytearray) -> int:
+    return next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), -1)
+
+
+class CountedBlocks(MemoryBlocks):
+    """RAM blocks, with the blocks stored counted (each costs a 64 KiB encryption in a
+    scratch file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts = 0
+        self.bytes_put = 0
+
+    def put(self, index: int, block: bytes) -> None:
+        self.puts += 1
+        self.bytes_put += len(block)
+        super().put(index, block)
+
+
+def test_lines_appended_past_the_base_store_a_block_only_once_it_is_full(
+    base: tuple[Base, bytes],
+) -> None:
+    """A log that appends a line and fsyncs: every line's record is read back from RAM, and
+    a block past the base's end is stored once, when full, not at every line."""
+    opened, data = base
+    blocks = CountedBlocks()
+    overlay = Overlay(blocks, BASE, opened.read_chunk)
+    model = bytearray(data)
+    line = b"%08d 2026-12-01T00:00:00Z something happened and was logged\n"
+    for i in range(3000):
+        offset = len(model)
+        overlay.write(offset, line % i)
+        model += line % i
+        assert overlay.read(offset, len(line % i)) == line % i  # the record's bytes
+    past = -(-len(data) // CHUNK_SIZE)  # blocks past the base's last one
+    full = len(model) // CHUNK_SIZE - past
+    assert blocks.puts == full, f"{blocks.puts} blocks stored for {full} filled by appends"
+    assert opened.reads == 0, f"{opened.reads} base blocks decrypted for appends"
+    got = b"".join(overlay.chunks())
+    assert got == model, f"content differs at byte {first_difference(got, model)}"
+    overlay.close()
+
+
+def test_blocks_written_in_part_are_stored_as_the_bytes_written(
+    base: tuple[Base, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past PARTIAL_LIMIT, a block with one 4 KiB write is stored as those 4 KiB (encrypted
+    into scratch: 4 KiB, not 64), and a second write into it as both."""
+    monkeypatch.setattr(staging, "PARTIAL_LIMIT", 1)
+    opened, data = base
+    blocks = CountedBlocks()
+    overlay = Overlay(blocks, BASE, opened.read_chunk)
+    model = bytearray(data)
+    for offset in (4096, CHUNK_SIZE + 8192, 4096 + 3 * 4096, 2 * CHUNK_SIZE):
+        overlay.write(offset, b"p" * 4096)
+        model[offset : offset + 4096] = b"p" * 4096
+    # Block 0 stored (4 KiB), written again (8 KiB); block 1 stored (4 KiB).
+    assert (blocks.puts, blocks.bytes_put) == (3, 4 * 4096), (blocks.puts, blocks.bytes_put)
+    assert overlay.read(4096, 4 * 4096) == model[4096 : 5 * 4096]
+    assert opened.reads == 1  # the unwritten bytes between the two writes: base block 0
+    got = b"".join(overlay.chunks())
+    assert got == model, f"content differs at byte {first_difference(got, model)}"
+    overlay.close()
+
+
+@pytest.mark.parametrize("scratch", [False, True])
+def test_small_writes_into_more_blocks_than_ram_keeps_read_no_base_block(
+    base: tuple[Base, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scratch: bool
+) -> None:
+    """fio's 4 KiB random writes + fsync all over a large file: past PARTIAL_LIMIT blocks
+    written in part, the oldest are stored as written, not completed from the base."""
+    monkeypatch.setattr(staging, "PARTIAL_LIMIT", 2)
+    opened, data = base
+    (tmp_path / ".cagefs" / "tmp").mkdir(parents=True)
+    blocks = ScratchBlocks(tmp_path) if scratch else MemoryBlocks()
+    overlay = Overlay(blocks, BASE, opened.read_chunk)
+    model = bytearray(data)
+    for round_ in range(3):  # the second and third write into blocks stored in part
+        for index in range(8):
+            offset = index * CHUNK_SIZE + (round_ * 3 + index) % 15 * 4096
+            piece = bytes([round_ + 1]) * 4096
+            overlay.write(offset, piece)
+            model[offset : offset + 4096] = piece
+            assert overlay.read(offset, 4096) == piece  # the record's bytes
+    assert opened.reads == 0, f"{opened.reads} base blocks decrypted for small writes"
+    got = b"".join(overlay.chunks())
+    first = next((i for i, (a, b) in enumerate(zip(got, model, strict=False)) if a != b), None)
+    assert len(got) == len(model) and first is None, f"content differs at byte {first}"
+    assert opened.reads == -(-BASE // CHUNK_SIZE)  # each block's base once, at publishing
+    overlay.close()
+
+
 @pytest.mark.parametrize("scratch", [False, True])
 def test_partial_blocks_follow_the_model_through_writes_truncations_and_reads(
     base: tuple[Base, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scratch: bool

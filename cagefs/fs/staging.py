@@ -20,13 +20,18 @@ from cagefs.store.layout import tmp_dir
 from cagefs.store.ranges import Ranges
 
 _ZEROS = bytes(CHUNK_SIZE)
-# Blocks written in part over a base block not read yet, kept in RAM (at most 4 MiB): a
-# 4 KiB write + fsync needs neither the base's 64 KiB decrypted nor the block completed.
+# Blocks written in part and not stored yet, kept in RAM (at most 4 MiB): a 4 KiB write +
+# fsync needs neither the base's 64 KiB decrypted nor the block completed, and a line
+# appended past the base's end neither a block of zeros encrypted into scratch at each fsync.
+# Past this many, the oldest is stored as it is (its bytes written, zeros elsewhere) with the
+# other blocks, its base still not read: random writes all over a large file read no base.
 PARTIAL_LIMIT = 64
 GIVE_BACK_FROM = 64 * 1024 * 1024  # freeing this much staged RAM returns it to the system
 
 
 class BlockStore(Protocol):
+    """Blocks by index, each up to 64 KiB: `get` gives back the bytes `put` stored."""
+
     def get(self, index: int) -> bytes | None: ...
     def put(self, index: int, block: bytes) -> None: ...
     def drop_from(self, index: int) -> None: ...
@@ -61,7 +66,8 @@ class MemoryBlocks:
 
 
 class ScratchBlocks:
-    """Changed blocks in an unlinked scratch file, each sealed with an ephemeral key.
+    """Changed blocks in an unlinked scratch file, each sealed with an ephemeral key (a
+    shorter block, the packed bytes of one written in part, seals only its own length).
 
     Every put uses a fresh random nonce and binds the block index as associated data, so a
     block can neither be read without this process's key nor moved to another slot.
@@ -73,7 +79,7 @@ class ScratchBlocks:
     def __init__(self, root: Path) -> None:
         self._fd = os.open(tmp_dir(root), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
         self._aead = ChaCha20Poly1305(ChaCha20Poly1305.generate_key())
-        self._present: set[int] = set()
+        self._present: dict[int, int] = {}  # index -> length of the block stored there
         self._broken: OSError | None = None
 
     def _check(self) -> None:
@@ -82,9 +88,10 @@ class ScratchBlocks:
 
     def get(self, index: int) -> bytes | None:
         self._check()
-        if index not in self._present:
+        length = self._present.get(index)
+        if length is None:
             return None
-        slot = os.pread(self._fd, self._SLOT, index * self._SLOT)
+        slot = os.pread(self._fd, self._NONCE + length + 16, index * self._SLOT)
         nonce, sealed = slot[: self._NONCE], slot[self._NONCE :]
         return self._aead.decrypt(nonce, sealed, index.to_bytes(8, "big"))
 
@@ -108,10 +115,10 @@ class ScratchBlocks:
             if index in self._present:
                 self._broken = exc
             raise
-        self._present.add(index)
+        self._present[index] = len(block)
 
     def drop_from(self, index: int) -> None:
-        self._present = {i for i in self._present if i < index}
+        self._present = {i: n for i, n in self._present.items() if i < index}
         os.ftruncate(self._fd, index * self._SLOT)
 
     def items(self) -> Iterator[tuple[int, bytes]]:
@@ -122,6 +129,11 @@ class ScratchBlocks:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _packed(data: bytearray, written: Ranges) -> bytes:
+    """The bytes of `data` that `written` covers, one span after the other."""
+    return b"".join(data[start : start + length] for start, length in written.spans())
 
 
 class Overlay:
@@ -142,8 +154,11 @@ class Overlay:
         self._read_base_chunk = read_base_chunk
         self._base_limit = size if read_base_chunk else 0
         # Blocks written only in part whose base is not read yet: the bytes written, which
-        # ones; completed from the base when the rest of the block is needed (`block`).
+        # ones; completed from the base (zeros past it) when the rest is needed (`block`).
         self._partial: dict[int, tuple[bytearray, Ranges]] = {}
+        # Blocks written in part stored in `blocks` (past PARTIAL_LIMIT) as the bytes written,
+        # packed: a 4 KiB write stores 4 KiB, not a 64 KiB block of zeros around it.
+        self._stored_partial: dict[int, Ranges] = {}
         # Since the last journal record (store/journal.py): bytes changed, smallest size.
         self.unrecorded = Ranges()
         self.cut = size
@@ -152,25 +167,26 @@ class Overlay:
     def block(self, index: int) -> bytes:
         """The full 64 KiB of block `index`, zero-padded (one written in part is completed
         from the base now, and kept)."""
-        stored = self.blocks.get(index)
-        if stored is not None:
-            return stored
-        if index in self._partial:
+        if index in self._partial or index in self._stored_partial:
             block = self._completed(index)
             self.blocks.put(index, block)
-            del self._partial[index]
+            self._partial.pop(index, None)
+            self._stored_partial.pop(index, None)
             return block
-        return self._base_block(index)
+        stored = self.blocks.get(index)
+        return stored if stored is not None else self._base_block(index)
 
     def _completed(self, index: int) -> bytes:
-        data, written = self._partial[index]
+        """A block written in part, completed from the base (not kept)."""
+        if index in self._partial:
+            data, written = self._partial[index]
+        else:
+            written = self._stored_partial[index]
+            data = self._stored(index)
         block = bytearray(self._base_block(index))
         for start, length in written.spans():
             block[start : start + length] = data[start : start + length]
         return bytes(block)
-
-    def _reads_base(self, index: int) -> bool:
-        return self._read_base_chunk is not None and index * CHUNK_SIZE < self._base_limit
 
     def _base_block(self, index: int) -> bytes:
         start = index * CHUNK_SIZE
@@ -188,8 +204,11 @@ class Overlay:
             start = index * CHUNK_SIZE
             low, high = max(offset - start, 0), min(end - start, CHUNK_SIZE)
             partial = self._partial.get(index)
+            stored = self._stored_partial.get(index)
             if partial is not None and partial[1].covers(low, high):  # only bytes written
                 parts.append(bytes(partial[0][low:high]))
+            elif stored is not None and stored.covers(low, high):
+                parts.append(self._stored(index)[low:high])
             else:
                 parts.append(self.block(index)[low:high])
         return b"".join(parts)
@@ -206,9 +225,12 @@ class Overlay:
                 if take == CHUNK_SIZE:
                     self.blocks.put(index, bytes(view[:take]))
                     self._partial.pop(index, None)
+                    self._stored_partial.pop(index, None)
+                elif index in self._stored_partial:
+                    self._write_stored_partial(index, within, view[:take])
                 else:
                     stored = self.blocks.get(index)
-                    if stored is None and (index in self._partial or self._reads_base(index)):
+                    if stored is None:  # (past the base too: an append + fsync stores none)
                         self._write_partial(index, within, view[:take])
                     else:
                         block = bytearray(stored if stored is not None else _ZEROS)
@@ -224,7 +246,7 @@ class Overlay:
         entry = self._partial.get(index)
         if entry is None:
             if len(self._partial) >= PARTIAL_LIMIT:
-                self.block(next(iter(self._partial)))  # the oldest completed: RAM bounded
+                self._store_partial(next(iter(self._partial)))  # the oldest: RAM bounded
             entry = self._partial[index] = (bytearray(CHUNK_SIZE), Ranges())
         data, written = entry
         data[within : within + len(piece)] = piece
@@ -232,6 +254,38 @@ class Overlay:
         if written.covers(0, CHUNK_SIZE):
             self.blocks.put(index, bytes(data))
             del self._partial[index]
+
+    def _store_partial(self, index: int) -> None:
+        """A block written in part moves from RAM to `blocks`, as written (base not read)."""
+        data, written = self._partial[index]
+        self.blocks.put(index, _packed(data, written))
+        self._stored_partial[index] = written
+        del self._partial[index]
+
+    def _write_stored_partial(self, index: int, within: int, piece: memoryview) -> None:
+        written = self._stored_partial[index]
+        data = self._stored(index)
+        data[within : within + len(piece)] = piece
+        added = Ranges()
+        for start, length in written.spans():
+            added.add(start, start + length)
+        added.add(within, within + len(piece))
+        if added.covers(0, CHUNK_SIZE):
+            self.blocks.put(index, bytes(data))
+            del self._stored_partial[index]
+        else:
+            self.blocks.put(index, _packed(data, added))
+            self._stored_partial[index] = added
+
+    def _stored(self, index: int) -> bytearray:
+        """A block written in part and stored: its bytes in place, zeros elsewhere."""
+        packed = self.blocks.get(index)
+        assert packed is not None, f"block {index} written in part is not stored"
+        data, at = bytearray(CHUNK_SIZE), 0
+        for start, length in self._stored_partial[index].spans():
+            data[start : start + length] = packed[at : at + length]
+            at += length
+        return data
 
     def truncate(self, size: int) -> None:
         if size < self.size:
@@ -244,6 +298,8 @@ class Overlay:
             self.blocks.drop_from(index)
             for gone in [i for i in self._partial if i >= index]:
                 del self._partial[gone]
+            for gone in [i for i in self._stored_partial if i >= index]:
+                del self._stored_partial[gone]
             self.unrecorded.clip(size)  # (a record's `cut` zeroes the rest)
             self._base_limit = min(self._base_limit, size)
             self.cut = min(self.cut, size)
@@ -261,7 +317,8 @@ class Overlay:
     def chunks(self) -> Iterator[bytes]:
         """The whole content in order, one block at a time, for publishing."""
         for index in range(-(-self.size // CHUNK_SIZE)):
-            block = self._completed(index) if index in self._partial else self.block(index)
+            partial = index in self._partial or index in self._stored_partial
+            block = self._completed(index) if partial else self.block(index)
             yield block[: self.size - index * CHUNK_SIZE]
 
     def move_to(self, blocks: BlockStore) -> None:
@@ -277,4 +334,5 @@ class Overlay:
 
     def close(self) -> None:
         self._partial.clear()
+        self._stored_partial.clear()
         self.blocks.close()

@@ -103,18 +103,19 @@ def test_fsyncdir_after_the_publish_syncs_nothing_after_a_change_syncs(daemon: D
 
 def test_an_unlink_walks_the_store_once(daemon: Daemon) -> None:
     """`rm -rf` of a tree is one unlink per file: the request opens the file's directory once
-    (a walk from the store root, one `openat` per level) and does not open the file itself to
-    see whether it is large (its lookup's stat says so)."""
+    (a walk from the store root, held open, one `openat` per level) and does not open the file
+    itself to see whether it is large (its lookup's stat says so). At the root: nothing."""
     deep = daemon.mnt / "a/b/c"
     deep.mkdir(parents=True)
-    with open(deep / "f", "wb") as f:
-        f.write(b"small")
-        os.fsync(f.fileno())  # published: on disk under its name
-    os.stat(deep / "f")  # looked up: the unlink is the only request below
-    with traced(daemon.pid, "openat") as calls:
-        os.unlink(deep / "f")
-    opened = [args.split('"')[1] for tid, _, args in calls if tid == daemon.pid]
-    assert opened == [".", "a", "b", "c"], f"the unlink opened {opened}"
+    for directory, walked in ((deep, ["a", "b", "c"]), (daemon.mnt, [])):
+        with open(directory / "f", "wb") as f:
+            f.write(b"small")
+            os.fsync(f.fileno())  # published: on disk under its name
+        os.stat(directory / "f")  # looked up: the unlink is the only request below
+        with traced(daemon.pid, "openat") as calls:
+            os.unlink(directory / "f")
+        opened = [args.split('"')[1] for tid, _, args in calls if tid == daemon.pid]
+        assert opened == walked, f"the unlink opened {opened}"
 
 
 def test_an_unlinked_journal_is_freed_off_the_event_loop(daemon: Daemon) -> None:

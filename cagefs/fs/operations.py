@@ -20,7 +20,7 @@ import trio
 
 from cagefs.age import AgeError, Buffer
 from cagefs.fs import directio
-from cagefs.fs.attrs import HeaderLengths, entry_attributes
+from cagefs.fs.attrs import ATTR_TIMEOUT, HeaderLengths, entry_attributes
 from cagefs.fs.content import FileContent
 from cagefs.fs.env import Env
 from cagefs.fs.errors import about, fuse_errors, shown
@@ -128,7 +128,11 @@ class Operations(pyfuse3.Operations):
         check_name(text)
         parent = self.table.get(parent_inode)
         with self.table.dir_at(parent) as dir_fd:
-            node, st = self._lookup(parent, text, dir_fd)
+            found = self.table.probe(parent, text, dir_fd)
+            if found is None:
+                return _absent()
+            path, kind, st = found
+            node = self.table.node_for(path, kind, st)
             attrs = self._attributes(node, st, dir_fd, text)
         node.lookups += 1
         return attrs
@@ -901,6 +905,18 @@ def _changed(node: Node) -> None:
     disk; an open file shows its content's attributes)."""
     if node.content is not None:
         node.content.attrs.st_ctime_ns = time.time_ns()
+
+
+def _absent() -> pyfuse3.EntryAttributes:
+    """A lookup's answer for a name that does not exist, which the kernel keeps for the entry
+    timeout (a negative entry), as it keeps names that do: names change only through this
+    mount (the store is locked), and the kernel updates its entry at each create, mkdir, link,
+    rename and unlink. SQLite looks for its `-journal` and `-wal` at every transaction, and
+    the kernel looks a name up before it creates it: two lookups per rollback commit less."""
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_ino = 0
+    attrs.entry_timeout = ATTR_TIMEOUT
+    return attrs
 
 
 def _dot_attributes(ino: int) -> pyfuse3.EntryAttributes:

@@ -30,18 +30,28 @@ class StoreDirs:
 
     def open(self, path: str) -> int:
         """A new descriptor (O_PATH) of the store directory at plaintext path `path`."""
-        fd = os.open(".", _WALK, dir_fd=self.fd)
-        for name in path.split("/") if path else ():
-            try:
+        if not path:
+            return os.open(".", _WALK, dir_fd=self.fd)
+        fd = self.fd
+        try:
+            for name in path.split("/"):
                 fd_below = os.open(name, _WALK, dir_fd=fd)
-            finally:
+                if fd != self.fd:
+                    os.close(fd)
+                fd = fd_below
+        except BaseException:
+            if fd != self.fd:
                 os.close(fd)
-            fd = fd_below
+            raise
         return fd
 
     @contextlib.contextmanager
     def at(self, path: str) -> Iterator[int]:
-        """The store directory at plaintext path `path`, for the block's `*at()` calls."""
+        """The store directory at plaintext path `path`, for the block's `*at()` calls. The
+        root's is the descriptor held open (most requests of a flat tree: nothing opened)."""
+        if not path:
+            yield self.fd
+            return
         fd = self.open(path)
         try:
             yield fd

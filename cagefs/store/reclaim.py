@@ -74,5 +74,7 @@ class Held:
     def free(self) -> None:
         """Let go of every reference: a file whose name is gone is freed, maybe for seconds."""
         fds, self._fds = self._fds, []
+        if fds:  # a version of the file closed just before (`close_later`) is let go first,
+            wait()  # so that these are the last references and the file is freed here
         for fd in fds:
             os.close(fd)

@@ -261,6 +261,23 @@ class Daemon:
 # --- the mount's view and the store's view -------------------------------------------------
 
 
+def deleted_store_files_held(daemon: Daemon) -> list[str]:
+    """Files under the store that the daemon or its sealers still hold after their last name
+    went: each one's blocks are not yet given back. (Versions made ahead, which never had a
+    name, show as `.cagefs/tmp/#INODE`: not those.)"""
+    unnamed = f"{daemon.store}/{META}/tmp/#"
+    held = []
+    for pid in {daemon.pid, *child_pids(daemon.pid)}:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith(unnamed):
+                    continue
+                if target.startswith(str(daemon.store)) and target.endswith(" (deleted)"):
+                    held.append(target)
+    return held
+
+
 def child_pids(pid: int) -> set[int]:
     """The processes `pid` started that are still its children (its sealers)."""
     pids: set[int] = set()

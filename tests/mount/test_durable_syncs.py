@@ -6,12 +6,13 @@ made (a directory fsync after a name changed) and that one already made is not m
 """
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .helpers import META, Daemon, syncs_of, traced
+from .helpers import META, SUFFIX, Daemon, deleted_store_files_held, syncs_of, traced
 
 
 @pytest.fixture
@@ -102,15 +103,41 @@ def test_fsyncdir_after_the_publish_syncs_nothing_after_a_change_syncs(daemon: D
 
 def test_an_unlink_walks_the_store_once(daemon: Daemon) -> None:
     """`rm -rf` of a tree is one unlink per file: the request opens the file's directory once
-    (a walk from the store root, one `openat` per level) and does not open the file itself to
-    see whether it is large (its lookup's stat says so)."""
+    (a walk from the store root, held open, one `openat` per level) and does not open the file
+    itself to see whether it is large (its lookup's stat says so). At the root: nothing."""
     deep = daemon.mnt / "a/b/c"
     deep.mkdir(parents=True)
-    with open(deep / "f", "wb") as f:
-        f.write(b"small")
-        os.fsync(f.fileno())  # published: on disk under its name
-    os.stat(deep / "f")  # looked up: the unlink is the only request below
-    with traced(daemon.pid, "openat") as calls:
-        os.unlink(deep / "f")
-    opened = [args.split('"')[1] for tid, _, args in calls if tid == daemon.pid]
-    assert opened == [".", "a", "b", "c"], f"the unlink opened {opened}"
+    for directory, walked in ((deep, ["a", "b", "c"]), (daemon.mnt, [])):
+        with open(directory / "f", "wb") as f:
+            f.write(b"small")
+            os.fsync(f.fileno())  # published: on disk under its name
+        os.stat(directory / "f")  # looked up: the unlink is the only request below
+        with traced(daemon.pid, "openat") as calls:
+            os.unlink(directory / "f")
+        opened = [args.split('"')[1] for tid, _, args in calls if tid == daemon.pid]
+        assert opened == walked, f"the unlink opened {opened}"
+
+
+def test_an_unlinked_journal_is_freed_off_the_event_loop(daemon: Daemon) -> None:
+    """A SQLite `-journal` is removed at every commit while the mount still has its version
+    open: closing that last reference frees the file (1 ms on this disk), which the event loop
+    must not do inside the unlink. The reclaim thread closes it; it is still given back."""
+    mnt, store = daemon.mnt, daemon.store
+    fd = os.open(mnt / "f.db-journal", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, b"journal header and pages" * 100)
+        os.fsync(fd)  # published: the mount reads it from its backing file
+        os.pwrite(fd, b"header", 0)
+        os.fsync(fd)  # a journal record: the content stays open for it
+    finally:
+        os.close(fd)
+    with traced(daemon.pid, "close") as calls:
+        os.unlink(mnt / "f.db-journal")
+    files = (f"{store}/{META}/tmp/", f"{store}/f.db-journal{SUFFIX}")
+    on_loop = [a for tid, _, a in calls if tid == daemon.pid and any(f in a for f in files)]
+    assert on_loop == [], f"the event loop closed the removed file: {on_loop}"
+    deadline = time.monotonic() + 30  # (only guards a hang)
+    while (held := deleted_store_files_held(daemon)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held == [], f"the daemon still holds the removed file: {held}"
+

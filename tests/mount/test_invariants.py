@@ -12,7 +12,7 @@ from cagefs.age.errors import HeaderError
 from cagefs.age.stream import NONCE_SIZE
 from cagefs.store.reclaim import LARGE
 
-from .helpers import META, SUFFIX, Daemon, child_pids, records
+from .helpers import SUFFIX, Daemon, deleted_store_files_held, records
 
 
 def backing_version(path: Path) -> tuple[bytes, bytes]:
@@ -75,23 +75,6 @@ def test_changes_made_while_a_publish_completes_are_kept(daemons) -> None:
             os.truncate(path, 3)
             assert path.stat().st_size == 3, f"round {round_}: a truncate by path was lost"
     daemon.assert_store_matches()
-
-
-def deleted_store_files_held(daemon: Daemon) -> list[str]:
-    """Files under the store that the daemon or its sealers still hold after their last name
-    went: each one's blocks are not yet given back. (Versions made ahead, which never had a
-    name, show as `.cagefs/tmp/#INODE`: not those.)"""
-    unnamed = f"{daemon.store}/{META}/tmp/#"
-    held = []
-    for pid in {daemon.pid, *child_pids(daemon.pid)}:
-        for fd in Path(f"/proc/{pid}/fd").glob("*"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith(unnamed):
-                    continue
-                if target.startswith(str(daemon.store)) and target.endswith(" (deleted)"):
-                    held.append(target)
-    return held
 
 
 def test_replaced_and_removed_files_are_given_back(mounted: Daemon) -> None:

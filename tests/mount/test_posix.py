@@ -489,9 +489,17 @@ def test_files_unlinked_before_their_publish_leave_nothing_open(mount: Daemon) -
     finally:
         os.close(fd)
     drop_caches()
-    held = [
-        target
-        for link in Path(f"/proc/{mount.pid}/fd").iterdir()
-        if "/.cagefs/tmp/" in (target := os.readlink(link)) and "/.cagefs/tmp/#" not in target
-    ]
+    deadline = time.monotonic() + 30  # the reclaim thread closes them (only guards a hang)
+    while (held := temps_held(mount)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert held == []
+
+
+def temps_held(mount: Daemon) -> list[str]:
+    held = []
+    for link in Path(f"/proc/{mount.pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            target = os.readlink(link)
+            if "/.cagefs/tmp/" in target and "/.cagefs/tmp/#" not in target:
+                held.append(target)
+    return held

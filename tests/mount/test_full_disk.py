@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import STRATEGIES, Daemon, cagefs, opened
+from .helpers import STRATEGIES, Daemon, cagefs, deleted_store_files_held, opened
 
 DISK = 6 * 1024 * 1024
 OLD = os.urandom(300_000)
@@ -140,6 +140,7 @@ def test_after_a_failed_save_the_mount_shows_what_the_store_has(
     with opened(kept, os.O_WRONLY) as fd:
         os.pwrite(fd, b"saved", 0)  # closed: waits for its publish
     wait_for(lambda: len(os.listdir(daemon.store / ".cagefs" / "tmp")) == 1)  # released
+    wait_for(lambda: not deleted_store_files_held(daemon))  # the version it replaced: freed
     filler = fill(daemon.store.parent, leave=160 * 1024)  # staging fits, a version not
     try:
         fd = os.open(kept, os.O_RDWR)

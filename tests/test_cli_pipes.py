@@ -20,8 +20,6 @@ from pathlib import Path
 import pytest
 from test_cli_crypt import CAGEFS, data_of, fails, ok
 
-from cagefs.cli.blockio import output_to, read_blocks
-
 MIB = 1 << 20
 
 
@@ -139,66 +137,6 @@ def test_non_blocking_input_and_output(verb: str, keyfile) -> None:
     result = age_decrypt(keyfile, bytes(out)) if verb == "encrypt" else bytes(out)
     assert len(result) == len(plain)
     assert result == plain
-
-
-def threads_named(name: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == name]
-
-
-def test_a_pipe_on_the_input_is_its_own_read_ahead() -> None:
-    """A pipe is read when the engine asks for a block: no thread drains it as it fills (one
-    woke per write of the producer), and the blocks are the data, in order, full but the last."""
-    data = data_of(3 * MIB + 5)
-    read_end, write_end = os.pipe()
-    feeder = feed(write_end, odd_pieces(data))
-    blocks, threads_seen = [], set()
-    for block in read_blocks(read_end):
-        blocks.append(bytes(block))
-        threads_seen.update(t.name for t in threading.enumerate())
-    feeder.join(timeout=60)
-    os.close(read_end)
-    assert "cagefs-read-ahead" not in threads_seen
-    assert [len(b) for b in blocks] == [MIB, MIB, MIB, 5]
-    assert b"".join(blocks) == data
-
-
-@pytest.mark.parametrize("kind", ["file", "device"])
-def test_a_file_or_device_is_written_in_turn(kind: str, tmp_path: Path) -> None:
-    """An output that never waits for a reader is written by the call that passes the data,
-    from a lent buffer, with no write-behind thread to wake (a pipe or a socket keeps one)."""
-    path = tmp_path / "out"
-    if kind == "device":
-        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a copy of /dev/null
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        with output_to(fd) as sink:
-            assert threads_named("cagefs-write-behind") == []
-            for piece in (b"header", b"x" * 100_000):
-                lent = sink.lend(len(piece))
-                lent[:] = piece
-                sink(lent)
-            sink(b"tail")
-            written = os.fstat(fd).st_size  # before the block ends: already written
-    finally:
-        os.close(fd)
-    assert written == (0 if kind == "device" else 100_010)
-    if kind == "file":
-        assert path.read_bytes() == b"header" + b"x" * 100_000 + b"tail"
-
-
-def test_a_pipe_written_behind_reports_its_write_error() -> None:
-    """An output that may wait for its reader is written behind on a thread; a write error
-    there (here EPIPE: Python ignores SIGPIPE) is raised to the caller, at the latest at the end."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        with pytest.raises(BrokenPipeError), output_to(write_end) as sink:
-            assert threads_named("cagefs-write-behind") != []
-            lent = sink.lend(MIB)
-            lent[:] = bytes(MIB)
-            sink(lent)
-    finally:
-        os.close(write_end)
 
 
 def test_fifos_as_input_and_output(keyfile, tmp_path: Path) -> None:
@@ -384,8 +322,8 @@ def peak_rss_through_encrypt_and_decrypt(keyfile, mib: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("verb", ["encrypt", "decrypt"])
 def test_a_write_error_is_one_line(verb: str, keyfile, tmp_path: Path) -> None:
-    """A write error on the output (a device: written in turn, `WriteInTurn`) reaches the user
-    as one line. (A copy of /dev/full, so that a regression cannot replace the real one.)"""
+    """Output is written behind on a thread: its errors still reach the user, as one line.
+    (A copy of /dev/full, so that a regression cannot replace the real one.)"""
     full = tmp_path / "full"
     os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
     plain = data_of(3 * MIB)

@@ -1,17 +1,12 @@
 """Reading and writing the descriptors of `cagefs encrypt`/`decrypt` in large blocks.
 
 A pipe hands over at most its capacity (64 KiB by default) per read, and its writer stops
-while it is full: read in turn with the encryption, a pipe ran at a fifth of a file. So pipes
-are enlarged to `PIPE_SIZE`, and a pipe on the input is then its own read-ahead: its writer
-fills it while the engine seals or opens the block before, and one read takes it all
-(`read_blocks`). Any other input (a file, a socket) is read ahead by a thread of its own, into
-a few fixed buffers (`cryptography` releases the GIL, as do reads and writes). An output that
-may wait for a reader (a pipe, a socket) is written behind on another thread (`WriteBehind`),
-from buffers it lends the engine to seal or open into, so that a slow reader does not stop
-the encryption either; a file or a device is written in turn (`WriteInTurn`), from one lent
-buffer. On two cores every thread switch costs: a thread draining a pipe as fast as its writer
-filled it woke for every write (5,500 reads per GiB behind `cat`), and a write-behind thread
-for /dev/null or the page cache woke twice per block, for a copy at most.
+while it is full: read in turn with the encryption, a pipe ran at a fifth of a file. So the
+input is read ahead by a thread of its own (`read_blocks`), into a few fixed buffers, while
+the engine seals or opens the block before (`cryptography` releases the GIL, as do reads and
+writes); the output is written behind on another (`WriteBehind`), from buffers it lends the
+engine to seal or open into, so that a slow reader or the page cache copy does not stop the
+encryption either. Pipes are enlarged to `PIPE_SIZE` so that the other side runs ahead too.
 Memory stays `BLOCKS_AHEAD` blocks each way, whatever the stream's length.
 
 Descriptors may be in non-blocking mode (inherited from a shell or a parent): a read or write
@@ -27,7 +22,7 @@ import stat
 import threading
 from collections.abc import Iterator
 
-from cagefs.age.stream import Buffer, LendingSink, Pread, Sink
+from cagefs.age.stream import Buffer, Pread, Sink
 
 BLOCK_SIZE = 1 << 20
 BLOCKS_AHEAD = 3  # one being encrypted, one read ahead, one being filled
@@ -35,25 +30,19 @@ PIPE_SIZE = 1 << 20  # the default /proc/sys/fs/pipe-max-size
 _DONE = None  # what ends a WriteBehind's queue
 
 
-def enlarge_pipe(fd: int) -> bool:
-    """Give a pipe `PIPE_SIZE` bytes of room, if it is a pipe and the system allows it;
-    whether `fd` is a pipe (or FIFO)."""
-    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-        return False
-    with contextlib.suppress(OSError):  # EPERM past the user's pipe quota: keep it as is
-        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    return True
+def enlarge_pipe(fd: int) -> None:
+    """Give a pipe `PIPE_SIZE` bytes of room, if it is a pipe and the system allows it."""
+    if stat.S_ISFIFO(os.fstat(fd).st_mode):
+        with contextlib.suppress(OSError):  # EPERM past the user's pipe quota: keep it as is
+            if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 def read_blocks(fd: int, block_size: int = BLOCK_SIZE) -> Iterator[memoryview]:
-    """`fd` read to its end, in blocks of `block_size` bytes (the last one shorter): a pipe when
-    the next block is asked for (`_read_in_turn`), anything else ahead on a thread. A block
-    stays valid until the next is asked for: then its buffer is refilled.
+    """`fd` read to its end, in blocks of `block_size` bytes (the last one shorter), read ahead
+    on a thread. A block stays valid until the next is asked for: then its buffer is refilled.
     Read errors are raised here, in order, after the blocks read before them."""
-    if enlarge_pipe(fd):
-        yield from _read_in_turn(fd, block_size)
-        return
+    enlarge_pipe(fd)
     free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
     full: queue.SimpleQueue[tuple[bytearray, int] | BaseException | None] = queue.SimpleQueue()
     for _ in range(BLOCKS_AHEAD):
@@ -82,16 +71,6 @@ def read_blocks(fd: int, block_size: int = BLOCK_SIZE) -> Iterator[memoryview]:
             free.put(buffer)
     finally:
         free.put(None)  # stop the reader at its next block (it may be blocked in a read)
-
-
-def _read_in_turn(fd: int, block_size: int) -> Iterator[memoryview]:
-    """A pipe read when the engine asks for the next block, into one buffer: what its writer
-    wrote meanwhile is taken by one read (or a few, up to `PIPE_SIZE` each)."""
-    buffer = bytearray(block_size)
-    while size := _fill(fd, buffer):
-        yield memoryview(buffer)[:size]
-        if size < len(buffer):
-            return
 
 
 def _fill(fd: int, buffer: bytearray) -> int:
@@ -132,13 +111,8 @@ def pread_reusing(fd: int) -> Pread:
 
 
 @contextlib.contextmanager
-def output_to(fd: int) -> Iterator[LendingSink]:
-    """A sink on `fd` that has written everything when the block ends without error: a
-    `WriteBehind` if `fd` may wait for a reader (a pipe or a socket), else a `WriteInTurn`."""
-    mode = os.fstat(fd).st_mode
-    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-        yield WriteInTurn(fd)
-        return
+def written_behind(fd: int) -> Iterator["WriteBehind"]:
+    """A `WriteBehind` on `fd` that has written everything when the block ends without error."""
     sink = WriteBehind(fd)
     try:
         yield sink
@@ -161,24 +135,6 @@ def fd_sink(fd: int) -> Sink:
                 _wait(fd, select.POLLOUT)
 
     return write
-
-
-class WriteInTurn:
-    """A sink that writes to `fd` in the caller's thread (a `LendingSink`): for a file or a
-    device, whose writes are a copy into the page cache at most. It lends one buffer, which
-    is written before the call that passes it back returns."""
-
-    def __init__(self, fd: int) -> None:
-        self._write = fd_sink(fd)
-        self._buffer = bytearray()
-
-    def lend(self, size: int) -> memoryview:
-        if len(self._buffer) < size:
-            self._buffer = bytearray(size)
-        return memoryview(self._buffer)[:size]
-
-    def __call__(self, data: Buffer) -> None:
-        self._write(data)
 
 
 class WriteBehind:

@@ -6,11 +6,10 @@ killed decryption never leaves a plausible-looking truncated plaintext behind (a
 device named by -o is written in place). A closed standard output (`| head`) ends the process
 by SIGPIPE, silently, as it does `cat` and `age`.
 
-Speed: input and output go in large blocks (`blockio`): a pipe on the input, enlarged, fills
-while the engine works; other input is read ahead on a thread, and a pipe or socket on the
-output is written behind on another, so that the engine waits for neither; the engine seals
-and opens straight into the buffers the writer lends, and a regular binary file is decrypted
-with `PayloadReader.readinto`. This module imports only the age engine: no store,
+Speed: input is read ahead and output written behind on threads of their own, in large blocks
+(`blockio`), so that a pipe keeps up with a file and the engine never waits for either; the
+engine seals and opens straight into the buffers the writer lends, and a regular binary file
+is decrypted with `PayloadReader.readinto`. This module imports only the age engine: no store,
 FUSE or trio, which cost start-up time.
 """
 
@@ -29,8 +28,8 @@ from cagefs.age.armor import ArmorWriter, armor_reader, is_armored
 from cagefs.age.file import BlockStream, decrypt_blocks, decrypt_stream, open_file, start_file
 from cagefs.age.recipients import Identity, Recipient
 from cagefs.age.scrypt import ScryptRecipient
-from cagefs.age.stream import LendingSink, Sink
-from cagefs.cli.blockio import output_to, pread_reusing, read_blocks
+from cagefs.age.stream import Sink
+from cagefs.cli.blockio import WriteBehind, pread_reusing, read_blocks, written_behind
 from cagefs.cli.keyargs import load_identities, load_recipients, passphrase_identity
 from cagefs.errors import CageError
 from cagefs.secrets import get_passphrase, prompt_passphrase
@@ -102,7 +101,7 @@ def _is_binary_file(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode) and not is_armored(os.pread(fd, 2048, 0))
 
 
-def _decrypt_file(fd: int, sink: LendingSink, identities: Sequence[Identity]) -> None:
+def _decrypt_file(fd: int, sink: WriteBehind, identities: Sequence[Identity]) -> None:
     """A regular binary file is read with the seekable reader: its size is checked up front."""
     reader = open_file(fd, identities).reader
     pread = pread_reusing(fd)
@@ -145,14 +144,14 @@ def _open_input(path: str | None) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[LendingSink]:
+def _output(path: str | None) -> Iterator[WriteBehind]:
     """A sink into stdout, into a FIFO or device named by `path`, or into a regular file that
     appears only complete (`_complete_file`)."""
     if _is_std(path):
         sys.stdout.flush()  # nothing buffered may come after what goes straight to the fd
         previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         try:
-            with output_to(sys.stdout.fileno()) as sink:
+            with written_behind(sys.stdout.fileno()) as sink:
                 yield sink
         finally:
             signal.signal(signal.SIGPIPE, previous)
@@ -168,14 +167,14 @@ def _output(path: str | None) -> Iterator[LendingSink]:
         return
     fd = os.open(path, os.O_WRONLY)  # renaming over /dev/null or a FIFO would replace it
     try:
-        with output_to(fd) as sink:
+        with written_behind(fd) as sink:
             yield sink
     finally:
         os.close(fd)
 
 
 @contextlib.contextmanager
-def _complete_file(path: str) -> Iterator[LendingSink]:
+def _complete_file(path: str) -> Iterator[WriteBehind]:
     """A sink into a new file that replaces `path` only once complete.
 
     The file is made unnamed (O_TMPFILE) in `path`'s directory, so that not even a process
@@ -193,7 +192,7 @@ def _complete_file(path: str) -> Iterator[LendingSink]:
         fd, temp = _named_temp(path)
     try:
         try:
-            with output_to(fd) as sink:
+            with written_behind(fd) as sink:
                 yield sink
             os.fchmod(fd, 0o666 & ~_umask())
             if temp is None:

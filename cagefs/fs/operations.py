@@ -423,7 +423,7 @@ class Operations(pyfuse3.Operations):
         await self.publisher.publish_all()
         if node.path is not None:
             with self.table.dir_at(node) as dir_fd:
-                self.publisher.sync_dir(dir_fd)
+                await self.publisher.sync_dir(dir_fd)
 
     # --- files ----------------------------------------------------------------------------
 

@@ -162,15 +162,16 @@ class Publisher:
         if seen == self._durable_at:
             self._durable |= directories
 
-    def sync_dir(self, dir_fd: int) -> None:
+    async def sync_dir(self, dir_fd: int) -> None:
         """fsyncdir(2): the directory at `dir_fd` is durable when this returns. A directory
         fsync'ed since the mount last changed any name (a SQLite `-journal`'s directory, just
-        synced by the journal's own publish) needs no second fsync."""
-        seen = ACTIVITY.namespace_changes
+        synced by the journal's own publish) needs no second fsync. The fsync waits for the
+        disk, so it is made off the event loop."""
         st = os.fstat(dir_fd)
-        if seen == self._durable_at and (st.st_dev, st.st_ino) in self._durable:
+        synced = (st.st_dev, st.st_ino) in self._durable
+        if synced and ACTIVITY.namespace_changes == self._durable_at:
             return
-        self._note_durable(fsync_dirs([open_listing(dir_fd)]), seen)
+        await self._fsync_dirs([open_listing(dir_fd)])
 
     async def compact(self, content: FileContent) -> None:
         """Fold a file's journal records into a new version, published now (I3); the records

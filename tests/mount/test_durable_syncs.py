@@ -141,3 +141,15 @@ def test_an_unlinked_journal_is_freed_off_the_event_loop(daemon: Daemon) -> None
         time.sleep(0.05)
     assert held == [], f"the daemon still holds the removed file: {held}"
 
+
+
+def test_fsyncdir_waits_for_the_disk_off_the_event_loop(daemon: Daemon) -> None:
+    """A directory's fsync waits for the disk: made on the event loop, it would hold every
+    other request of the mount until the disk answers."""
+    (daemon.mnt / "d").mkdir()
+    with traced(daemon.pid, "fsync") as calls:
+        fsync_directory(daemon.mnt / "d")
+    directory = f"<{daemon.store / 'd'}>"
+    syncs = [tid for tid, _, args in calls if directory in args]
+    assert syncs, f"the directory was not synced: {calls}"
+    assert daemon.pid not in syncs, "the event loop fsynced the directory"

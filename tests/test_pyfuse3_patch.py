@@ -5,10 +5,7 @@
   keeps what it is written, and reports at unmount what each write() was given.
 - pyfuse3-inline-session-loop.patch: handlers that never suspend run in the receiving task;
   one that suspends still lets other requests be served meanwhile (checked with two reads
-  that each wait for the other), and any pyfuse3 passes that.
-- pyfuse3-busy-poll.patch: after a reply the loop polls /dev/fuse for a bounded time; the data
-  written through it is intact, the polls are counted, and PYFUSE3_BUSY_POLL_NS=0 turns them
-  off."""
+  that each wait for the other), and any pyfuse3 passes that."""
 
 import contextlib
 import hashlib
@@ -90,7 +87,6 @@ SERVER = textwrap.dedent(
                 "writable": keeper.writable,
                 "earlier_released": keeper.earlier_released,
                 "sha256": hashlib.sha256(keeper.data).hexdigest(),
-                "busy_poll": list(getattr(pyfuse3, "busy_poll_statistics", lambda: [])()),
             }, f)
     """
 )
@@ -152,17 +148,15 @@ WAITING_READS = textwrap.dedent(
 
 @contextlib.contextmanager
 def served(
-    tmp_path: Path, server_source: str, *args: str, env: dict[str, str] | None = None
+    tmp_path: Path, server_source: str, *args: str
 ) -> Iterator[tuple[Path, subprocess.Popen]]:
     """Run `server_source` as a pyfuse3 filesystem on tmp_path/mnt (argv: the mountpoint,
-    then `args`; `env` added to its environment) until the block ends; then unmount it and
-    check that it exited cleanly. Yields the mountpoint and the server's process."""
+    then `args`) until the block ends; then unmount it and check that it exited cleanly.
+    Yields the mountpoint and the server's process."""
     mnt, script = tmp_path / "mnt", tmp_path / "server.py"
     mnt.mkdir()
     script.write_text(server_source)
-    server = subprocess.Popen(
-        [sys.executable, str(script), str(mnt), *args], env={**os.environ, **(env or {})}
-    )
+    server = subprocess.Popen([sys.executable, str(script), str(mnt), *args])
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):
@@ -181,16 +175,12 @@ def served(
     assert server.returncode == 0
 
 
-def serve_and_write(
-    tmp_path: Path, borrow: bool, data: bytes, block: str = "1M", env: dict[str, str] | None = None
-) -> dict:
-    """Mount the one-file filesystem, write `data` into it with dd in `block`s, unmount; its
-    report."""
+def serve_and_write(tmp_path: Path, borrow: bool, data: bytes) -> dict:
+    """Mount the one-file filesystem, write `data` into it with dd, unmount; its report."""
     report = tmp_path / "report.json"
-    how = "borrow" if borrow else "copy"
-    with served(tmp_path, SERVER, str(report), how, env=env) as (mnt, _):
+    with served(tmp_path, SERVER, str(report), "borrow" if borrow else "copy") as (mnt, _):
         subprocess.run(
-            ["dd", f"of={mnt}/f", f"bs={block}", "conv=notrunc", "iflag=fullblock", "status=none"],
+            ["dd", f"of={mnt}/f", "bs=1M", "conv=notrunc", "iflag=fullblock", "status=none"],
             input=data,
             check=True,
             timeout=60,
@@ -241,28 +231,3 @@ def test_a_suspended_handler_does_not_hold_up_other_requests(tmp_path: Path) -> 
                 reader.kill()
                 reader.wait()
         assert outputs == [b"first\n", b"secnd\n"], "one read held up the other"
-
-
-def test_the_installed_pyfuse3_busy_polls() -> None:
-    assert getattr(pyfuse3, "BUSY_POLL", False), (
-        "scripts/install.sh did not build the pyfuse3 that busy-polls after a reply: every"
-        " request of a streaming writer waits for a halted CPU to wake"
-    )
-
-
-@pytest.mark.parametrize("poll_ns", [None, "0"], ids=["polling", "off"])
-def test_busy_polling_keeps_every_write_and_is_counted(tmp_path: Path, poll_ns: str | None) -> None:
-    """Sequential 64 KiB writes, each answered before the next is sent (as `cat | cat` sends
-    them): with polling, the loop polled after replies (at least one found the queue empty:
-    the writer cannot queue its next write before it has the reply) and the data is intact;
-    with PYFUSE3_BUSY_POLL_NS=0 it never polled."""
-    data = os.urandom(4 * MIB + 4321)
-    env = {} if poll_ns is None else {"PYFUSE3_BUSY_POLL_NS": poll_ns}
-    report = serve_and_write(tmp_path, True, data, block="64K", env=env)
-    assert report["sha256"] == hashlib.sha256(data).hexdigest()
-    polls, received, polled_ns = report["busy_poll"]
-    assert received <= polls
-    if poll_ns is None:
-        assert polls > 0 and polled_ns > 0
-    else:
-        assert (polls, received, polled_ns) == (0, 0, 0)

@@ -17,8 +17,10 @@ APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev patch a
 # pyfuse3, built from its source with scripts/patches/, in this order (cagefs works on a stock
 # pyfuse3 too): pyfuse3-borrowed-write-buffers.patch, write() is lent libfuse's buffer instead
 # of a copy; pyfuse3-inline-session-loop.patch, a request whose handler does not suspend costs
-# no pass through trio's scheduler.
-PYFUSE3_PATCHES=(pyfuse3-borrowed-write-buffers.patch pyfuse3-inline-session-loop.patch)
+# no pass through trio's scheduler; pyfuse3-conn-want.patch, the filesystem chooses FUSE
+# capabilities (cagefs declines auto_inval_data: the kernel keeps pages across a new mtime).
+PYFUSE3_PATCHES=(pyfuse3-borrowed-write-buffers.patch pyfuse3-inline-session-loop.patch
+                 pyfuse3-conn-want.patch)
 PYFUSE3=pyfuse3-3.5.0
 PYFUSE3_SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
 
@@ -40,8 +42,10 @@ fi
 
 # Each patch leaves a mark in the module: an install with fewer patches is rebuilt.
 patched() {
-    .venv/bin/python -c 'import pyfuse3; pyfuse3.BORROWED_WRITE_BUFFERS, pyfuse3.INLINE_SESSION_LOOP' \
-        2>/dev/null
+    .venv/bin/python -c 'import pyfuse3
+pyfuse3.BORROWED_WRITE_BUFFERS
+pyfuse3.INLINE_SESSION_LOOP
+pyfuse3.CHOSEN_CAPABILITIES' 2>/dev/null
 }
 if ! patched; then
     build=$(mktemp -d)

@@ -5,7 +5,11 @@
   keeps what it is written, and reports at unmount what each write() was given.
 - pyfuse3-inline-session-loop.patch: handlers that never suspend run in the receiving task;
   one that suspends still lets other requests be served meanwhile (checked with two reads
-  that each wait for the other), and any pyfuse3 passes that."""
+  that each wait for the other), and any pyfuse3 passes that.
+- pyfuse3-conn-want.patch: a filesystem's `fuse_capabilities` are asked for or declined at
+  init. Checked with auto_inval_data: a file whose content and mtime change behind the
+  kernel's back is read anew after a getattr only when the filesystem keeps libfuse's
+  default; one that declines it keeps being served the kernel's cached pages."""
 
 import contextlib
 import hashlib
@@ -17,6 +21,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pyfuse3
 import pytest
@@ -146,6 +151,62 @@ WAITING_READS = textwrap.dedent(
 )
 
 
+CHANGING_BEHIND = textwrap.dedent(
+    """
+    import errno, stat, sys
+    import pyfuse3, trio
+
+    class ChangingBehind(pyfuse3.Operations):
+        \"\"\""f" holds 8 bytes that a write to "bump" changes (and f's mtime with them)
+        without the kernel knowing: only a getattr of f tells it.\"\"\"
+
+        def __init__(self, declines):
+            super().__init__()
+            if declines:
+                self.fuse_capabilities = {"auto_inval_data": False}
+            self.generation = 0
+
+        def attrs(self, ino):
+            entry = pyfuse3.EntryAttributes()
+            entry.st_ino = ino
+            entry.attr_timeout = 0  # every stat asks
+            if ino == 1:
+                entry.st_mode = stat.S_IFDIR | 0o755
+            else:
+                entry.st_mode = stat.S_IFREG | 0o666
+                entry.st_size = 8 if ino == 2 else 0
+                entry.st_mtime_ns = 10**18 + self.generation * 10**9
+            return entry
+
+        async def getattr(self, inode, ctx=None):
+            return self.attrs(inode)
+
+        async def lookup(self, parent, name, ctx):
+            names = {b"f": 2, b"bump": 3}
+            if name not in names:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self.attrs(names[name])
+
+        async def open(self, inode, flags, ctx):
+            return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+        async def read(self, fh, off, size):
+            return (b"gen %03d\\n" % self.generation)[off : off + size]
+
+        async def write(self, fh, off, buf):
+            self.generation += 1
+            return len(buf)
+
+    pyfuse3.init(ChangingBehind(sys.argv[2] == "declines"), sys.argv[1],
+                 set(pyfuse3.default_options))
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close()
+    """
+)
+
+
 @contextlib.contextmanager
 def served(
     tmp_path: Path, server_source: str, *args: str
@@ -231,3 +292,35 @@ def test_a_suspended_handler_does_not_hold_up_other_requests(tmp_path: Path) -> 
                 reader.kill()
                 reader.wait()
         assert outputs == [b"first\n", b"secnd\n"], "one read held up the other"
+
+
+def test_the_installed_pyfuse3_lets_a_filesystem_choose_capabilities() -> None:
+    assert getattr(pyfuse3, "CHOSEN_CAPABILITIES", False), (
+        "scripts/install.sh did not build the pyfuse3 that declines auto_inval_data: the kernel"
+        " drops a file's cached pages after every write"
+    )
+    assert Operations.fuse_capabilities == {"auto_inval_data": False}
+
+
+@pytest.mark.parametrize("declines", [True, False], ids=["declined", "default"])
+def test_a_declined_auto_inval_data_keeps_pages_across_a_new_mtime(
+    tmp_path: Path, declines: bool
+) -> None:
+    with served(tmp_path, CHANGING_BEHIND, "declines" if declines else "default") as (mnt, _):
+        f = mnt / "f"
+        assert f.read_bytes() == b"gen 000\n"
+        (mnt / "bump").write_bytes(b"x")
+        assert f.stat().st_mtime_ns == 10**18 + 10**9  # the kernel has seen the new mtime
+        assert f.read_bytes() == (b"gen 000\n" if declines else b"gen 001\n")
+
+
+@pytest.mark.skipif(
+    not getattr(pyfuse3, "CHOSEN_CAPABILITIES", False), reason="stock pyfuse3 would mount"
+)
+def test_an_unknown_capability_is_refused_before_mounting(tmp_path: Path) -> None:
+    class Unknown(pyfuse3.Operations):
+        fuse_capabilities: ClassVar[dict[str, bool]] = {"auto_inval_dta": False}
+
+    with pytest.raises(ValueError, match="auto_inval_dta"):
+        pyfuse3.init(Unknown(), str(tmp_path))
+    assert not os.path.ismount(tmp_path)

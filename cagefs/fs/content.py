@@ -255,7 +255,7 @@ class FileContent:
             self.provisional = None
             self.current, self._kept = self._kept, None
         self.size = self.current.reader.size if self.current else 0
-        if self.current is not None:  # its time too: the kernel drops pages of a changed mtime
+        if self.current is not None:  # its time too (the caller drops the kernel's pages)
             self.attrs.st_mtime_ns = os.fstat(self.current.fd).st_mtime_ns
         if self.records:
             self._reload_records()

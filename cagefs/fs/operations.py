@@ -12,8 +12,9 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyfuse3
 import trio
@@ -60,6 +61,11 @@ class Operations(pyfuse3.Operations):
     # With pyfuse3 patched by scripts/install.sh, `write` is lent pyfuse3's receive buffer
     # instead of a copy of it: one copy less of every byte written. Stock pyfuse3 ignores it.
     borrow_write_buffers = True
+    # With pyfuse3 patched by scripts/install.sh, the kernel keeps a file's cached pages when
+    # a getattr answers another mtime (libfuse's default drops them: after every cached write,
+    # since the kernel keeps no mtime of its own). Everything that changes a file's content
+    # behind the kernel drops them itself (docs/ARCHITECTURE.md, "Coherence").
+    fuse_capabilities: ClassVar[Mapping[str, bool]] = {"auto_inval_data": False}
 
     def __init__(self, env: Env, publisher: Publisher, table: InodeTable) -> None:
         super().__init__()

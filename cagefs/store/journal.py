@@ -115,16 +115,22 @@ class Record:
     def padded_to(self, length: int) -> bytes | None:
         """Set `pad` so that the record's plaintext is `length` bytes; its head, or None if
         it does not fit. (A pad that gains a digit can shorten itself: a trailing space in
-        the JSON line absorbs that.)"""
+        the JSON line absorbs that.) The head is encoded once to measure it, once to keep:
+        this runs at every fsync."""
         data = self.data_length()
+        self.pad = 1
+        fixed = len(self.encode()) - 1  # the head but for its pad's digits
         for trailing in (0, 1):
-            self.pad = 0
-            for _ in range(3):
-                self.pad = max(0, length - data - len(self.encode(trailing)))
+            for digits in range(1, 20):
+                pad = length - data - fixed - digits - trailing
+                if pad >= 1 and len(str(pad)) == digits:
+                    self.pad = pad
+                    return self.encode(trailing)
+        self.pad = 0  # (no pad at all: the field is left out)
+        for trailing in (0, 1):
             head = self.encode(trailing)
-            if len(head) + data + self.pad == length:
+            if len(head) + data == length:
                 return head
-        self.pad = 0
         return None
 
 

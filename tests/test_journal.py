@@ -540,3 +540,24 @@ def test_a_record_of_an_unknown_format_version_is_refused_naming_it(
     message = str(raised.value)
     assert name in message and "format v3" in message and "\n" not in message, message
     assert plaintext(store, keyfile, "new") == content
+
+
+def test_a_record_is_padded_to_every_length_a_pad_field_can_reach() -> None:
+    """A slot's record fills it exactly: for each length, `pad` (and at most one trailing
+    space) make the plaintext that long, across the pad's digit counts; only a slack of 2-8
+    bytes past the bare head cannot be met (the field itself takes 8 or more)."""
+    record = Record("a/b.db", bytes(32), 3, 10, 10, 0o644, 0, 0, 1, 2, [(0, 4)])
+    bare = len(record.encode())
+    slacks = [*range(40), *(s + d for s in (17, 108, 1009, 10010, 100011) for d in (-1, 0, 1))]
+    for slack in slacks:
+        length = bare + 4 + slack
+        head = record.padded_to(length)
+        if 2 <= slack <= 8:
+            assert head is None
+            continue
+        assert head is not None
+        assert len(head) + 4 + record.pad == length
+        assert head.startswith(MAGIC) and head.endswith(b"\n")
+        fields = json.loads(head[len(MAGIC) :])
+        assert fields.get("pad", 0) == record.pad
+        assert head == record.encode(trailing=len(head) - len(record.encode()))

@@ -363,7 +363,7 @@ class FileContent:
             return journal.write(record, data)
 
         try:
-            self.recorded_bytes += await trio.to_thread.run_sync(write)
+            self.recorded_bytes += await self.env.record_writers.run(write)
         except BaseException:
             self.attrs_unsynced = self.attrs_unsynced or base_fd is not None
             raise
@@ -396,7 +396,7 @@ class FileContent:
             return
         record = self._record(new_path, self.recorded_size, [])
         record.size = self.recorded_size
-        self.recorded_bytes += await trio.to_thread.run_sync(self.env.journal.write, record, [])
+        self.recorded_bytes += await self.env.record_writers.run(self.env.journal.write, record, [])
         self.records += 1
 
     def forget_records(self) -> bytes | None:

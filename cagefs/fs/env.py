@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from cagefs.age import Identity, Recipient
 from cagefs.fs.cache import ChunkCache
+from cagefs.fs.handoff import Handoff
 from cagefs.fs.strategies import Policy
 from cagefs.store.auth import FileAuth
 from cagefs.store.filekeys import FileKeys
@@ -35,6 +36,8 @@ class Env:
     publish_queue: "set[FileContent]" = field(default_factory=set)
     journal: Journal | None = None  # None: no records (read-only, encrypt-only)
     journaled: "set[FileContent]" = field(default_factory=set)  # contents with records
+    # Where records are written: one hop per fsync, cheaper than trio.to_thread (handoff.py).
+    record_writers: Handoff = field(default_factory=lambda: Handoff("cagefs-records", 4))
     ready: ReadyVersions | None = None  # new versions made ahead (read-only mounts: none)
 
     def new_version(self) -> NewVersion:

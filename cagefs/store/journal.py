@@ -65,6 +65,7 @@ MAGIC = b"cagefs-journal v2\n"
 MAGIC_V1 = b"cagefs-journal v1\n"  # whole 64 KiB blocks (`blocks`): read, never written
 _FAMILY = b"cagefs-journal "
 _NAME = re.compile(r"([0-9a-f]{32})-([0-9]{10})\.age")
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # (json.dumps makes one per call)
 _HEADER_LIMIT = 16 * 1024 * 1024  # a record's JSON line: at most ~1M ranges
 RANGE_COST = 24  # a range's bytes in a record's JSON line, about: counted as change
 MAX_RANGES = 200_000  # a record's JSON line stays under 5 MiB, well within _HEADER_LIMIT
@@ -103,11 +104,19 @@ class Record:
     pad: int = 0  # zero bytes after the ranges, filling a slot (store/slots.py); 0: omitted
 
     def encode(self, trailing: int = 0) -> bytes:
+        return self._head(self._line(), self.pad, trailing)
+
+    def _line(self) -> str:
+        """The JSON object but for `pad` (the last field: added by `_head`)."""
         fields = vars(self) | {"base": b64encode(self.base)}  # (asdict: a deep copy)
-        if not self.pad:
-            del fields["pad"]
-        line = json.dumps(fields, separators=(",", ":")) + " " * trailing
-        return MAGIC + line.encode() + b"\n"
+        del fields["pad"]
+        return _ENCODER.encode(fields)
+
+    @staticmethod
+    def _head(line: str, pad: int, trailing: int) -> bytes:
+        if pad:
+            line = f'{line[:-1]},"pad":{pad}}}'
+        return MAGIC + (line + " " * trailing).encode() + b"\n"
 
     def data_length(self) -> int:
         return sum(length for _, length in self.ranges)
@@ -115,15 +124,21 @@ class Record:
     def padded_to(self, length: int) -> bytes | None:
         """Set `pad` so that the record's plaintext is `length` bytes; its head, or None if
         it does not fit. (A pad that gains a digit can shorten itself: a trailing space in
-        the JSON line absorbs that.)"""
+        the JSON line absorbs that.) The JSON is encoded once, the pad's digits counted:
+        this runs at every fsync."""
         data = self.data_length()
+        line = self._line()
+        room = length - data - len(self._head(line, 0, 0))  # for the pad field and a space
+        padded = room - len(',"pad":')
         for trailing in (0, 1):
-            self.pad = 0
-            for _ in range(3):
-                self.pad = max(0, length - data - len(self.encode(trailing)))
-            head = self.encode(trailing)
-            if len(head) + data + self.pad == length:
-                return head
+            if room == trailing:
+                self.pad = 0  # (no pad at all: the field is left out)
+                return self._head(line, 0, trailing)
+            for digits in range(1, 20):
+                pad = padded - digits - trailing
+                if pad >= 1 and len(str(pad)) == digits:
+                    self.pad = pad
+                    return self._head(line, pad, trailing)
         self.pad = 0
         return None
 

@@ -17,7 +17,8 @@ from .helpers import META, SUFFIX, Daemon, deleted_store_files_held, syncs_of, t
 
 @pytest.fixture
 def daemon(daemons: Callable[..., Daemon]) -> Daemon:
-    started = daemons("auto")
+    """No background publish round: what it syncs and opens would count as the request's."""
+    started = daemons("auto", options=["--publish-interval", "600"])
     started.start()
     return started
 
@@ -101,13 +102,10 @@ def test_fsyncdir_after_the_publish_syncs_nothing_after_a_change_syncs(daemon: D
         assert dir_syncs(calls, store / "d") == [("fsync", str(store / "d"))], (what, calls)
 
 
-def test_an_unlink_walks_the_store_once(daemons: Callable[..., Daemon]) -> None:
+def test_an_unlink_walks_the_store_once(daemon: Daemon) -> None:
     """`rm -rf` of a tree is one unlink per file: the request opens the file's directory once
     (a walk from the store root, held open, one `openat` per level) and does not open the file
-    itself to see whether it is large (its lookup's stat says so). At the root: nothing.
-    (No background publish round: its walks on the event loop would count as the unlink's.)"""
-    daemon = daemons("auto", options=["--publish-interval", "600"])
-    daemon.start()
+    itself to see whether it is large (its lookup's stat says so). At the root: nothing."""
     deep = daemon.mnt / "a/b/c"
     deep.mkdir(parents=True)
     for directory, walked in ((deep, ["a", "b", "c"]), (daemon.mnt, [])):

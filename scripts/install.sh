@@ -13,7 +13,7 @@ case "${1:-}" in
 esac
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev patch age gocryptfs
-              sqlite3 rsync git openssh-client procps systemd fio)
+              sqlite3 rsync git openssh-client procps systemd fio zsh)
 # pyfuse3, built from its source with scripts/patches/, in this order (cagefs works on a stock
 # pyfuse3 too): pyfuse3-borrowed-write-buffers.patch, write() is lent libfuse's buffer instead
 # of a copy; pyfuse3-inline-session-loop.patch, a request whose handler does not suspend costs

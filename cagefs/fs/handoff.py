@@ -34,7 +34,7 @@ class Handoff:
     def __init__(self, name: str, threads: int) -> None:
         self._name = name
         self._threads = threads
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job]  # made by `_start`, in each process that runs
         self._pid = 0
         self._lock = threading.Lock()
 

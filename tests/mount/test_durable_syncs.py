@@ -143,7 +143,6 @@ def test_an_unlinked_journal_is_freed_off_the_event_loop(daemon: Daemon) -> None
     assert held == [], f"the daemon still holds the removed file: {held}"
 
 
-
 def test_fsyncdir_waits_for_the_disk_off_the_event_loop(daemon: Daemon) -> None:
     """A directory's fsync waits for the disk: made on the event loop, it would hold every
     other request of the mount until the disk answers."""

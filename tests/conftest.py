@@ -27,6 +27,17 @@ class KeyFile:
         return str(self.identity.recipient())
 
 
+def first_difference(got: bytes, want: bytes | bytearray) -> int | None:
+    """Where two byte strings first differ (the shorter one's length if it is the other's
+    start), None if they are equal: what a failed content check shows instead of buffers."""
+    if got == want:
+        return None
+    return next(
+        (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
+        min(len(got), len(want)),
+    )
+
+
 def make_keyfile(path: Path) -> KeyFile:
     identity = X25519Identity.generate()
     path.write_text(identity_file_text(identity))

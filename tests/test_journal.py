@@ -9,7 +9,7 @@ from typing import Any
 
 import pyrage
 import pytest
-from conftest import KeyFile
+from conftest import KeyFile, first_difference
 
 from cagefs.age import CHUNK_SIZE, start_file
 from cagefs.age.encoding import b64encode
@@ -491,9 +491,7 @@ def test_range_records_replay_overlaps_and_cuts_like_the_model(
     done = recover(store.root, store.identities, store.recipients, store.auth, SealerPool(0))
     assert done.replayed == ["m"]
     got = plaintext(store, keyfile, "m")
-    assert len(got) == len(model)
-    first = next((i for i, (a, b) in enumerate(zip(got, model, strict=True)) if a != b), None)
-    assert first is None, f"differs from the model at byte {first}"
+    assert got == model, f"differs from the model at byte {first_difference(got, model)}"
 
 
 def test_a_v1_record_of_whole_blocks_is_still_read(store: Store, keyfile: KeyFile) -> None:

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import KeyFile
+from conftest import KeyFile, first_difference
 
 from cagefs.age import CHUNK_SIZE, encrypt, open_file
 from cagefs.fs import staging
-from cagefs.fs.staging import MemoryBlocks, Overlay, ScratchBlocks
+from cagefs.fs.staging import MemoryBlocks, Overlay, PartialBudget, ScratchBlocks
 
 BASE = 8 * CHUNK_SIZE + 1234
 
@@ -59,10 +59,6 @@ def test_a_small_write_and_its_record_read_no_base_block(base: tuple[Base, bytes
     assert overlay.read(CHUNK_SIZE, CHUNK_SIZE) == model[CHUNK_SIZE : 2 * CHUNK_SIZE]
     assert opened.reads == 1
     assert b"".join(overlay.chunks()) == model
-
-
-def first_difference(got: bytes, want: bytes | bytearray) -> int:
-    return next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), -1)
 
 
 class CountedBlocks(MemoryBlocks):
@@ -147,8 +143,7 @@ def test_small_writes_into_more_blocks_than_ram_keeps_read_no_base_block(
             assert overlay.read(offset, 4096) == piece  # the record's bytes
     assert opened.reads == 0, f"{opened.reads} base blocks decrypted for small writes"
     got = b"".join(overlay.chunks())
-    first = next((i for i, (a, b) in enumerate(zip(got, model, strict=False)) if a != b), None)
-    assert len(got) == len(model) and first is None, f"content differs at byte {first}"
+    assert got == model, f"content differs at byte {first_difference(got, model)}"
     assert opened.reads == -(-BASE // CHUNK_SIZE)  # each block's base once, at publishing
     overlay.close()
 
@@ -184,6 +179,43 @@ def test_partial_blocks_follow_the_model_through_writes_truncations_and_reads(
             assert got == model[offset : offset + length], f"step {step}: read at {offset}"
         assert overlay.size == len(model), f"step {step}: size"
     got = b"".join(overlay.chunks())
-    first = next((i for i, (a, b) in enumerate(zip(got, model, strict=False)) if a != b), None)
-    assert len(got) == len(model) and first is None, f"content differs at byte {first}"
+    assert got == model, f"content differs at byte {first_difference(got, model)}"
     overlay.close()
+
+
+def test_blocks_written_in_part_are_bounded_over_all_files_of_a_mount(
+    base: tuple[Base, bytes], tmp_path: Path
+) -> None:
+    """Three files share a budget of 5 blocks written in part (each file's own limit, 64, is
+    never reached): RAM never holds more; a file that holds none while the others hold them
+    all stores the block it writes at once; every file still reads and publishes the model's
+    bytes, with no base block read for its small writes; closing gives the budget back."""
+    opened, data = base
+    (tmp_path / ".cagefs" / "tmp").mkdir(parents=True)
+    budget = PartialBudget(5)
+    files = [
+        Overlay(ScratchBlocks(tmp_path) if n else MemoryBlocks(), BASE, opened.read_chunk, budget)
+        for n in range(3)
+    ]
+    models = [bytearray(data) for _ in files]
+    for index in range(5):  # the first file takes the whole budget
+        files[0].write(index * CHUNK_SIZE + 100, b"a" * 512)
+        models[0][index * CHUNK_SIZE + 100 : index * CHUNK_SIZE + 612] = b"a" * 512
+    files[1].write(CHUNK_SIZE + 4096, b"b" * 4096)  # holds none: stored at once
+    models[1][CHUNK_SIZE + 4096 : CHUNK_SIZE + 8192] = b"b" * 4096
+    assert budget.held == 5 and files[1].blocks.get(1) == b"b" * 4096, budget.held
+    rng = random.Random(7)
+    for step in range(300):
+        n = rng.randrange(3)
+        offset = rng.randrange(0, BASE - 4096) // 512 * 512
+        piece = rng.randbytes(rng.choice([512, 4096]))
+        files[n].write(offset, piece)
+        models[n][offset : offset + len(piece)] = piece
+        assert budget.held <= budget.limit, f"step {step}: {budget.held} blocks in RAM"
+        assert files[n].read(offset, len(piece)) == piece, f"step {step}: file {n}"
+    assert opened.reads == 0, f"{opened.reads} base blocks decrypted for small writes"
+    for n, (overlay, model) in enumerate(zip(files, models, strict=True)):
+        got = b"".join(overlay.chunks())
+        assert got == model, f"file {n} differs at byte {first_difference(got, model)}"
+        overlay.close()
+    assert budget.held == 0, f"{budget.held} blocks still counted after every file closed"

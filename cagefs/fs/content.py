@@ -266,7 +266,10 @@ class FileContent:
         assert journal is not None and base is not None and self.base is not None
         replay = journal.replay(self.base, base.reader.size, self.env.identities)
         overlay = Overlay(
-            self.env.policy.blocks_for(replay.size), base.reader.size, base.reader.read_chunk
+            self.env.policy.blocks_for(replay.size),
+            base.reader.size,
+            base.reader.read_chunk,
+            self.env.partials,
         )
         overlay.truncate(replay.base_limit)
         overlay.truncate(replay.size)
@@ -541,7 +544,8 @@ class FileContent:
             if self.current is not None:
                 base = self.current.reader.read_chunk
             size = self.current.reader.size if self.current else 0
-            self.overlay = Overlay(self.env.policy.blocks_for(self.size), size, base)
+            blocks = self.env.policy.blocks_for(self.size)
+            self.overlay = Overlay(blocks, size, base, self.env.partials)
             for offset, data in early.items():
                 self.overlay.write(offset, data)
             self.overlay.truncate(self.size)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from cagefs.age import Identity, Recipient
 from cagefs.fs.cache import ChunkCache
 from cagefs.fs.handoff import Handoff
+from cagefs.fs.staging import PartialBudget
 from cagefs.fs.strategies import Policy
 from cagefs.store.auth import FileAuth
 from cagefs.store.filekeys import FileKeys
@@ -39,6 +40,7 @@ class Env:
     # Where records are written: one hop per fsync, cheaper than trio.to_thread (handoff.py).
     record_writers: Handoff = field(default_factory=lambda: Handoff("cagefs-records", 4))
     ready: ReadyVersions | None = None  # new versions made ahead (read-only mounts: none)
+    partials: PartialBudget = field(default_factory=PartialBudget)  # over every file's overlay
 
     def new_version(self) -> NewVersion:
         if self.ready is not None:

@@ -8,6 +8,8 @@ in this process (`ScratchBlocks`, I1).
 """
 
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +28,9 @@ _ZEROS = bytes(CHUNK_SIZE)
 # Past this many, the oldest is stored as it is (its bytes written, zeros elsewhere) with the
 # other blocks, its base still not read: random writes all over a large file read no base.
 PARTIAL_LIMIT = 64
+# And at most this many over all the files of a mount (16 MiB): a file past it while others
+# hold them stores its own oldest, or the block it is writing when it holds none.
+PARTIALS_PER_MOUNT = 256
 GIVE_BACK_FROM = 64 * 1024 * 1024  # freeing this much staged RAM returns it to the system
 
 
@@ -131,6 +136,28 @@ class ScratchBlocks:
         os.close(self._fd)
 
 
+class PartialBudget:
+    """The blocks written in part that a mount's overlays hold in RAM, counted together (an
+    overlay may be closed on a worker thread: the count is changed under a lock)."""
+
+    def __init__(self, limit: int = PARTIALS_PER_MOUNT) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self.held += count
+
+    @property
+    def over(self) -> bool:
+        return self.held > self.limit
+
+    @property
+    def full(self) -> bool:
+        return self.held >= self.limit
+
+
 def _packed(data: bytearray, written: Ranges) -> bytes:
     """The bytes of `data` that `written` covers, one span after the other."""
     return b"".join(data[start : start + length] for start, length in written.spans())
@@ -148,6 +175,7 @@ class Overlay:
         blocks: BlockStore,
         size: int,
         read_base_chunk: Callable[[int], bytes] | None,
+        budget: PartialBudget | None = None,
     ) -> None:
         self.blocks = blocks
         self.size = size
@@ -156,6 +184,7 @@ class Overlay:
         # Blocks written only in part whose base is not read yet: the bytes written, which
         # ones; completed from the base (zeros past it) when the rest is needed (`block`).
         self._partial: dict[int, tuple[bytearray, Ranges]] = {}
+        self._budget = budget if budget is not None else PartialBudget(sys.maxsize)
         # Blocks written in part stored in `blocks` (past PARTIAL_LIMIT) as the bytes written,
         # packed: a 4 KiB write stores 4 KiB, not a 64 KiB block of zeros around it.
         self._stored_partial: dict[int, Ranges] = {}
@@ -170,7 +199,7 @@ class Overlay:
         if index in self._partial or index in self._stored_partial:
             block = self._completed(index)
             self.blocks.put(index, block)
-            self._partial.pop(index, None)
+            self._let_go(index)
             self._stored_partial.pop(index, None)
             return block
         stored = self.blocks.get(index)
@@ -224,7 +253,7 @@ class Overlay:
                 take = min(CHUNK_SIZE - within, len(view))
                 if take == CHUNK_SIZE:
                     self.blocks.put(index, bytes(view[:take]))
-                    self._partial.pop(index, None)
+                    self._let_go(index)
                     self._stored_partial.pop(index, None)
                 elif index in self._stored_partial:
                     self._write_stored_partial(index, within, view[:take])
@@ -245,22 +274,30 @@ class Overlay:
     def _write_partial(self, index: int, within: int, piece: memoryview) -> None:
         entry = self._partial.get(index)
         if entry is None:
-            if len(self._partial) >= PARTIAL_LIMIT:
+            if self._partial and (len(self._partial) >= PARTIAL_LIMIT or self._budget.full):
                 self._store_partial(next(iter(self._partial)))  # the oldest: RAM bounded
             entry = self._partial[index] = (bytearray(CHUNK_SIZE), Ranges())
+            self._budget.add(1)
         data, written = entry
         data[within : within + len(piece)] = piece
         written.add(within, within + len(piece))
         if written.covers(0, CHUNK_SIZE):
             self.blocks.put(index, bytes(data))
-            del self._partial[index]
+            self._let_go(index)
+        elif self._budget.over:  # other files hold the mount's share
+            self._store_partial(index)
+
+    def _let_go(self, index: int) -> None:
+        """Block `index` is no longer held in RAM as written in part (if it was)."""
+        if self._partial.pop(index, None) is not None:
+            self._budget.add(-1)
 
     def _store_partial(self, index: int) -> None:
         """A block written in part moves from RAM to `blocks`, as written (base not read)."""
         data, written = self._partial[index]
         self.blocks.put(index, _packed(data, written))
         self._stored_partial[index] = written
-        del self._partial[index]
+        self._let_go(index)
 
     def _write_stored_partial(self, index: int, within: int, piece: memoryview) -> None:
         written = self._stored_partial[index]
@@ -297,7 +334,7 @@ class Overlay:
                 index += 1
             self.blocks.drop_from(index)
             for gone in [i for i in self._partial if i >= index]:
-                del self._partial[gone]
+                self._let_go(gone)
             for gone in [i for i in self._stored_partial if i >= index]:
                 del self._stored_partial[gone]
             self.unrecorded.clip(size)  # (a record's `cut` zeroes the rest)
@@ -333,6 +370,7 @@ class Overlay:
         self.blocks = blocks
 
     def close(self) -> None:
-        self._partial.clear()
+        for index in list(self._partial):
+            self._let_go(index)
         self._stored_partial.clear()
         self.blocks.close()

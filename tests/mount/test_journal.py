@@ -22,6 +22,7 @@ from typing import Any
 
 import pyrage
 import pytest
+from conftest import first_difference
 
 from .helpers import (
     META,
@@ -509,9 +510,9 @@ def test_a_record_on_a_full_disk_fails_the_fsync_and_loses_nothing(
             wait_for(lambda: (daemon.mnt / "f.bin").read_bytes() == data, 10)  # base + records
         except AssertionError:
             got = (daemon.mnt / "f.bin").read_bytes()
-            first = next((i for i, (a, b) in enumerate(zip(got, data, strict=True)) if a != b), -1)
             raise AssertionError(
-                f"{len(got)} vs {len(data)} bytes, first difference at {first}: "
+                f"{len(got)} vs {len(data)} bytes, first difference at "
+                f"{first_difference(got, data)}: "
                 f"{daemon.log_text()[-1500:]}"
             ) from None
         filler.unlink()

@@ -150,10 +150,6 @@ class PartialBudget:
             self.held += count
 
     @property
-    def over(self) -> bool:
-        return self.held > self.limit
-
-    @property
     def full(self) -> bool:
         return self.held >= self.limit
 
@@ -276,6 +272,12 @@ class Overlay:
         if entry is None:
             if self._partial and (len(self._partial) >= PARTIAL_LIMIT or self._budget.full):
                 self._store_partial(next(iter(self._partial)))  # the oldest: RAM bounded
+            elif self._budget.full:  # other files hold the mount's share: stored as written
+                written = Ranges()
+                written.add(within, within + len(piece))
+                self.blocks.put(index, bytes(piece))  # (a full disk raises: nothing changed)
+                self._stored_partial[index] = written
+                return
             entry = self._partial[index] = (bytearray(CHUNK_SIZE), Ranges())
             self._budget.add(1)
         data, written = entry
@@ -284,8 +286,6 @@ class Overlay:
         if written.covers(0, CHUNK_SIZE):
             self.blocks.put(index, bytes(data))
             self._let_go(index)
-        elif self._budget.over:  # other files hold the mount's share
-            self._store_partial(index)
 
     def _let_go(self, index: int) -> None:
         """Block `index` is no longer held in RAM as written in part (if it was)."""

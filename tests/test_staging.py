@@ -2,6 +2,7 @@
 reads nothing of the base until the rest of that block is needed, and every read, truncation
 and publish still gives exactly the model's bytes."""
 
+import errno
 import os
 import random
 from collections.abc import Iterator
@@ -219,3 +220,32 @@ def test_blocks_written_in_part_are_bounded_over_all_files_of_a_mount(
         assert got == model, f"file {n} differs at byte {first_difference(got, model)}"
         overlay.close()
     assert budget.held == 0, f"{budget.held} blocks still counted after every file closed"
+
+
+class FullDisk(MemoryBlocks):
+    """Blocks whose store fails as a full disk does (ScratchBlocks raises at its write)."""
+
+    def put(self, index: int, block: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_when_the_budget_sends_a_write_to_its_store_changes_nothing(
+    base: tuple[Base, bytes],
+) -> None:
+    """Another file holds the whole budget, so this write is stored as written at once; the
+    store fails: the write fails with ENOSPC and the file reads as before, nothing counted."""
+    opened, data = base
+    budget = PartialBudget(1)
+    holder = Overlay(MemoryBlocks(), BASE, opened.read_chunk, budget)
+    holder.write(100, b"h" * 512)
+    overlay = Overlay(FullDisk(), BASE, opened.read_chunk, budget)
+    with pytest.raises(OSError) as failed:
+        overlay.write(CHUNK_SIZE + 4096, b"x" * 4096)
+    assert failed.value.errno == errno.ENOSPC
+    got = overlay.read(CHUNK_SIZE, CHUNK_SIZE)
+    want = data[CHUNK_SIZE : 2 * CHUNK_SIZE]
+    assert got == want, f"differs at byte {first_difference(got, want)}"
+    assert not overlay.unrecorded and budget.held == 1, (overlay.unrecorded, budget.held)
+    holder.close()
+    overlay.close()
+    assert budget.held == 0

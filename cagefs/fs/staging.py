@@ -270,14 +270,13 @@ class Overlay:
     def _write_partial(self, index: int, within: int, piece: memoryview) -> None:
         entry = self._partial.get(index)
         if entry is None:
-            if self._partial and (len(self._partial) >= PARTIAL_LIMIT or self._budget.full):
+            if len(self._partial) >= PARTIAL_LIMIT or self._budget.full:
+                if not self._partial:  # other files hold the mount's share: stored as written
+                    written = Ranges()
+                    written.add(within, within + len(piece))
+                    self._store_packed(index, bytes(piece), written)  # (a full disk: no change)
+                    return
                 self._store_partial(next(iter(self._partial)))  # the oldest: RAM bounded
-            elif self._budget.full:  # other files hold the mount's share: stored as written
-                written = Ranges()
-                written.add(within, within + len(piece))
-                self.blocks.put(index, bytes(piece))  # (a full disk raises: nothing changed)
-                self._stored_partial[index] = written
-                return
             entry = self._partial[index] = (bytearray(CHUNK_SIZE), Ranges())
             self._budget.add(1)
         data, written = entry
@@ -295,9 +294,13 @@ class Overlay:
     def _store_partial(self, index: int) -> None:
         """A block written in part moves from RAM to `blocks`, as written (base not read)."""
         data, written = self._partial[index]
-        self.blocks.put(index, _packed(data, written))
-        self._stored_partial[index] = written
+        self._store_packed(index, _packed(data, written), written)
         self._let_go(index)
+
+    def _store_packed(self, index: int, packed: bytes, written: Ranges) -> None:
+        """Block `index` stored as the bytes `written` covers, one span after the other."""
+        self.blocks.put(index, packed)
+        self._stored_partial[index] = written
 
     def _write_stored_partial(self, index: int, within: int, piece: memoryview) -> None:
         written = self._stored_partial[index]
@@ -311,8 +314,7 @@ class Overlay:
             self.blocks.put(index, bytes(data))
             del self._stored_partial[index]
         else:
-            self.blocks.put(index, _packed(data, added))
-            self._stored_partial[index] = added
+            self._store_packed(index, _packed(data, added), added)
 
     def _stored(self, index: int) -> bytearray:
         """A block written in part and stored: its bytes in place, zeros elsewhere."""

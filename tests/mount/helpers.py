@@ -559,7 +559,12 @@ def records(store: Path) -> list[Path]:
     are zeros holds none)."""
     journal = store / META / "journal"
     found = sorted(journal.iterdir()) if journal.exists() else []
-    return [p for p in found if not p.name.startswith("slot-") or p.read_bytes()[:512].strip(b"\0")]
+    return [p for p in found if not p.name.startswith("slot-") or not free_slot(p.read_bytes())]
+
+
+def free_slot(content: bytes) -> bool:
+    """A slot's bytes hold no record: its first 512 bytes are zeros (docs/JOURNAL.md)."""
+    return not content[:512].strip(b"\0")
 
 
 

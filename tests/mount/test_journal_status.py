@@ -11,7 +11,7 @@ import pyrage
 
 from cagefs.errors import ExitCode
 
-from .helpers import Daemon, cagefs, decrypt_backing, records
+from .helpers import Daemon, cagefs, decrypt_backing, free_slot, records
 from .test_journal import MIB, edit, identity_of, wait_for
 
 
@@ -20,7 +20,7 @@ def record_paths(daemon: Daemon) -> dict[str, int]:
     paths: dict[str, int] = {}
     for record in records(daemon.store):
         raw = record.read_bytes()
-        if not raw[:512].strip(b"\0"):
+        if free_slot(raw):
             continue  # a slot zeroed since it was listed: its record was folded
         plain = pyrage.decrypt(raw, [identity_of(daemon)])
         path = json.loads(plain.split(b"\n", 2)[1])["path"]
@@ -28,7 +28,7 @@ def record_paths(daemon: Daemon) -> dict[str, int]:
     return paths
 
 
-def paths_once_still(daemon: Daemon) -> set[str] | None:
+def settled_record_paths(daemon: Daemon) -> set[str] | None:
     """record_paths' paths, or None where a slot was read while the mount was zeroing it
     (folding frees a record's slot with writes of zeros that a read can land between)."""
     try:
@@ -103,7 +103,7 @@ def test_past_max_journaled_files_the_oldest_are_folded_at_once(
         edit(daemon.mnt / name, 1000 * i + 3, marker)
         data[name][1000 * i + 3 : 1000 * i + 3 + len(marker)] = marker
     newest = set(names[-3:])
-    wait_for(lambda: paths_once_still(daemon) == newest)
+    wait_for(lambda: settled_record_paths(daemon) == newest)
     assert all(count == 1 for count in record_paths(daemon).values())
     for name in names[:-3]:  # folded: their backing files are current for stock tools
         assert decrypt_backing(daemon.store / f"{name}.age", identity) == data[name], name

@@ -559,7 +559,13 @@ def records(store: Path) -> list[Path]:
     are zeros holds none)."""
     journal = store / META / "journal"
     found = sorted(journal.iterdir()) if journal.exists() else []
-    return [p for p in found if not p.name.startswith("slot-") or not free_slot(p.read_bytes())]
+    return [p for p in found if not p.name.startswith("slot-") or not free_slot(_first_sector(p))]
+
+
+def _first_sector(path: Path) -> bytes:
+    """All `free_slot` looks at: a slot is up to 1 MiB, and callers poll the whole journal."""
+    with path.open("rb") as file:
+        return file.read(512)
 
 
 def free_slot(content: bytes) -> bool:
